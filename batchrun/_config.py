@@ -1,0 +1,128 @@
+"""The job as frozen, validated value objects.
+
+The loader (``load_job``) is the one place a job file, ``--set`` overrides and
+``--var`` values become a ``Job``; every violation raises ``JobError`` naming
+the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BASE_URL = "https://api.modelstream.ai"
+DEFAULT_API_KEY_ENV = "MODELSTREAM_API_KEY"
+MAX_COMPLETION_TOKENS_LIMIT = 128_000
+MAX_IMAGE_URLS = 10
+
+REASONING_EFFORTS = ("low", "medium", "high", "xhigh")
+VERBOSITIES = ("low", "medium")
+IMAGE_DETAILS = ("auto", "low", "high")
+RESPONSE_FORMATS = ("text", "json_object")
+SYSTEM_ROLES = ("developer", "system")
+PARSE_MODES = ("json",)
+COLUMN_TYPES = ("string", "double", "float", "int64", "int32", "bool", "boolean")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    path: str
+    id_column: str | None = None
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    base_url: str = DEFAULT_BASE_URL
+    api_key_env: str = DEFAULT_API_KEY_ENV
+
+
+@dataclass(frozen=True)
+class RequestConfig:
+    model: str
+    prompt: str
+    system_prompt: str | None = None
+    system_role: str = "developer"
+    image_urls_column: str | None = None
+    image_detail: str | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    max_completion_tokens: int | None = None
+    response_format: str | None = None
+    stream: bool = False
+    dedupe: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def worst_case_completion_tokens(self) -> int:
+        """The completion tokens a request may use at most (the API's cap when unset)."""
+        return self.max_completion_tokens or MAX_COMPLETION_TOKENS_LIMIT
+
+
+@dataclass(frozen=True)
+class Limits:
+    concurrency: int = 64
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_attempts: int = 6
+    timeout_s: float = 120.0
+    max_cost_usd: float | None = None
+    max_failed_rows: int = 0
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    path: str
+    parse: str | None = None
+    columns: Mapping[str, str] = field(default_factory=dict)
+    prefix: str = ""
+    checkpoint: str | None = None
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where answers are checkpointed: beside the output unless the job says otherwise."""
+        if self.checkpoint:
+            return Path(self.checkpoint)
+        out = Path(self.path)
+        return out.with_name(out.name + ".ckpt.sqlite")
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+    def cost(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> float:
+        """SPEC's formula; cached tokens at ``cached_input`` (``input`` when unset).
+
+        >>> Price(input=1.25, cached_input=0.125, output=10.0).cost(1000, 200, 100)
+        0.002025
+        """
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        micro = (
+            (prompt_tokens - cached_tokens) * self.input
+            + cached_tokens * cached_price
+            + completion_tokens * self.output
+        )
+        return micro / 1_000_000
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    input: InputConfig
+    request: RequestConfig
+    output: OutputConfig
+    api: ApiConfig = field(default_factory=ApiConfig)
+    limits: Limits = field(default_factory=Limits)
+    pricing: Mapping[str, Price] = field(default_factory=dict)
+    config_hash: str = ""
+
+    @property
+    def price(self) -> Price | None:
+        """The price of the job's model, or None when ``[pricing]`` does not list it."""
+        return self.pricing.get(self.request.model)

@@ -1,0 +1,79 @@
+"""The records that flow between stages: a row's request in, its result out.
+
+job -> rows -> ``Request`` -> dispatcher -> ``Result`` -> checkpoint -> output -> report
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+Status = Literal["ok", "error", "invalid", "pending"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One row's request, ready to send.
+
+    ``fingerprint`` is a versioned content hash of the wire body (plus the row key
+    when deduplication is off): the checkpoint keys answers by it, so a changed
+    template or model changes it and the row is sent again.
+    """
+
+    key: str
+    body: dict[str, Any]
+    fingerprint: str
+    est_prompt_tokens: int
+    max_completion_tokens: int
+
+    @property
+    def est_tokens(self) -> int:
+        """What the request counts against a tokens-per-minute limit before its answer."""
+        return self.est_prompt_tokens + self.max_completion_tokens
+
+
+@dataclass(slots=True)
+class Result:
+    """What became of one request (or of a row that could not be sent)."""
+
+    status: Status
+    response: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: str | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    response_id: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    attempts: int = 0
+    latency_ms: float | None = None
+    completed_at: datetime | None = None
+
+
+RESULT_COLUMNS: tuple[str, ...] = (
+    "response",
+    "reasoning_content",
+    "tool_calls",
+    "finish_reason",
+    "model",
+    "response_id",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "status",
+    "error_type",
+    "error_message",
+    "attempts",
+    "latency_ms",
+    "completed_at",
+)
+"""The columns batchrun adds after the input's, in order (parsed columns follow)."""
