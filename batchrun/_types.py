@@ -56,6 +56,18 @@ class Result:
     completed_at: datetime | None = None
 
 
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A checkpointed result and the key of the row whose request earned it.
+
+    Rows with an identical request share one answer; a row whose key differs from
+    ``owner_key`` reused it (nothing was sent or paid for that row).
+    """
+
+    owner_key: str
+    result: Result
+
 RESULT_COLUMNS: tuple[str, ...] = (
     "response",
     "reasoning_content",

@@ -1,0 +1,298 @@
+"""The input table: CSV or Parquet files streamed as Arrow record batches.
+
+``open_input(job)`` resolves ``input.path`` (a ``.csv`` or ``.parquet`` file, a
+directory, or a glob; relative to the working directory), reads only each file's
+header or footer, and returns an ``InputTable`` whose ``batches()`` streams rows
+a few thousand at a time: the whole table is never held in memory.
+
+Typing rules: Parquet columns keep their Arrow types. CSV columns are all read
+as strings (an empty field is null): inference from a file's first block could
+fail on a later block, and would turn ids like ``007`` into ``7``. Several files
+are unified by column name (a column missing from one file is null there;
+compatible types widen, e.g. int32 + int64 -> int64).
+
+Every pyarrow/OS failure is translated into a one-line ``InputError`` here, and
+nowhere else.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from ._config import Job
+from ._errors import InputError
+
+SUFFIXES = (".csv", ".parquet")
+DEFAULT_BATCH_SIZE = 4096
+_GLOB_CHARS = frozenset("*?[")
+# Files that writers (Spark, Hadoop, editors) leave beside data: _SUCCESS, .crc, ...
+_IGNORED_PREFIXES = (".", "_")
+
+
+@dataclass(frozen=True)
+class _File:
+    path: Path
+    schema: pa.Schema
+
+    @property
+    def is_csv(self) -> bool:
+        return self.path.suffix.lower() == ".csv"
+
+
+class InputTable:
+    """One or more input files seen as a single table with a unified ``schema``."""
+
+    def __init__(self, files: Sequence[_File], schema: pa.Schema) -> None:
+        self.files = tuple(files)
+        self.schema = schema
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(f.path for f in self.files)
+
+    def batches(
+        self, batch_size: int = DEFAULT_BATCH_SIZE, *, columns: Sequence[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream all rows, file by file, in batches of at most ``batch_size`` rows.
+
+        ``columns`` restricts (and orders) the columns read, e.g. only the id column.
+        """
+        schema = self.schema if columns is None else _select(self.schema, columns)
+        for file in self.files:
+            with _translating(file.path):
+                for batch in _read_file(file, schema.names, batch_size):
+                    yield _conform(batch, schema)
+
+    def count_rows(self) -> int:
+        """Rows in all files: Parquet from the footer, CSV by streaming one column."""
+        total = 0
+        for file in self.files:
+            with _translating(file.path):
+                if file.is_csv:
+                    names = file.schema.names[:1]
+                    total += sum(b.num_rows for b in _read_csv(file, names, 1 << 16))
+                else:
+                    total += pq.ParquetFile(file.path).metadata.num_rows
+        return total
+
+
+def open_input(job: Job) -> InputTable:
+    """Open ``job.input.path``; raises ``InputError`` naming the file and the problem."""
+    paths = _resolve(job.input.path)
+    files = [_open_file(p) for p in paths]
+    schema = _unify(files)
+    id_column = job.input.id_column
+    if id_column is not None and id_column not in schema.names:
+        raise InputError(
+            f"input.id_column: column {id_column!r} is not in the input "
+            f"(columns: {', '.join(schema.names)})"
+        )
+    return InputTable(files, schema)
+
+
+def row_keys(batch: pa.RecordBatch, job: Job, start: int) -> list[str]:
+    """Each row's key: the id column as text, or the row's position in the whole input."""
+    id_column = job.input.id_column
+    if id_column is None:
+        return [str(i) for i in range(start, start + batch.num_rows)]
+    column = batch.column(id_column)
+    if column.null_count:
+        first = pc.index(pc.is_null(column), True).as_py()
+        raise InputError(f"row {start + first} has a null id in column {id_column!r}")
+    return pc.cast(column, pa.string()).to_pylist()
+
+
+def validate_keys(table: InputTable, job: Job, batch_size: int = 65536) -> None:
+    """Fail on a null or duplicate id, reading only the id column.
+
+    Memory: 8 bytes per row (a hash of each id); hash collisions are confirmed
+    by a second pass that finds the real positions, so no false alarm is raised.
+    """
+    id_column = job.input.id_column
+    if id_column is None:
+        return
+    hashes: list[np.ndarray] = []
+    start = 0
+    for batch in table.batches(batch_size, columns=[id_column]):
+        keys = row_keys(batch, job, start)
+        hashes.append(np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)))
+        start += batch.num_rows
+    if hashes:
+        _check_duplicates(table, job, np.concatenate(hashes), batch_size)
+
+
+def _check_duplicates(table: InputTable, job: Job, hashes: np.ndarray, batch_size: int) -> None:
+    ordered = np.sort(hashes)
+    suspects = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+    if not suspects:
+        return
+    first_seen: dict[str, int] = {}
+    start = 0
+    for batch in table.batches(batch_size, columns=[job.input.id_column or ""]):
+        for offset, key in enumerate(row_keys(batch, job, start)):
+            if hash(key) not in suspects:
+                continue
+            if key in first_seen:
+                raise InputError(
+                    f"duplicate id {key!r} in column {job.input.id_column!r}: "
+                    f"rows {first_seen[key]} and {start + offset}"
+                )
+            first_seen[key] = start + offset
+        start += batch.num_rows
+
+
+# --- resolving the path -----------------------------------------------------------
+
+
+def _resolve(spec: str) -> list[Path]:
+    if _GLOB_CHARS.intersection(spec):
+        matches = [Path(p) for p in glob.glob(spec, recursive=True)]
+        paths = sorted(p for p in matches if p.is_file() and _is_data_file(p))
+        if not paths:
+            raise InputError(f"input.path: no .csv or .parquet files match {spec!r}")
+        return paths
+    path = Path(spec)
+    if path.is_dir():
+        return _directory_files(path)
+    if not path.exists():
+        raise InputError(f"input.path: {spec!r} does not exist")
+    if path.suffix.lower() not in SUFFIXES:
+        raise InputError(f"input.path: {spec!r} is not .csv or .parquet (or a directory, a glob)")
+    return [path]
+
+
+def _directory_files(path: Path) -> list[Path]:
+    paths = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and _is_data_file(p)
+        and not any(part.startswith(_IGNORED_PREFIXES) for part in p.relative_to(path).parts)
+    )
+    if not paths:
+        raise InputError(f"input.path: directory {str(path)!r} holds no .csv or .parquet files")
+    return paths
+
+
+def _is_data_file(path: Path) -> bool:
+    return path.suffix.lower() in SUFFIXES and not path.name.startswith(_IGNORED_PREFIXES)
+
+
+# --- opening files and unifying schemas -------------------------------------------
+
+
+def _open_file(path: Path) -> _File:
+    with _translating(path):
+        if path.suffix.lower() == ".csv":
+            # Reads the first block only, for the header's column names.
+            names = pacsv.open_csv(path).schema.names
+            schema = pa.schema([(name, pa.string()) for name in names])
+        else:
+            schema = pq.ParquetFile(path).schema_arrow
+    return _File(path, schema.remove_metadata())
+
+
+def _unify(files: Sequence[_File]) -> pa.Schema:
+    try:
+        return pa.unify_schemas([f.schema for f in files], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        names = ", ".join(str(f.path) for f in files[:5])
+        raise InputError(f"input files disagree on column types ({names}...): {exc}") from None
+
+
+def _select(schema: pa.Schema, columns: Sequence[str]) -> pa.Schema:
+    return pa.schema([schema.field(name) for name in columns])
+
+
+# --- reading ----------------------------------------------------------------------
+
+
+def _read_file(file: _File, names: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+    present = [n for n in names if n in file.schema.names]
+    if file.is_csv:
+        batches: Iterator[pa.RecordBatch] = _read_csv(file, present, batch_size)
+    else:
+        batches = pq.ParquetFile(file.path).iter_batches(batch_size=batch_size, columns=present)
+    for batch in batches:
+        # CSV blocks are sized in bytes, not rows: slice to keep batches bounded.
+        for offset in range(0, batch.num_rows, batch_size):
+            yield batch.slice(offset, batch_size)
+
+
+def _read_csv(file: _File, names: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+    convert = pacsv.ConvertOptions(
+        column_types={name: pa.string() for name in file.schema.names},
+        include_columns=list(names),
+        strings_can_be_null=True,
+        null_values=[""],
+    )
+    reader = pacsv.open_csv(
+        file.path, read_options=pacsv.ReadOptions(block_size=1 << 20), convert_options=convert
+    )
+    yield from reader
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Give a file's batch the unified schema: same columns, order and types."""
+    if batch.schema.equals(schema, check_metadata=False):
+        return pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+    arrays = []
+    for field in schema:
+        index = batch.schema.get_field_index(field.name)
+        if index < 0:
+            arrays.append(pa.nulls(batch.num_rows, field.type))
+        else:
+            arrays.append(batch.column(index).cast(field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+# --- the one place foreign errors become InputError -------------------------------
+
+
+@contextmanager
+def _translating(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
+        raise InputError(_describe(path, exc)) from None
+
+
+def _describe(path: Path, exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "invalid UTF8" in text or "invalid utf8" in text.lower():
+        return f"{path}: not UTF-8 text ({_utf8_error_location(path)}); re-save it as UTF-8"
+    if path.suffix.lower() == ".parquet":
+        return f"{path}: not a readable Parquet file: {text}"
+    return f"{path}: cannot read CSV: {text}"
+
+
+def _utf8_error_location(path: Path) -> str:
+    """Where the first byte that is not UTF-8 sits, as 'byte 0xE9 at offset N, line L'."""
+    base, line, pending = 0, 1, b""
+    with path.open("rb") as handle:
+        while True:
+            chunk = handle.read(1 << 20)
+            data = pending + chunk
+            try:
+                _, consumed = codecs.utf_8_decode(data, "strict", not chunk)
+            except UnicodeDecodeError as exc:
+                offset = base + exc.start
+                lines = line + data.count(b"\n", 0, exc.start)
+                return f"byte 0x{data[exc.start]:02X} at offset {offset}, line {lines}"
+            line += data.count(b"\n", 0, consumed)
+            base, pending = base + consumed, data[consumed:]
+            if not chunk:
+                return "position unknown"

@@ -1,0 +1,493 @@
+"""Aggregate batchrun output Parquet files into a usage and cost report.
+
+    paths -> files (+ hive partition values) -> projected record batches
+          -> per-batch group-by -> running per-group sums + ok latencies
+          -> report table (one row per group, then TOTAL) -> render
+
+Only the columns the report needs are read, batch by batch, so a month of
+nightly outputs with long ``response`` and input text columns costs little more
+than reading its few numeric columns. Latency percentiles are exact: the ok
+rows' ``latency_ms`` values are kept per group (8 bytes a row).
+
+Null handling: token sums treat null as 0 (pending and invalid rows have no
+usage). ``cost_usd`` sums the priced rows; a group where no row has a price is
+``NaN`` ("n/a" when rendered) rather than a misleading 0, and ``unpriced``
+counts ok rows whose model had no price, so an incomplete total is visible.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from batchrun._errors import InputError, JobError
+from batchrun._types import RESULT_COLUMNS
+
+__all__ = ["FORMATS", "ReportResult", "SkippedFile", "render", "report"]
+
+FORMATS: tuple[str, ...] = ("table", "csv", "json", "markdown")
+STATUSES: tuple[str, ...] = ("ok", "error", "invalid", "pending")
+PREFIX_METADATA_KEY = b"batchrun.prefix"
+TOTAL_LABEL = "TOTAL"
+
+# Metric columns every batchrun output has; a file lacking any of them is foreign.
+_TOKENS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
+_METRICS = ("status", *_TOKENS, "cost_usd", "latency_ms")
+_BATCH_ROWS = 65_536
+_PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+_INT_RE = re.compile(r"-?\d+")
+_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedFile:
+    """An input file that is not a batchrun output, and why."""
+
+    path: str
+    missing: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.path}: not a batchrun output (missing columns: {', '.join(self.missing)})"
+
+
+@dataclass(frozen=True, slots=True)
+class ReportResult:
+    """The report table plus what was read and what was skipped.
+
+    ``table`` has the ``by`` columns, then ``rows``, one count per status,
+    token sums, ``cost_usd``, ``unpriced``, ``cost_per_1k_rows``,
+    ``latency_p50_ms`` and ``latency_p95_ms``; its last row is the total.
+    """
+
+    table: pd.DataFrame
+    files: tuple[str, ...]
+    skipped: tuple[SkippedFile, ...] = ()
+
+
+# ---------------------------------------------------------------- public API
+
+
+def report(paths: Sequence[str], *, by: Sequence[str] = ("model", "status")) -> ReportResult:
+    """Aggregate batchrun output files by ``by`` columns, with a TOTAL row.
+
+    ``paths`` are Parquet files, directories (searched recursively) or globs;
+    ``key=value`` directories in a path (hive partitions such as
+    ``date=2026-11-25/``) become columns that can be grouped on. ``by`` names
+    batchrun's result columns without any ``output.prefix``, input columns or
+    partition keys.
+
+        >>> result = report(["out/date=*/"], by=["date"])  # doctest: +SKIP
+        >>> print(render(result.table, "table"))  # doctest: +SKIP
+
+    Raises ``InputError`` when nothing matches, when no file is a batchrun
+    output, or when a ``by`` column exists in none of the files.
+    """
+    keys = list(dict.fromkeys(by))
+    sources = _open_sources(_expand(paths))
+    outputs = [s for s in sources if not s.missing]
+    skipped = tuple(SkippedFile(s.path, s.missing) for s in sources if s.missing)
+    if not outputs:
+        raise InputError(_no_outputs_message(skipped))
+    _check_by(keys, outputs)
+    table = _aggregate(outputs, keys)
+    return ReportResult(table, tuple(s.path for s in outputs), skipped)
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    """Render a report table as ``table`` (aligned text), ``csv``, ``json`` or ``markdown``.
+
+    ``csv`` and ``json`` keep full-precision numbers (NaN becomes empty / null);
+    ``table`` and ``markdown`` show thousands separators, cost with 4 decimals
+    and "n/a" where a value does not exist.
+    """
+    if fmt == "csv":
+        return str(df.to_csv(index=False))
+    if fmt == "json":
+        return json.dumps([_json_record(r) for r in df.to_dict(orient="records")], indent=2)
+    if fmt == "table":
+        return _render_text(df)
+    if fmt == "markdown":
+        return _render_markdown(df)
+    raise JobError(f"unknown report format {fmt!r}; allowed: {', '.join(FORMATS)}")
+
+
+# ------------------------------------------------------------ finding files
+
+
+def _expand(paths: Sequence[str]) -> list[str]:
+    """Files named by paths, directories and globs, in order, each once."""
+    if not paths:
+        raise InputError("report needs at least one path")
+    found: dict[str, None] = {}
+    for arg in paths:
+        files = list(_expand_one(arg))
+        if not files:
+            raise InputError(f"no Parquet files match {arg}")
+        found.update((f, None) for f in files)
+    return list(found)
+
+
+def _expand_one(arg: str) -> Iterator[str]:
+    if os.path.isfile(arg):
+        yield arg
+    elif os.path.isdir(arg):
+        yield from _walk(arg)
+    else:
+        for match in sorted(glob.glob(arg, recursive=True)):
+            yield from _expand_one(match) if os.path.isdir(match) else [match]
+
+
+def _walk(directory: str) -> Iterator[str]:
+    # Like pyarrow.dataset, ignore "." and "_" names: temp files of an atomic
+    # write in progress, _SUCCESS markers, .checkpoint directories.
+    for root, dirs, names in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+        for name in sorted(names):
+            if name.endswith(_PARQUET_SUFFIXES) and not name.startswith((".", "_")):
+                yield os.path.join(root, name)
+
+
+# ----------------------------------------------------------- opening files
+
+
+@dataclass(slots=True)
+class _Source:
+    """One file: where batchrun's columns are, and its partition values."""
+
+    path: str
+    file: pq.ParquetFile
+    prefix: str
+    missing: tuple[str, ...]
+    partitions: dict[str, Any] = field(default_factory=dict)
+
+    def column(self, name: str) -> str | None:
+        """Physical column for a report name, or None when the file lacks it."""
+        names = self.file.schema_arrow.names
+        physical = self.prefix + name if name in RESULT_COLUMNS else name
+        return physical if physical in names else None
+
+
+def _open_sources(files: Sequence[str]) -> list[_Source]:
+    sources = [_open(f) for f in files]
+    for source, parts in zip(sources, _typed_partitions(files), strict=True):
+        source.partitions = parts
+    return sources
+
+
+def _open(path: str) -> _Source:
+    try:
+        file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:  # the pyarrow boundary
+        raise InputError(f"cannot read {path} as Parquet: {exc}") from exc
+    prefix = _detect_prefix(file.schema_arrow)
+    names = set(file.schema_arrow.names)
+    missing = tuple(c for c in _METRICS if prefix + c not in names)
+    return _Source(path, file, prefix, missing)
+
+
+def _detect_prefix(schema: pa.Schema) -> str:
+    """The ``output.prefix`` of a file: from its metadata, else from its columns."""
+    recorded = (schema.metadata or {}).get(PREFIX_METADATA_KEY)
+    if recorded is not None:
+        return recorded.decode()
+    # batchrun writes cost_usd immediately before status; the last such pair is
+    # batchrun's own even when an input column is also called "status".
+    names = schema.names
+    for left, right in reversed(list(pairwise(names))):
+        if left.endswith("cost_usd") and right == left.removesuffix("cost_usd") + "status":
+            return left.removesuffix("cost_usd")
+    return ""
+
+
+def _typed_partitions(files: Sequence[str]) -> list[dict[str, Any]]:
+    """Hive ``key=value`` directories of each file, ints where every value is one."""
+    raw = [_partition_strings(f) for f in files]
+    keys = {k for parts in raw for k in parts}
+    ints = {k for k in keys if all(_is_int(p.get(k)) for p in raw)}
+    return [{k: int(v) if k in ints and v is not None else v for k, v in p.items()} for p in raw]
+
+
+def _partition_strings(path: str) -> dict[str, str | None]:
+    parts: dict[str, str | None] = {}
+    for segment in Path(path).parent.parts:
+        key, sep, value = segment.partition("=")
+        if sep and key:
+            parts[unquote(key)] = None if value == _NULL_PARTITION else unquote(value)
+    return parts
+
+
+def _is_int(value: str | None) -> bool:
+    return value is None or _INT_RE.fullmatch(value) is not None
+
+
+def _no_outputs_message(skipped: Sequence[SkippedFile]) -> str:
+    if len(skipped) == 1:
+        return str(skipped[0])
+    return f"none of the {len(skipped)} files is a batchrun output; first: {skipped[0]}"
+
+
+def _check_by(keys: Sequence[str], sources: Sequence[_Source]) -> None:
+    """A by column must exist in at least one file; in the others it is null."""
+    for key in keys:
+        if not any(s.column(key) or key in s.partitions for s in sources):
+            raise InputError(
+                f"--by column {key!r} not found; available: {', '.join(_available(sources))}"
+            )
+
+
+def _available(sources: Sequence[_Source]) -> list[str]:
+    names: dict[str, None] = {}
+    for s in sources:
+        for name in [*s.file.schema_arrow.names, *s.partitions]:
+            result_name = name.removeprefix(s.prefix)
+            names[result_name if result_name in RESULT_COLUMNS else name] = None
+    return list(names)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _aggregate(sources: Sequence[_Source], keys: Sequence[str]) -> pd.DataFrame:
+    acc = _Accumulator(keys)
+    for source in sources:
+        try:
+            for batch in _read(source, keys):
+                acc.add(batch)
+        except (OSError, pa.ArrowException) as exc:  # the pyarrow boundary
+            raise InputError(f"cannot report on {source.path}: {exc}") from exc
+    return acc.table()
+
+
+def _read(source: _Source, keys: Sequence[str]) -> Iterator[pa.Table]:
+    """The file's batches as narrow tables: by columns, then the metric columns."""
+    wanted = {name: source.column(name) for name in [*keys, *_METRICS]}
+    physical = list(dict.fromkeys(c for c in wanted.values() if c is not None))
+    for batch in source.file.iter_batches(batch_size=_BATCH_ROWS, columns=physical):
+        yield _narrow(batch, wanted, source.partitions)
+
+
+def _narrow(
+    batch: pa.RecordBatch, wanted: dict[str, str | None], partitions: dict[str, Any]
+) -> pa.Table:
+    columns: dict[str, pa.Array] = {}
+    for name, physical in wanted.items():
+        if physical is not None:
+            columns[name] = batch.column(physical)
+        else:
+            columns[name] = pa.repeat(partitions.get(name), batch.num_rows)
+    return pa.table(columns)
+
+
+# ------------------------------------------------------------ aggregating
+
+
+@dataclass(slots=True)
+class _Group:
+    """Running totals for one (by values, status) group."""
+
+    rows: int = 0
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TOKENS, 0))
+    cost: float = 0.0
+    priced: int = 0
+    latencies: list[np.ndarray] = field(default_factory=list)
+
+    def merge(self, other: _Group) -> None:
+        self.rows += other.rows
+        for name in _TOKENS:
+            self.tokens[name] += other.tokens[name]
+        self.cost += other.cost
+        self.priced += other.priced
+        self.latencies.extend(other.latencies)
+
+
+class _Accumulator:
+    """Per-batch group-by, folded into one ``_Group`` per (by values, status)."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = list(keys)
+        # status is always a grouping key inside, so counts per status fall out.
+        self.group_keys = [*self.keys, "status"] if "status" not in keys else self.keys
+        self.groups: dict[tuple[Any, ...], _Group] = {}
+
+    def add(self, table: pa.Table) -> None:
+        table = table.set_column(
+            table.schema.get_field_index("status"), "status", table["status"].cast(pa.string())
+        )
+        aggs = [
+            ([], "count_all"),
+            *((name, "sum") for name in _TOKENS),
+            ("cost_usd", "sum"),
+            ("cost_usd", "count"),
+            ("latency_ms", "list"),
+        ]
+        grouped = table.group_by(self.group_keys, use_threads=False).aggregate(aggs)
+        for key, group in _groups(grouped, self.group_keys):
+            self.groups.setdefault(key, _Group()).merge(group)
+
+    def table(self) -> pd.DataFrame:
+        status_at = self.group_keys.index("status")
+        merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+        total = _new_row()
+        for key, group in self.groups.items():
+            by_key = key if "status" in self.keys else key[:status_at] + key[status_at + 1 :]
+            _fold(merged.setdefault(by_key, _new_row()), group, key[status_at])
+            _fold(total, group, key[status_at])
+        rows = [_finish(dict(zip(self.keys, k, strict=True)), v) for k, v in _sorted(merged)]
+        label = dict.fromkeys(self.keys, None) | ({self.keys[0]: TOTAL_LABEL} if self.keys else {})
+        rows.append(_finish(label, total))
+        return pd.DataFrame(rows, columns=[*self.keys, *_OUTPUT_COLUMNS])
+
+
+def _groups(grouped: pa.Table, keys: Sequence[str]) -> Iterator[tuple[tuple[Any, ...], _Group]]:
+    key_values = [grouped[k].to_pylist() for k in keys]
+    sums = {name: grouped[f"{name}_sum"].to_pylist() for name in _TOKENS}
+    cost, priced = grouped["cost_usd_sum"].to_pylist(), grouped["cost_usd_count"].to_pylist()
+    counts = grouped["count_all"].to_pylist()
+    latencies = grouped["latency_ms_list"].combine_chunks()
+    for i in range(grouped.num_rows):
+        values = pc.drop_null(latencies[i].values).to_numpy(zero_copy_only=False)
+        yield (
+            tuple(col[i] for col in key_values),
+            _Group(
+                rows=counts[i],
+                tokens={name: int(sums[name][i] or 0) for name in _TOKENS},
+                cost=float(cost[i] or 0.0),
+                priced=priced[i],
+                latencies=[values.astype(np.float64, copy=False)],
+            ),
+        )
+
+
+_OUTPUT_COLUMNS = (
+    "rows",
+    *STATUSES,
+    *_TOKENS,
+    "cost_usd",
+    "unpriced",
+    "cost_per_1k_rows",
+    "latency_p50_ms",
+    "latency_p95_ms",
+)
+
+
+def _new_row() -> dict[str, Any]:
+    counts = dict.fromkeys(("rows", *STATUSES, *_TOKENS, "priced", "unpriced"), 0)
+    return {**counts, "cost": 0.0, "ok_latencies": []}
+
+
+def _fold(row: dict[str, Any], group: _Group, status: Any) -> None:
+    row["rows"] += group.rows
+    if status in STATUSES:
+        row[status] += group.rows
+    for name in _TOKENS:
+        row[name] += group.tokens[name]
+    row["cost"] += group.cost
+    row["priced"] += group.priced
+    if status == "ok":
+        # Percentiles describe successful calls; an error's latency is a timeout or a retry.
+        row["unpriced"] += group.rows - group.priced
+        row["ok_latencies"].extend(group.latencies)
+
+
+def _finish(label: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    cost = row["cost"] if row["priced"] else math.nan
+    latencies = np.concatenate(row["ok_latencies"]) if row["ok_latencies"] else np.empty(0)
+    p50, p95 = np.percentile(latencies, [50, 95]) if latencies.size else (math.nan, math.nan)
+    return {
+        **label,
+        **{name: row[name] for name in ("rows", *STATUSES, *_TOKENS, "unpriced")},
+        "cost_usd": cost,
+        "cost_per_1k_rows": cost * 1000 / row["rows"] if row["rows"] else math.nan,
+        "latency_p50_ms": float(p50),
+        "latency_p95_ms": float(p95),
+    }
+
+
+def _sorted(merged: dict[tuple[Any, ...], Any]) -> list[tuple[tuple[Any, ...], Any]]:
+    # Keys may mix types across files (an id that is int in one, str in another)
+    # and contain None; sort nulls last, then by type name, then by value.
+    def sort_key(item: tuple[tuple[Any, ...], Any]) -> tuple[Any, ...]:
+        return tuple((v is None, type(v).__name__, v) for v in item[0])
+
+    return sorted(merged.items(), key=sort_key)
+
+
+# ---------------------------------------------------------------- rendering
+
+_INT_COLUMNS = frozenset({"rows", *STATUSES, *_TOKENS, "unpriced"})
+_COST_COLUMNS = frozenset({"cost_usd", "cost_per_1k_rows"})
+_LATENCY_COLUMNS = frozenset({"latency_p50_ms", "latency_p95_ms"})
+
+
+def _cell(column: str, value: Any) -> str:
+    """One value as people read it: separators, 4-decimal cost, n/a for missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a" if column in _COST_COLUMNS | _LATENCY_COLUMNS else ""
+    if column in _COST_COLUMNS:
+        return f"{value:,.4f}"
+    if column in _LATENCY_COLUMNS:
+        return f"{value:,.1f}"
+    if column in _INT_COLUMNS:
+        return f"{int(value):,}"
+    return str(value)
+
+
+def _is_numeric(column: str) -> bool:
+    return column in _INT_COLUMNS | _COST_COLUMNS | _LATENCY_COLUMNS
+
+
+def _cells(df: pd.DataFrame) -> list[list[str]]:
+    columns = list(df.columns)
+    return [[_cell(c, v) for c, v in zip(columns, row, strict=True)] for row in df.to_numpy()]
+
+
+def _render_text(df: pd.DataFrame) -> str:
+    header = [str(c) for c in df.columns]
+    body = _cells(df)
+    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
+
+    def line(cells: Iterable[str]) -> str:
+        parts = zip(cells, widths, df.columns, strict=True)
+        return "  ".join(c.rjust(w) if _is_numeric(n) else c.ljust(w) for c, w, n in parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    lines = [line(header), rule, *map(line, body[:-1]), rule, line(body[-1])]
+    return "\n".join(lines) + "\n"
+
+
+def _render_markdown(df: pd.DataFrame) -> str:
+    def line(cells: Iterable[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    align = ["---:" if _is_numeric(c) else "---" for c in df.columns]
+    rows = [line(map(str, df.columns)), "|" + "|".join(align) + "|", *map(line, _cells(df))]
+    return "\n".join(rows) + "\n"
+
+
+def _json_record(record: dict[Any, Any]) -> dict[str, Any]:
+    return {str(k): _json_value(v) for k, v in record.items()}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # dates and other partition values

@@ -1,0 +1,471 @@
+"""One run of a job: rows -> requests -> dispatcher -> checkpoint -> output -> summary.
+
+The pipeline is one anyio task group of four stages joined by bounded memory
+streams: the producer reads input batches and skips rows the checkpoint already
+answered, the dispatcher sends, the finisher prices and parses each answer, and
+the checkpoint writer (the only task that writes) commits them. The output is
+written afterwards from the input and the checkpoint, so a killed run loses
+nothing that was committed and a resumed run writes the same table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from batchrun._checkpoint import Checkpoint
+from batchrun._config import Job
+from batchrun._dispatch import Counters, DispatchOutcome, Dispatcher
+from batchrun._errors import FatalApiError, JobError
+from batchrun._input import InputTable, open_input
+from batchrun._jobfile import load_job
+from batchrun._output import check_columns, parse_status, write_output
+from batchrun._requests import RequestBuilder
+from batchrun._types import Request, Result
+
+log = logging.getLogger("batchrun")
+
+EXIT_OK, EXIT_FAILED_ROWS, EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
+EMULATOR_KEY = "sk-emulator-demo"
+Finished = tuple[Request, Result]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How this run treats the checkpoint and which rows it takes."""
+
+    fresh: bool = False
+    retry_failed: bool = False
+    limit: int | None = None
+    shard: tuple[int, int] | None = None
+    emulate: bool = False
+    emulator_args: tuple[str, ...] = ()
+    base_url: str | None = None
+    api_key: str | None = None
+
+
+@dataclass
+class Progress:
+    """What a progress display shows; updated by the pipeline as rows finish."""
+
+    total: int | None = None
+    finished: int = 0
+    failed: int = 0
+    reused: int = 0
+    deduped: int = 0
+    dispatch: Counters = field(default_factory=Counters)
+
+    @property
+    def rate_limited(self) -> int:
+        return self.dispatch.rate_limited
+
+    @property
+    def cost_usd(self) -> float:
+        return self.dispatch.cost_usd
+
+    @property
+    def rate_use(self) -> float | None:
+        return getattr(self.dispatch, "rate_use", None)
+
+
+@dataclass
+class RunSummary:
+    """What a run did; ``exit_code`` follows SPEC's table."""
+
+    job: str
+    output_path: str
+    rows: int
+    by_status: dict[str, int]
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    cost_usd: float
+    sent: int
+    reused_from_checkpoint: int
+    dedupe_saved_requests: int
+    dedupe_saved_usd: float
+    retries: int
+    rate_limited: int
+    wall_s: float
+    stopped: str | None
+    exit_code: int
+    synthetic: bool = False
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def render(self) -> str:
+        statuses = ", ".join(f"{n} {s}" for s, n in sorted(self.by_status.items()) if n)
+        lines = [
+            f"{self.job}: {self.rows} rows ({statuses or 'none'}) -> {self.output_path}",
+            f"  sent {self.sent} requests ({self.retries} retries, {self.rate_limited} rate-limited),"
+            f" {self.reused_from_checkpoint} rows from the checkpoint,"
+            f" dedupe saved {self.dedupe_saved_requests} requests (${self.dedupe_saved_usd:.4f})",
+            f"  tokens: {self.prompt_tokens} prompt ({self.cached_tokens} cached),"
+            f" {self.completion_tokens} completion ({self.reasoning_tokens} reasoning);"
+            f" cost ${self.cost_usd:.4f}; {self.wall_s:.1f}s",
+        ]
+        if self.stopped:
+            lines.append(f"  stopped: {_STOP_REASONS[self.stopped]}")
+        if self.synthetic:
+            lines.append("  EMULATED RUN: every answer in this output is synthetic.")
+        return "\n".join(lines)
+
+
+_STOP_REASONS = {
+    "budget": "limits.max_cost_usd reached; raise it and run again to continue",
+    "fatal": "the API refused the job (see the error above); fix it and run again to continue",
+    "interrupted": "interrupted; run the same command again to continue",
+}
+
+
+def run_job_file(
+    path: str | Path,
+    *,
+    sets: Sequence[str] = (),
+    variables: Sequence[str] = (),
+    options: RunOptions | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> RunSummary:
+    """Load a job file and run it."""
+    job = load_job(path, sets=sets, variables=variables)
+    return run_job(job, options or RunOptions(), progress)
+
+
+def run_job(
+    job: Job, options: RunOptions, progress: Callable[[Progress], None] | None = None
+) -> RunSummary:
+    """Run ``job`` to the end (or to a stop) and write its output."""
+    if not options.emulate:
+        return _Run(job, options, progress).execute()
+    from batchrun._emulator import EmulatorProcess
+
+    with EmulatorProcess(list(options.emulator_args)) as emu:
+        log.warning("EMULATED RUN on %s: every answer is synthetic, not a real model's", emu.base_url)
+        emulated = replace(options, base_url=emu.base_url, api_key=EMULATOR_KEY)
+        return _Run(job, emulated, progress).execute()
+
+
+def shard_of(key: str, count: int) -> int:
+    """The shard (0..count-1) a row key belongs to; stable across runs and machines."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+class _Run:
+    """The state of one run; ``execute`` is the whole procedure as named steps."""
+
+    def __init__(
+        self, job: Job, options: RunOptions, progress: Callable[[Progress], None] | None
+    ) -> None:
+        self.job = job
+        self.options = options
+        self.on_progress = progress
+        self.progress = Progress()
+        self.in_flight: set[str] = set()
+        self.outcome: DispatchOutcome | None = None
+        self.stopped: str | None = None
+        self.fatal_message: str | None = None
+        self.started = time.monotonic()
+
+    def execute(self) -> RunSummary:
+        table, builder = self._prepare()
+        api_key = self._api_key()
+        with Checkpoint.open(
+            self.job.output.checkpoint_path, job_name=self.job.name, fresh=self.options.fresh
+        ) as ckpt:
+            self.ckpt = ckpt
+            dispatcher = self._dispatcher(api_key)
+            self.progress.total = self._total(table)
+            self._dispatch_all(table, builder, dispatcher)
+            stats = write_output(
+                self.job, table, builder, ckpt.lookup, self._metadata(), select=self._selector()
+            )
+        return self._summary(stats)
+
+    # --- preparation: everything that can fail before a request is sent -----
+
+    def _prepare(self) -> tuple[InputTable, RequestBuilder]:
+        table = open_input(self.job)
+        builder = RequestBuilder(self.job, table.schema)
+        check_columns(self.job, table.schema)
+        if self.job.limits.max_cost_usd is not None and self.job.price is None:
+            raise JobError(
+                f"limits.max_cost_usd: a budget needs a price; add [pricing.{self.job.request.model!r}]"
+                " with input and output (USD per million tokens)"
+            )
+        if self.job.price is None:
+            log.warning(
+                "no [pricing] for model %r: cost_usd will be null", self.job.request.model
+            )
+        return table, builder
+
+    def _api_key(self) -> str:
+        if self.options.api_key:
+            return self.options.api_key
+        name = self.job.api.api_key_env
+        key = os.environ.get(name, "").strip()
+        if not key:
+            raise JobError(f"api.api_key_env: environment variable {name} is not set or empty")
+        return key
+
+    def _dispatcher(self, api_key: str) -> Dispatcher:
+        from batchrun._budget import Budget
+
+        budget = None
+        if self.job.limits.max_cost_usd is not None and self.job.price is not None:
+            budget = Budget(self.job.limits.max_cost_usd, self.job.price, self.ckpt.spent_usd())
+        return Dispatcher(
+            self.job,
+            api_key=api_key,
+            base_url=self.options.base_url,
+            budget=budget,
+            counters=self.progress.dispatch,
+        )
+
+    def _total(self, table: InputTable) -> int | None:
+        if self.options.shard is not None:
+            return None
+        total = table.count_rows()
+        return min(total, self.options.limit) if self.options.limit else total
+
+    # --- row selection (--limit, --shard) ---------------------------------------
+
+    def _selector(self) -> Callable[[list[str]], list[bool]] | None:
+        shard, limit = self.options.shard, self.options.limit
+        if shard is None and limit is None:
+            return None
+        taken = 0
+
+        def select(keys: list[str]) -> list[bool]:
+            nonlocal taken
+            mask = []
+            for key in keys:
+                keep = shard is None or shard_of(key, shard[1]) == shard[0]
+                keep = keep and (limit is None or taken < limit)
+                taken += keep
+                mask.append(keep)
+            return mask
+
+        return select
+
+    def _selected_items(
+        self, table: InputTable, builder: RequestBuilder
+    ) -> Iterator[list[Request | Result]]:
+        select = self._selector()
+        start = 0
+        for batch in table.batches():
+            items = builder.build(batch, start)
+            start += batch.num_rows
+            if select is not None:
+                mask = select([_key_of(item) for item in items])
+                items = [item for item, keep in zip(items, mask, strict=True) if keep]
+            if items:
+                yield items
+
+    # --- the async pipeline -----------------------------------------------------
+
+    def _dispatch_all(
+        self, table: InputTable, builder: RequestBuilder, dispatcher: Dispatcher
+    ) -> None:
+        try:
+            anyio.run(self._main, table, builder, dispatcher)
+        except FatalApiError as exc:
+            # The output is still written (unfinished rows as pending) before exit 4.
+            log.error("%s", exc)
+            self.stopped, self.fatal_message = "fatal", str(exc)
+        if self.stopped is None and self.outcome is not None:
+            self.stopped = self.outcome.stopped
+
+    async def _main(self, table: InputTable, builder: RequestBuilder, dispatcher: Dispatcher) -> None:
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._watch_signals, outer.cancel_scope)
+                await self._pipeline(table, builder, dispatcher)
+                outer.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _first_batchrun_error(group) from None
+
+    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.warning("%s: stopping dispatch, saving what finished", signal.Signals(signum).name)
+                self.stopped = "interrupted"
+                scope.cancel()
+                return
+
+    async def _pipeline(
+        self, table: InputTable, builder: RequestBuilder, dispatcher: Dispatcher
+    ) -> None:
+        buffer = max(16, 2 * self.job.limits.concurrency)
+        req_send, req_recv = anyio.create_memory_object_stream[Request](buffer)
+        res_send, res_recv = anyio.create_memory_object_stream[Finished](buffer)
+        ck_send, ck_recv = anyio.create_memory_object_stream[tuple[Request, Result, float | None]](
+            1024
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.ckpt.write_results, ck_recv, self._on_commit)
+            tg.start_soon(self._finish, res_recv, ck_send)
+            async with anyio.create_task_group() as feed, req_recv, res_send:
+                feed.start_soon(self._produce, table, builder, req_send)
+                self.outcome = await dispatcher.run(req_recv, res_send)
+                feed.cancel_scope.cancel()
+
+    async def _produce(
+        self, table: InputTable, builder: RequestBuilder, send: ObjectSendStream[Request]
+    ) -> None:
+        async with send:
+            for items in self._selected_items(table, builder):
+                for request in self._to_send(items):
+                    await send.send(request)
+
+    def _to_send(self, items: list[Request | Result]) -> list[Request]:
+        """The batch's requests that neither the checkpoint nor this run has answered."""
+        requests = [item for item in items if isinstance(item, Request)]
+        invalid = len(items) - len(requests)
+        # Snapshot in-flight before asking the checkpoint: a fingerprint leaves
+        # in_flight only after its answer is committed, so it is seen in one or the other.
+        in_flight = {r.fingerprint for r in requests if r.fingerprint in self.in_flight}
+        done = self.ckpt.lookup(
+            [r.fingerprint for r in requests if r.fingerprint not in in_flight],
+            include_failed=not self.options.retry_failed,
+        )
+        fresh: list[Request] = []
+        for request in requests:
+            if request.fingerprint in done:
+                self.progress.reused += 1
+            elif request.fingerprint in in_flight or request.fingerprint in self.in_flight:
+                self.progress.deduped += 1
+            else:
+                self.in_flight.add(request.fingerprint)
+                fresh.append(request)
+        self.progress.finished += len(requests) - len(fresh) + invalid
+        self.progress.failed += invalid
+        self._report_progress()
+        return fresh
+
+    async def _finish(
+        self,
+        results: ObjectReceiveStream[Finished],
+        checkpoint: ObjectSendStream[tuple[Request, Result, float | None]],
+    ) -> None:
+        price = self.job.price
+        async with results, checkpoint:
+            async for request, result in results:
+                result = parse_status(self.job, result)
+                cost = None
+                if price is not None and result.prompt_tokens is not None:
+                    cost = price.cost(
+                        result.prompt_tokens,
+                        result.cached_tokens or 0,
+                        result.completion_tokens or 0,
+                    )
+                await checkpoint.send((request, result, cost))
+                self.progress.finished += 1
+                self.progress.failed += result.status != "ok"
+                self._report_progress()
+
+    def _on_commit(self, fingerprints: list[str]) -> None:
+        self.in_flight.difference_update(fingerprints)
+
+    def _report_progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
+    # --- output and summary -----------------------------------------------------
+
+    def _metadata(self) -> dict[str, str]:
+        job = self.job
+        pricing = {model: asdict(price) for model, price in job.pricing.items()}
+        counters = self.progress.dispatch
+        run = {
+            "sent": counters.sent,
+            "retries": counters.retries,
+            "rate_limited": counters.rate_limited,
+            "reused_from_checkpoint": self.progress.reused,
+            "deduped": self.progress.deduped,
+            "stopped": self.stopped,
+            "wall_s": round(time.monotonic() - self.started, 3),
+            "synthetic": self.options.emulate,
+        }
+        return {
+            "batchrun.job": job.name,
+            "batchrun.config_hash": job.config_hash,
+            "batchrun.pricing": json.dumps(pricing, sort_keys=True),
+            "batchrun.version": _version(),
+            "batchrun.prefix": job.output.prefix,
+            "batchrun.summary": json.dumps(run, sort_keys=True),
+        }
+
+    def _summary(self, stats: Any) -> RunSummary:
+        by_status = dict(stats.by_status)
+        failed = by_status.get("error", 0) + by_status.get("invalid", 0)
+        counters = self.progress.dispatch
+        return RunSummary(
+            job=self.job.name,
+            output_path=str(stats.path),
+            rows=sum(by_status.values()),
+            by_status=by_status,
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            cached_tokens=stats.cached_tokens,
+            reasoning_tokens=stats.reasoning_tokens,
+            cost_usd=stats.cost_usd,
+            sent=counters.sent,
+            reused_from_checkpoint=self.progress.reused,
+            dedupe_saved_requests=stats.shared_rows,
+            dedupe_saved_usd=stats.shared_cost_usd,
+            retries=counters.retries,
+            rate_limited=counters.rate_limited,
+            wall_s=round(time.monotonic() - self.started, 3),
+            stopped=self.stopped,
+            exit_code=_exit_code(self.stopped, failed, self.job.limits.max_failed_rows),
+            synthetic=self.options.emulate,
+            error=self.fatal_message,
+        )
+
+
+def _exit_code(stopped: str | None, failed: int, max_failed: int) -> int:
+    if stopped == "interrupted":
+        return EXIT_INTERRUPTED
+    if stopped == "fatal":
+        return EXIT_FATAL
+    if stopped == "budget":
+        return EXIT_BUDGET
+    return EXIT_FAILED_ROWS if failed > max_failed else EXIT_OK
+
+
+def _key_of(item: Request | Result) -> str:
+    return item.key if isinstance(item, Request) else str(getattr(item, "key", ""))
+
+
+def _first_batchrun_error(group: BaseExceptionGroup) -> BaseException:
+    """Task groups wrap errors; a run surfaces the first one of ours (or the group)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_batchrun_error(exc)
+        if isinstance(exc, FatalApiError | JobError):
+            return exc
+    return group
+
+
+def _version() -> str:
+    from batchrun import __version__
+
+    return __version__
+
+
+__all__ = ["Progress", "RunOptions", "RunSummary", "run_job", "run_job_file", "shard_of"]

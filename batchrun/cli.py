@@ -1,0 +1,272 @@
+"""The ``batchrun`` command: parse options, call one library function, render.
+
+Only this module touches tqdm, stderr rendering and exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from batchrun._errors import BatchrunError
+
+log = logging.getLogger("batchrun")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns (and exits with) the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "quiet", False))
+    try:
+        code = args.handler(args)
+    except BatchrunError as exc:
+        print(f"batchrun: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print("batchrun: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s batchrun: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad arguments exit 2 with one line and no usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"batchrun: error: {message} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="batchrun", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"batchrun {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run(sub)
+    _add_plan(sub)
+    _add_report(sub)
+    _add_emulator(sub)
+    return parser
+
+
+def _version() -> str:
+    from batchrun import __version__
+
+    return __version__
+
+
+def _add_job_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("job", help="the job file (TOML)")
+    cmd.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="fill ${NAME} in the job file",
+    )
+    cmd.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="sets",
+        metavar="KEY=VALUE",
+        help="override a job-file key (dotted path, value in TOML syntax)",
+    )
+
+
+def _add_run(sub: Any) -> None:
+    cmd = sub.add_parser("run", help="run a job: send every row, write the output Parquet")
+    _add_job_options(cmd)
+    cmd.add_argument(
+        "--emulate", action="store_true", help="run against the built-in emulator (synthetic)"
+    )
+    cmd.add_argument("--fresh", action="store_true", help="ignore and replace the checkpoint")
+    cmd.add_argument(
+        "--retry-failed", action="store_true", help="re-send rows whose last attempt failed"
+    )
+    cmd.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N rows")
+    cmd.add_argument("--shard", type=_shard, metavar="I/N", help="only shard I of N (0-based)")
+    cmd.add_argument("--summary-json", metavar="PATH", help="write the run summary as JSON")
+    cmd.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    cmd.set_defaults(handler=_cmd_run)
+
+
+def _add_plan(sub: Any) -> None:
+    cmd = sub.add_parser("plan", help="dry run: count rows, estimate tokens, cost and time")
+    _add_job_options(cmd)
+    cmd.add_argument("--format", choices=("table", "json"), default="table")
+    cmd.add_argument(
+        "--pilot",
+        type=_positive_int,
+        metavar="N",
+        help="send N sampled rows first (real requests) to narrow the estimate",
+    )
+    cmd.add_argument(
+        "--emulate", action="store_true", help="send the pilot to the built-in emulator"
+    )
+    cmd.set_defaults(handler=_cmd_plan)
+
+
+def _add_report(sub: Any) -> None:
+    cmd = sub.add_parser("report", help="aggregate usage and cost over output Parquet files")
+    cmd.add_argument("paths", nargs="+", metavar="PATH", help="files, directories or globs")
+    cmd.add_argument("--by", default="model,status", help="columns to group by (comma-separated)")
+    cmd.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
+    cmd.set_defaults(handler=_cmd_report)
+
+
+def _add_emulator(sub: Any) -> None:
+    cmd = sub.add_parser(
+        "emulator",
+        help="serve the local ModelStream stand-in (see `batchrun emulator --help`)",
+        add_help=False,
+    )
+    cmd.add_argument("args", nargs=argparse.REMAINDER)
+    cmd.set_defaults(handler=_cmd_emulator)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not of the form I/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: I must be in 0..N-1 and N >= 1")
+    return i, n
+
+
+# --- commands -----------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from batchrun._runner import RunOptions, run_job_file
+
+    options = RunOptions(
+        fresh=args.fresh,
+        retry_failed=args.retry_failed,
+        limit=args.limit,
+        shard=args.shard,
+        emulate=args.emulate,
+    )
+    progress = None if args.quiet else _progress_display()
+    summary = run_job_file(
+        args.job, sets=args.sets, variables=args.var, options=options, progress=progress
+    )
+    if progress is not None:
+        progress.close()
+    if args.summary_json:
+        _write_json(Path(args.summary_json), summary.to_dict())
+    if not args.quiet:
+        print(summary.render(), file=sys.stderr)
+    return summary.exit_code
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from batchrun._plan import plan_job_file
+
+    plan = plan_job_file(
+        args.job, sets=args.sets, variables=args.var, pilot=args.pilot, emulate=args.emulate
+    )
+    print(json.dumps(plan.to_dict(), indent=2) if args.format == "json" else plan.render())
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from batchrun._report import render, report
+
+    by = [col.strip() for col in args.by.split(",") if col.strip()]
+    result = report(args.paths, by=by)
+    for skipped in result.skipped:
+        print(f"batchrun: skipped {skipped}", file=sys.stderr)
+    print(render(result.table, args.format))
+    return 0
+
+
+def _cmd_emulator(args: argparse.Namespace) -> int:
+    from batchrun._emulator import main as emulator_main
+
+    return emulator_main(list(args.args))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+# --- progress -------------------------------------------------------------------
+
+
+class _ProgressDisplay:
+    """A tqdm bar on a TTY; a log line every few seconds otherwise."""
+
+    LOG_EVERY_S = 5.0
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._last_log = 0.0
+        self._tty = sys.stderr.isatty()
+
+    def __call__(self, counters: Any) -> None:
+        if self._tty:
+            self._update_bar(counters)
+        elif time.monotonic() - self._last_log >= self.LOG_EVERY_S:
+            self._last_log = time.monotonic()
+            log.info("%s", _progress_line(counters))
+
+    def _update_bar(self, counters: Any) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=counters.total or None, unit="row", dynamic_ncols=True)
+        self._bar.n = counters.finished
+        self._bar.set_postfix_str(_postfix(counters), refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _postfix(counters: Any) -> str:
+    parts = [f"err={counters.failed}", f"429={counters.rate_limited}"]
+    parts.append(f"${counters.cost_usd:.4f}")
+    if counters.rate_use is not None:
+        parts.append(f"limit use={counters.rate_use:.0%}")
+    return " ".join(parts)
+
+
+def _progress_line(counters: Any) -> str:
+    total = counters.total or "?"
+    return f"{counters.finished}/{total} rows, {_postfix(counters)}"
+
+
+def _progress_display() -> Callable[[Any], None] | _ProgressDisplay:
+    return _ProgressDisplay()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
