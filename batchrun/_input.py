@@ -129,23 +129,25 @@ def validate_keys(table: InputTable, job: Job, batch_size: int = 65536) -> None:
         hashes.append(np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)))
         start += batch.num_rows
     if hashes:
-        _check_duplicates(table, job, np.concatenate(hashes), batch_size)
+        _check_duplicates(table, job, id_column, np.concatenate(hashes), batch_size)
 
 
-def _check_duplicates(table: InputTable, job: Job, hashes: np.ndarray, batch_size: int) -> None:
+def _check_duplicates(
+    table: InputTable, job: Job, id_column: str, hashes: np.ndarray, batch_size: int
+) -> None:
     ordered = np.sort(hashes)
     suspects = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
     if not suspects:
         return
     first_seen: dict[str, int] = {}
     start = 0
-    for batch in table.batches(batch_size, columns=[job.input.id_column or ""]):
+    for batch in table.batches(batch_size, columns=[id_column]):
         for offset, key in enumerate(row_keys(batch, job, start)):
             if hash(key) not in suspects:
                 continue
             if key in first_seen:
                 raise InputError(
-                    f"duplicate id {key!r} in column {job.input.id_column!r}: "
+                    f"duplicate id {key!r} in column {id_column!r}: "
                     f"rows {first_seen[key]} and {start + offset}"
                 )
             first_seen[key] = start + offset

@@ -434,10 +434,26 @@ _COST_COLUMNS = frozenset({"cost_usd", "cost_per_1k_rows"})
 _LATENCY_COLUMNS = frozenset({"latency_p50_ms", "latency_p95_ms"})
 
 
-def _cell(column: str, value: Any) -> str:
+# Short headers for the human formats; csv and json keep the column names.
+_LABELS = {
+    "prompt_tokens": "prompt",
+    "cached_tokens": "cached",
+    "completion_tokens": "completion",
+    "reasoning_tokens": "reasoning",
+    "cost_per_1k_rows": "usd/1k rows",
+    "latency_p50_ms": "p50 ms",
+    "latency_p95_ms": "p95 ms",
+}
+
+
+def _headers(df: pd.DataFrame) -> list[str]:
+    return [_LABELS.get(str(c), str(c)) for c in df.columns]
+
+
+def _cell(column: str, value: Any, *, null: str = "(null)") -> str:
     """One value as people read it: separators, 4-decimal cost, n/a for missing."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a" if column in _COST_COLUMNS | _LATENCY_COLUMNS else ""
+        return "n/a" if column in _COST_COLUMNS | _LATENCY_COLUMNS else null
     if column in _COST_COLUMNS:
         return f"{value:,.4f}"
     if column in _LATENCY_COLUMNS:
@@ -452,13 +468,16 @@ def _is_numeric(column: str) -> bool:
 
 
 def _cells(df: pd.DataFrame) -> list[list[str]]:
-    columns = list(df.columns)
-    return [[_cell(c, v) for c, v in zip(columns, row, strict=True)] for row in df.to_numpy()]
+    columns, rows = list(df.columns), list(df.to_numpy())
+    # A null group key is data ("(null)": pending rows have no model); the
+    # TOTAL row's other key cells are merely unused, so they stay blank.
+    cells = [[_cell(c, v) for c, v in zip(columns, row, strict=True)] for row in rows[:-1]]
+    last = [_cell(c, v, null="") for c, v in zip(columns, rows[-1], strict=True)] if rows else []
+    return [*cells, last] if rows else cells
 
 
 def _render_text(df: pd.DataFrame) -> str:
-    header = [str(c) for c in df.columns]
-    body = _cells(df)
+    header, body = _headers(df), _cells(df)
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
 
     def line(cells: Iterable[str]) -> str:
@@ -475,7 +494,7 @@ def _render_markdown(df: pd.DataFrame) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
     align = ["---:" if _is_numeric(c) else "---" for c in df.columns]
-    rows = [line(map(str, df.columns)), "|" + "|".join(align) + "|", *map(line, _cells(df))]
+    rows = [line(_headers(df)), "|" + "|".join(align) + "|", *map(line, _cells(df))]
     return "\n".join(rows) + "\n"
 
 

@@ -1,0 +1,492 @@
+"""The durable store behind "a killed run resumes without paying twice".
+
+Answers are keyed by request fingerprint (a versioned content hash of the wire
+body), together with the key of the row that paid for it (``owner_key``). A row
+is finished iff its current request's fingerprint has an answer, so a changed
+template re-sends exactly the rows whose request changed.
+
+Durability: SQLite in WAL mode with ``synchronous=NORMAL``. Every commit is in
+the WAL file before ``commit`` returns, so a killed process (``kill -9``,
+OOM-killer, Ctrl-C) loses nothing committed and the file always reopens
+cleanly. A power loss or OS crash may lose the last commits (never corrupt the
+file); those rows are simply sent again.
+
+One run of a job at a time: ``<checkpoint>.lock`` is held with ``flock`` for the
+life of a ``Checkpoint``. The kernel drops the lock when its holder dies, so a
+killed run never leaves a stale lock behind. Do not delete the lock file while
+a run is going: a new run would lock a new file and both would run.
+
+    with Checkpoint.open(Path("out/x.parquet.ckpt.sqlite"), job_name="x") as ckpt:
+        done = ckpt.lookup([request.fingerprint for request in requests])
+
+sqlite3 and OS errors are translated into ``batchrun._errors`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from operator import attrgetter
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.to_thread
+from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from batchrun._errors import JobError, LockedError
+from batchrun._types import Answer, Request, Result
+
+__all__ = ["COMMIT_INTERVAL_S", "COMMIT_ROWS", "MIGRATIONS", "Checkpoint"]
+
+COMMIT_INTERVAL_S = 0.5
+"""Longest time a received answer waits before it is committed."""
+COMMIT_ROWS = 512
+"""Pending answers that trigger a commit before the interval is up."""
+_MAX_PARAMS = 900  # below SQLite's historical 999-variable limit
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+Row = tuple[Any, ...]
+ResultItem = tuple[Request, Result, float | None]
+
+# ---------------------------------------------------------------- schema
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = []
+"""Schema changes in the order they apply; each is recorded by name in ``_migrations``."""
+
+
+def _migration(fn: Migration) -> Migration:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@_migration
+def m001_answers(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE answers (
+            fingerprint TEXT PRIMARY KEY,
+            owner_key TEXT NOT NULL,
+            status TEXT NOT NULL,
+            response TEXT,
+            reasoning_content TEXT,
+            tool_calls TEXT,
+            finish_reason TEXT,
+            model TEXT,
+            response_id TEXT,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            total_tokens INTEGER,
+            cached_tokens INTEGER,
+            reasoning_tokens INTEGER,
+            cost_usd REAL,
+            error_type TEXT,
+            error_message TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            latency_ms REAL,
+            completed_at INTEGER  -- microseconds since the Unix epoch, UTC
+        )
+        """
+    )
+
+
+@_migration
+def m002_meta(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    applied = {name for (name,) in conn.execute("SELECT name FROM _migrations")}
+    unknown = applied - {fn.__name__ for fn in MIGRATIONS}
+    if unknown:
+        # Written by a newer batchrun: guessing at its schema could lose answers.
+        raise sqlite3.DatabaseError(f"unknown schema migrations {sorted(unknown)}")
+    for fn in MIGRATIONS:
+        if fn.__name__ not in applied:
+            with _transaction(conn):
+                fn(conn)
+                conn.execute("INSERT INTO _migrations VALUES (?, ?)", (fn.__name__, _now_iso()))
+
+
+# ---------------------------------------------------------------- rows
+
+# A Result is stored field by field, in its own field order, so reading one back
+# is a single positional constructor call (lookup cost matters at 1M rows).
+_RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result))
+_TS = _RESULT_FIELDS.index("completed_at")
+_result_values = attrgetter(*_RESULT_FIELDS)
+_ROW_COLUMNS = ("fingerprint", "owner_key", "cost_usd", *_RESULT_FIELDS)
+_INSERT_SQL = (
+    f"INSERT OR REPLACE INTO answers ({', '.join(_ROW_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_ROW_COLUMNS))})"
+)
+
+
+def _to_micros(when: datetime | None) -> int | None:
+    if when is None:
+        return None
+    if when.tzinfo is None:  # the dispatcher stamps UTC; a naive time is taken as UTC
+        when = when.replace(tzinfo=UTC)
+    return (when - _EPOCH) // _MICROSECOND
+
+
+def _from_micros(micros: int | None) -> datetime | None:
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+
+
+def _to_row(item: ResultItem) -> Row:
+    request, result, cost_usd = item
+    values = list(_result_values(result))
+    values[_TS] = _to_micros(values[_TS])
+    return (request.fingerprint, request.key, cost_usd, *values)
+
+
+def _to_answer(row: Row) -> Answer:
+    values = list(row[2:])
+    values[_TS] = _from_micros(values[_TS])
+    return Answer(row[1], Result(*values))
+
+
+@cache
+def _lookup_sql(params: int, include_failed: bool) -> str:
+    columns = ", ".join(("fingerprint", "owner_key", *_RESULT_FIELDS))
+    failed = "" if include_failed else " AND status != 'error'"
+    marks = ", ".join("?" * params)
+    return f"SELECT {columns} FROM answers WHERE fingerprint IN ({marks}){failed}"
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ---------------------------------------------------------------- sqlite helpers
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    # The connection is in autocommit mode so that transactions are explicit here.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@contextmanager
+def _translated(path: Path, doing: str) -> Iterator[None]:
+    """The one boundary where sqlite3 and OS errors become batchrun errors."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise JobError(
+            f"checkpoint {path}: cannot {doing}: {exc} "
+            "(move the file away or rerun with --fresh to start over)"
+        ) from exc
+    except OSError as exc:
+        raise JobError(f"checkpoint {path}: cannot {doing}: {exc}") from exc
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # durable against process death; see docstring
+        conn.execute(
+            "PRAGMA busy_timeout=5000"
+        )  # an outside reader (sqlite3 CLI) may hold it briefly
+        _migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------- lock
+
+
+@dataclass
+class _JobLock:
+    """An exclusive ``flock`` on ``<checkpoint>.lock``; the kernel drops it when we die."""
+
+    path: Path
+    fd: int
+
+    @classmethod
+    def acquire(cls, checkpoint: Path) -> _JobLock:
+        path = Path(f"{checkpoint}.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe_holder(fd)
+            os.close(fd)
+            raise LockedError(
+                f"another batchrun run of this job is running ({holder}): {checkpoint}"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        _write_holder(fd)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        # The file stays: unlinking it would let a waiting opener lock an orphaned inode.
+        os.close(self.fd)  # closing the last descriptor releases the flock
+
+
+def _write_holder(fd: int) -> None:
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now_iso()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(holder).encode(), 0)
+
+
+def _describe_holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+        where = "" if holder["host"] == socket.gethostname() else f" on {holder['host']}"
+        return f"pid {holder['pid']}{where}, started {holder['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "pid unknown: it has only just started"  # it locks before it writes
+
+
+# ---------------------------------------------------------------- writer batch
+
+
+@dataclass
+class _Pending:
+    """Answers received but not yet committed."""
+
+    rows: list[Row] = field(default_factory=list)
+    deadline: float = math.inf
+
+    def add(self, item: ResultItem) -> None:
+        if not self.rows:
+            self.deadline = anyio.current_time() + COMMIT_INTERVAL_S
+        self.rows.append(_to_row(item))
+
+    def due(self) -> bool:
+        return len(self.rows) >= COMMIT_ROWS or anyio.current_time() >= self.deadline
+
+    def clear(self) -> None:
+        self.rows = []
+        self.deadline = math.inf
+
+
+def _drain_buffered(
+    results: ObjectReceiveStream[ResultItem], pending: _Pending, limit: float = math.inf
+) -> None:
+    """Take answers already sitting in a memory stream's buffer, without waiting."""
+    if not isinstance(results, MemoryObjectReceiveStream):
+        return
+    while len(pending.rows) < limit:
+        try:
+            pending.add(results.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return
+
+
+# ---------------------------------------------------------------- the store
+
+
+class Checkpoint:
+    """Answers of one job, in SQLite, with the job's run lock held while open.
+
+    ``open`` takes the lock; ``write_results`` is the one task that writes;
+    ``lookup`` may be called from the event loop meanwhile. One sqlite3
+    connection is shared between the event loop and the writer's worker thread,
+    guarded by a lock so only one thread uses it at a time.
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, lock: _JobLock) -> None:
+        self.path = path
+        self._conn = conn
+        self._job_lock: _JobLock | None = lock
+        self._mutex = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path, *, job_name: str, fresh: bool = False) -> Checkpoint:
+        """Open (or create) the checkpoint at ``path`` and take the job's run lock.
+
+        ``fresh=True`` starts over: earlier answers (and their spend) are dropped.
+        Raises ``LockedError`` naming the running pid if another run holds the
+        lock, ``JobError`` if the file is unreadable or belongs to another job.
+        """
+        path = Path(path)
+        with _translated(path, "create its directory"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with _translated(path, "take the run lock"):
+            lock = _JobLock.acquire(path)
+        try:
+            conn = cls._open_database(path, job_name=job_name, fresh=fresh)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(path, conn, lock)
+
+    @staticmethod
+    def _open_database(path: Path, *, job_name: str, fresh: bool) -> sqlite3.Connection:
+        # Under the lock, so starting over cannot pull the file from under a live run.
+        with _translated(path, "open it"):
+            if fresh:
+                _remove_database(path)  # also recovers from a corrupt file
+            conn = _connect(path)
+        try:
+            with _translated(path, "read its job name"):
+                _claim_for_job(conn, path, job_name)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def lookup(
+        self, fingerprints: Sequence[str], *, include_failed: bool = True
+    ) -> dict[str, Answer]:
+        """Finished answers among ``fingerprints``; ``include_failed=False`` omits errors.
+
+        >>> ckpt.lookup(["v1:ab12..."])      # {} when that request has no answer yet
+        """
+        unique = list(dict.fromkeys(fingerprints))  # dedupe keeps many rows to one probe
+        found: dict[str, Answer] = {}
+        with self._using("look up answers"):
+            for chunk in _chunks(unique, _MAX_PARAMS):
+                sql = _lookup_sql(len(chunk), include_failed)
+                for row in self._conn.execute(sql, chunk):
+                    found[row[0]] = _to_answer(row)
+        return found
+
+    def spent_usd(self) -> float:
+        """Spend recorded in this checkpoint, over all runs since it was created."""
+        with self._using("sum the spend"):
+            (total,) = self._conn.execute("SELECT TOTAL(cost_usd) FROM answers").fetchone()
+        return float(total)
+
+    def counts(self) -> dict[str, int]:
+        """Number of answers per status, e.g. ``{"ok": 950, "error": 3}``."""
+        with self._using("count answers"):
+            rows = self._conn.execute("SELECT status, COUNT(*) FROM answers GROUP BY status")
+            return dict(rows.fetchall())
+
+    async def write_results(
+        self,
+        results: ObjectReceiveStream[ResultItem],
+        on_commit: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        """Store every ``(request, result, cost_usd)`` received, committing in batches.
+
+        A batch commits when ``COMMIT_ROWS`` are pending or ``COMMIT_INTERVAL_S``
+        after its first item, in a worker thread; ``on_commit(fingerprints)``
+        follows each commit. When the stream ends, or this task is cancelled,
+        what it holds (and what is buffered in a memory stream) is committed.
+        Run exactly one of these per checkpoint.
+        """
+        pending = _Pending()
+        try:
+            while await _receive_until_due(results, pending):
+                if pending.due():
+                    await self._commit(pending, on_commit)
+        finally:
+            with anyio.CancelScope(shield=True):
+                _drain_buffered(results, pending)  # answers buffered there are paid for
+                await results.aclose()
+                await self._commit(pending, on_commit)
+
+    def close(self) -> None:
+        """Close the database and release the run lock. Safe to call twice."""
+        with self._mutex:
+            if self._job_lock is None:
+                return
+            self._conn.close()
+            self._job_lock.release()
+            self._job_lock = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals
+
+    async def _commit(
+        self, pending: _Pending, on_commit: Callable[[list[str]], None] | None
+    ) -> None:
+        if not pending.rows:
+            return
+        rows = pending.rows
+        await anyio.to_thread.run_sync(self._insert, rows)
+        # Cleared only once committed: a cancelled attempt is retried by the final
+        # commit, and replacing the same answers twice is harmless.
+        pending.clear()
+        if on_commit is not None:
+            on_commit([row[0] for row in rows])
+
+    def _insert(self, rows: list[Row]) -> None:
+        with self._using("write answers"), _transaction(self._conn):
+            self._conn.executemany(_INSERT_SQL, rows)
+
+    @contextmanager
+    def _using(self, doing: str) -> Iterator[None]:
+        with self._mutex, _translated(self.path, doing):
+            if self._job_lock is None:
+                raise JobError(f"checkpoint {self.path} is closed")
+            yield
+
+
+async def _receive_until_due(results: ObjectReceiveStream[ResultItem], pending: _Pending) -> bool:
+    """Add the next item to ``pending`` unless its commit falls due first; False at the end."""
+    with anyio.CancelScope(deadline=pending.deadline):
+        try:
+            pending.add(await results.receive())
+        except anyio.EndOfStream:
+            return False
+    # A busy stream is drained without a timer per item: that halves the cost per row.
+    _drain_buffered(results, pending, limit=COMMIT_ROWS)
+    return True
+
+
+def _claim_for_job(conn: sqlite3.Connection, path: Path, job_name: str) -> None:
+    """Record the job on a new checkpoint; refuse one that belongs to another job."""
+    with _transaction(conn):
+        conn.executemany(
+            "INSERT OR IGNORE INTO meta VALUES (?, ?)",
+            [("job_name", job_name), ("created_at", _now_iso())],
+        )
+        (owner,) = conn.execute("SELECT value FROM meta WHERE key = 'job_name'").fetchone()
+    if owner != job_name:
+        # Its spend would count against this job's budget, so sharing is refused.
+        raise JobError(
+            f"checkpoint {path} belongs to job {owner!r}, not {job_name!r}: "
+            "set output.checkpoint to another file, or rerun with --fresh to start over"
+        )

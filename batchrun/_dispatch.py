@@ -1,0 +1,311 @@
+"""The dispatcher: send every request as fast as the limits allow, and no faster.
+
+One run is one anyio task group: ``2 x concurrency`` row workers (a row waiting out
+its backoff does not hold a connection) share a ``CapacityLimiter`` of
+``concurrency`` around each send, a ``Pacer`` (requests/tokens per minute), a
+``PauseGate`` (the global 429 pause) and an optional ``Budget``. Finished rows go
+through an unbounded internal stream to one forwarding task, so a slow consumer
+never holds a connection slot and a row paid for is never dropped by a stop.
+
+A row's life: ``_row`` -> (per attempt) ``_attempt`` -> ``_pace`` -> ``_send`` ->
+``Sender.send``; a failed attempt -> ``_after_failure`` (pause / slow down / back off).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import anyio
+import httpx
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from batchrun._budget import Budget, result_cost
+from batchrun._config import Job
+from batchrun._errors import AttemptError, FatalApiError, PermanentError
+from batchrun._ratelimit import Backoff, LearnedLimits, Pacer, PauseGate, compute_backoff
+from batchrun._transport import Reply, Sender, completions_url, make_client
+from batchrun._types import Request, Result
+
+retry_log = logging.getLogger("batchrun.retry")
+
+Emitted = tuple[Request, Result]
+# Attempts that may have been billed although no usage came back (drop, stall, cut, garbage).
+_MAYBE_BILLED = frozenset(
+    {"timeout", "connection_error", "broken_stream", "malformed_response", "stream_error"}
+)
+
+
+@dataclass(slots=True)
+class Counters:
+    """Live numbers for a progress display; the dispatcher updates them in place."""
+
+    sent: int = 0  # HTTP requests sent (attempts, not rows)
+    done: int = 0  # rows finished (ok + failed)
+    ok: int = 0
+    failed: int = 0
+    retries: int = 0
+    rate_limited: int = 0  # 429 answers
+    in_flight: int = 0
+    cost_usd: float = 0.0  # settled, from real usage
+    rpm_limit: float | None = None  # requests per minute in use (configured or learned)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchOutcome:
+    """How a run ended: ``stopped`` is None when every request was finished."""
+
+    stopped: Literal["budget"] | None = None
+
+
+class _Stop(Exception):
+    """The budget cannot cover the next attempt (or already could not): take no more work."""
+
+
+class _AttemptFailed(Exception):
+    """One attempt's error, with when it was sent (a 429 only slows down newer sends)."""
+
+    def __init__(self, error: AttemptError, sent_at: float) -> None:
+        self.error = error
+        self.sent_at = sent_at
+
+
+class Dispatcher:
+    """Sends a stream of ``Request`` and emits ``(request, result)`` for each finished row.
+
+    Reusable: each ``run`` gets its own client and task group; limits learned from
+    the API's headers carry over to the next run.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        budget: Budget | None = None,
+        counters: Counters | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.limits = job.limits
+        self.price = job.price
+        self.url = completions_url(base_url or job.api.base_url)
+        self.budget = budget
+        self.counters = counters if counters is not None else Counters()
+        self.learned = LearnedLimits()
+        self.backoff = backoff or Backoff()
+        self.rng = rng or random.Random()
+        self._api_key = api_key
+        self._transport = transport
+
+    async def run(
+        self,
+        requests: ObjectReceiveStream[Request],
+        results: ObjectSendStream[Emitted],
+    ) -> DispatchOutcome:
+        """Send everything ``requests`` yields; close ``results`` when done.
+
+        Returns when the request stream is closed and every row is finished, or early
+        with ``stopped="budget"``; raises ``FatalApiError`` on 401/403/unknown model.
+        """
+        transport = self._transport
+        async with make_client(self.limits.concurrency, transport) as client, results:
+            sender = Sender(
+                client, url=self.url, api_key=self._api_key, timeout_s=self.limits.timeout_s
+            )
+            return await _Run(self, sender).run(requests, results)
+
+
+class _Run:
+    """The state of one ``Dispatcher.run``: pacing, pause, workers, and how it stops."""
+
+    def __init__(self, dispatcher: Dispatcher, sender: Sender) -> None:
+        self.d = dispatcher
+        self.counters = dispatcher.counters
+        self.sender = sender
+        limits = dispatcher.limits
+        self.slots = anyio.CapacityLimiter(limits.concurrency)
+        self.pacer = Pacer(limits.requests_per_minute, limits.tokens_per_minute, dispatcher.learned)
+        self.gate = PauseGate()
+        self.counters.rpm_limit = self.pacer.rpm_in_use
+        self.worker_scopes: set[anyio.CancelScope] = set()
+        self.sending: set[anyio.CancelScope] = set()
+        self.stopped: Literal["budget"] | None = None
+        self.fatal: FatalApiError | None = None
+        out, self.finished = anyio.create_memory_object_stream[Emitted](math.inf)
+        self.out = out
+
+    async def run(
+        self, requests: ObjectReceiveStream[Request], results: ObjectSendStream[Emitted]
+    ) -> DispatchOutcome:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._forward, results)
+            async with self.out:
+                for _ in range(2 * self.d.limits.concurrency):
+                    tg.start_soon(self._worker, requests, self.out.clone())
+        if self.fatal is not None:
+            raise self.fatal
+        return DispatchOutcome(stopped=self.stopped)
+
+    async def _forward(self, results: ObjectSendStream[Emitted]) -> None:
+        # The only task that may wait on the consumer; workers never do.
+        async with self.finished:
+            async for item in self.finished:
+                await results.send(item)
+
+    async def _worker(
+        self, requests: ObjectReceiveStream[Request], out: ObjectSendStream[Emitted]
+    ) -> None:
+        with out, anyio.CancelScope() as scope:
+            self.worker_scopes.add(scope)
+            try:
+                while not self.stopped:
+                    request = await requests.receive()
+                    out.send_nowait((request, await self._row(request, scope)))
+            except anyio.EndOfStream:
+                pass
+            except _Stop:
+                self._stop_taking_work()
+            except FatalApiError as exc:
+                self._abort(exc)
+            finally:
+                self.worker_scopes.discard(scope)
+
+    def _stop_taking_work(self) -> None:
+        """Budget: cancel every worker not in the middle of a send."""
+        self.stopped = "budget"
+        for scope in self.worker_scopes - self.sending:
+            scope.cancel()
+
+    def _abort(self, exc: FatalApiError) -> None:
+        """Fatal answer: cancel every worker, in-flight sends included."""
+        if self.fatal is None:
+            self.fatal = exc
+        for scope in self.worker_scopes:
+            scope.cancel()
+
+    async def _row(self, request: Request, scope: anyio.CancelScope) -> Result:
+        """All attempts at one row; the result is ok or error (never raises Attempt errors)."""
+        max_attempts = max(self.d.limits.max_attempts, 1)
+        for attempt in range(1, max_attempts + 1):
+            try:
+                result = await self._attempt(request, scope)
+            except _AttemptFailed as failed:
+                exc = failed.error
+                if isinstance(exc, PermanentError) or attempt == max_attempts:
+                    return self._finished(_error_result(exc, attempt))
+                await self._after_failure(request, failed, attempt)
+            else:
+                result.attempts = attempt
+                return self._finished(result)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, request: Request, scope: anyio.CancelScope) -> Result:
+        if self.stopped:
+            raise _Stop
+        async with self.slots:
+            await self._pace(request)
+            reserved = self._reserve(request)
+            self.sending.add(scope)
+            try:
+                return await self._send(request, reserved)
+            finally:
+                self.sending.discard(scope)
+
+    async def _pace(self, request: Request) -> None:
+        """Wait out any global pause, then the rate buckets; again if a 429 came meanwhile."""
+        while True:
+            await self.gate.wait()
+            await self.pacer.acquire(request.est_tokens)
+            if self.gate.is_open:
+                return
+
+    def _reserve(self, request: Request) -> float:
+        if self.d.budget is None:
+            return 0.0
+        reserved = self.d.budget.try_reserve(request)
+        if reserved is None:
+            raise _Stop
+        return reserved
+
+    async def _send(self, request: Request, reserved: float) -> Result:
+        counters = self.counters
+        counters.sent += 1
+        counters.in_flight += 1
+        sent_at = anyio.current_time()
+        try:
+            reply = await self.sender.send(request)
+        except AttemptError as exc:
+            # An answer lost after the API did the work is billed: keep its worst case.
+            lost = exc.error_type in _MAYBE_BILLED
+            self._settle(reserved, reserved if lost else 0.0, priced=False)
+            if exc.error_type == "rate_limited":
+                counters.rate_limited += 1
+            raise _AttemptFailed(exc, sent_at) from None
+        finally:
+            counters.in_flight -= 1
+        return self._succeeded(request, reply, reserved)
+
+    def _succeeded(self, request: Request, reply: Reply, reserved: float) -> Result:
+        self.pacer.observe(reply.rate)
+        self.pacer.reconcile(request.est_prompt_tokens, reply.result.prompt_tokens)
+        self.pacer.succeeded()
+        self.counters.rpm_limit = self.pacer.rpm_in_use
+        if (wait := reply.rate.exhausted_for_s()) is not None:
+            self.gate.pause_for(wait)  # nothing left in this window: wait before the 429
+        self._settle(reserved, result_cost(self.d.price, reply.result) or 0.0)
+        return reply.result
+
+    def _settle(self, reserved: float, cost: float, *, priced: bool = True) -> None:
+        if self.d.budget is not None:
+            self.d.budget.settle(reserved, cost)
+        if priced:
+            self.counters.cost_usd += cost
+
+    async def _after_failure(self, request: Request, failed: _AttemptFailed, attempt: int) -> None:
+        """Before the next attempt: a 429 pauses everyone; anything else backs off alone."""
+        self.counters.retries += 1
+        exc, wait = failed.error, 0.0
+        if exc.error_type == "rate_limited":
+            self._rate_limited(exc, failed.sent_at)
+        else:
+            b = self.d.backoff
+            wait = compute_backoff(attempt, self.d.rng, base_s=b.base_s, cap_s=b.cap_s)
+        retry_log.debug(
+            "retry %s after attempt %d: %s (%s); backoff %.3f s",
+            request.key,
+            attempt,
+            exc.error_type,
+            exc.message,
+            wait,
+        )
+        await anyio.sleep(wait)
+
+    def _rate_limited(self, exc: AttemptError, sent_at: float) -> None:
+        if exc.retry_after is not None:
+            self.gate.pause_for(exc.retry_after)
+        else:
+            self.pacer.throttled(sent_at)
+            self.counters.rpm_limit = self.pacer.rpm_in_use
+
+    def _finished(self, result: Result) -> Result:
+        counters = self.counters
+        counters.done += 1
+        if result.status == "ok":
+            counters.ok += 1
+        else:
+            counters.failed += 1
+        result.completed_at = datetime.now(UTC)
+        return result
+
+
+def _error_result(exc: AttemptError, attempts: int) -> Result:
+    return Result(
+        status="error", error_type=exc.error_type, error_message=exc.message, attempts=attempts
+    )

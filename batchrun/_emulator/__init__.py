@@ -1,0 +1,14 @@
+"""A local ModelStream chat-completions emulator (``batchrun emulator``).
+
+with EmulatorProcess(["--rpm", "600"]) as emu:
+    emu.base_url      # "http://127.0.0.1:PORT"
+    emu.ledger()      # GET /emulator/ledger as a dict
+    emu.reset()       # POST /emulator/reset
+"""
+
+from ._app import EmulatorApp
+from ._config import EmulatorConfig
+from ._process import EmulatorProcess
+from ._server import main
+
+__all__ = ["EmulatorApp", "EmulatorConfig", "EmulatorProcess", "main"]

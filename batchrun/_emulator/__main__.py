@@ -1,0 +1,7 @@
+"""``python -m batchrun._emulator ARGS``."""
+
+import sys
+
+from ._server import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""The billing ledger behind ``GET /emulator/ledger``: what clients asked for and paid for.
+
+A request is *billed* once it passes auth, validation and the rate limits and
+is not a ``fail`` fault; a dropped, stalled, truncated or malformed answer is
+billed, like a real API that did the work and then lost the answer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from ._faults import Fault
+from ._limits import RollingCount
+
+TOKEN_KINDS = ("prompt", "cached", "completion", "reasoning", "image")
+
+
+class Ledger:
+    """Counters the app updates on every chat-completions request."""
+
+    def __init__(self) -> None:
+        self.requests_received = 0
+        self.requests_billed = 0
+        self.rate_limited = 0
+        self.status_counts: Counter[int] = Counter()
+        self.faults: Counter[str] = Counter()
+        self.tokens: dict[str, int] = dict.fromkeys(TOKEN_KINDS, 0)
+        self.billed_by_hash: Counter[str] = Counter()
+        self.received_window = RollingCount()
+        self.billed_window = RollingCount()
+
+    def receive(self, now: float) -> None:
+        self.requests_received += 1
+        self.received_window.add(now)
+
+    def bill(self, fingerprint: str, now: float, usage: dict[str, int]) -> None:
+        """Record one billed request; ``usage`` holds the TOKEN_KINDS amounts."""
+        self.requests_billed += 1
+        self.billed_window.add(now)
+        self.billed_by_hash[fingerprint] += 1
+        tokens = self.tokens
+        for kind, amount in usage.items():
+            tokens[kind] += amount
+
+    def snapshot(self, *, full: bool = False) -> dict[str, Any]:
+        """The ledger as JSON-ready data; ``full`` adds every billed fingerprint."""
+        twice = {h: n for h, n in self.billed_by_hash.items() if n > 1}
+        data: dict[str, Any] = {
+            "requests_received": self.requests_received,
+            "requests_billed": self.requests_billed,
+            "completions": {str(k): v for k, v in sorted(self.status_counts.items())},
+            "tokens": dict(self.tokens),
+            "rate_limited": self.rate_limited,
+            "faults": {fault.value: self.faults[fault.value] for fault in Fault},
+            "max_requests_in_60s": self.received_window.max_in_window,
+            "max_billed_in_60s": self.billed_window.max_in_window,
+            "unique_bodies_billed": len(self.billed_by_hash),
+            "duplicates_billed": sum(n - 1 for n in twice.values()),
+            "billed_more_than_once": twice,
+        }
+        if full:
+            data["billed_by_body_hash"] = dict(self.billed_by_hash)
+        return data

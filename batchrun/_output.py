@@ -1,0 +1,278 @@
+"""The output Parquet: every input column, then batchrun's columns, written atomically.
+
+``write_output`` streams the input again, rebuilds each row's request (cheap, and
+it yields the fingerprint the checkpoint keys answers by), looks the answers up
+batch by batch and writes through a temp file beside the output, which
+``os.replace`` swaps in: a reader sees the old file or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ._config import Job
+from ._errors import JobError
+from ._input import InputTable
+from ._parse import ARROW_TYPES, parse_response
+from ._requests import RequestBuilder
+from ._types import RESULT_COLUMNS, Answer, Request, Result
+
+Lookup = Callable[[Sequence[str]], Mapping[str, Answer]]
+
+RESULT_TYPES: Mapping[str, pa.DataType] = {
+    **dict.fromkeys(
+        ("response", "reasoning_content", "tool_calls", "finish_reason", "model", "response_id"),
+        pa.string(),
+    ),
+    **dict.fromkeys(
+        ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens"),
+        pa.int64(),
+    ),
+    "cost_usd": pa.float64(),
+    "status": pa.string(),
+    "error_type": pa.string(),
+    "error_message": pa.string(),
+    "attempts": pa.int32(),
+    "latency_ms": pa.float64(),
+    "completed_at": pa.timestamp("us", tz="UTC"),
+}
+"""SPEC's type of each column in ``RESULT_COLUMNS``."""
+
+ROW_GROUP_ROWS = 65_536
+STATS_METADATA_KEY = "batchrun.output_stats"
+_TOKEN_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+)
+
+
+@dataclass
+class OutputStats:
+    """What was written. Token sums count rows that own their answer (what was
+    paid for); rows that reused another row's answer are counted in ``reused_rows``."""
+
+    path: Path
+    rows: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    reused_rows: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["path"], data["by_status"] = str(self.path), dict(self.by_status)
+        return data
+
+
+# --- columns -------------------------------------------------------------------------
+
+
+def added_fields(job: Job) -> list[pa.Field]:
+    """The columns batchrun appends, prefixed, in order: result columns, then parsed."""
+    prefix = job.output.prefix
+    fields = [pa.field(prefix + name, RESULT_TYPES[name]) for name in RESULT_COLUMNS]
+    for name, kind in _parsed_columns(job).items():
+        fields.append(pa.field(prefix + name, ARROW_TYPES[kind]))
+    return fields
+
+
+def check_columns(job: Job, schema: pa.Schema) -> None:
+    """Raise ``JobError`` when an added column's name is taken; call before sending."""
+    clashing = [name for name in _parsed_columns(job) if name in RESULT_COLUMNS]
+    if clashing:
+        raise JobError(
+            f"output.columns: {', '.join(clashing)} clash with batchrun's own columns; "
+            "rename them in the prompt and in output.columns"
+        )
+    taken = [f.name for f in added_fields(job) if f.name in schema.names]
+    if taken:
+        raise JobError(
+            f"output.prefix: output column(s) {', '.join(taken)} clash with input columns; "
+            f'set output.prefix (e.g. "llm_") to rename batchrun\'s columns '
+            f"(now {job.output.prefix!r})"
+        )
+
+
+def output_schema(job: Job, input_schema: pa.Schema) -> pa.Schema:
+    """Input columns in input order (same types), then ``added_fields(job)``."""
+    check_columns(job, input_schema)
+    return pa.schema([*input_schema.remove_metadata(), *added_fields(job)])
+
+
+def _parsed_columns(job: Job) -> Mapping[str, str]:
+    return job.output.columns if job.output.parse == "json" else {}
+
+
+# --- settling one row ------------------------------------------------------------
+
+
+def parse_status(job: Job, result: Result) -> Result:
+    """``result``, or a copy with ``status="error", error_type="parse_error"`` when it is
+    ok but its response does not parse into the job's declared columns."""
+    return _settle(job, result)[0]
+
+
+def _settle(job: Job, result: Result) -> tuple[Result, dict[str, Any] | None]:
+    columns = _parsed_columns(job)
+    if not columns or result.status != "ok":
+        return result, None
+    parsed = parse_response(result.response, columns)
+    if parsed.error is None:
+        return result, parsed.values
+    failed = dataclasses.replace(
+        result, status="error", error_type="parse_error", error_message=parsed.error
+    )
+    return failed, None
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    result: Result
+    cost: float | None
+    parsed: dict[str, Any] | None
+    reused: bool
+
+
+def _row(job: Job, item: Request | Result, answers: Mapping[str, Answer]) -> _Row:
+    if isinstance(item, Result):  # invalid: never sent
+        return _Row(item, _cost(job, item, reused=False), None, False)
+    answer = answers.get(item.fingerprint)
+    if answer is None:
+        pending = Result(status="pending")
+        return _Row(pending, _cost(job, pending, reused=False), None, False)
+    result, parsed = _settle(job, answer.result)
+    reused = answer.owner_key != item.key
+    if reused:
+        result = dataclasses.replace(result, attempts=0)
+    return _Row(result, _cost(job, result, reused=reused), parsed, reused)
+
+
+def _cost(job: Job, result: Result, *, reused: bool) -> float | None:
+    """Null for an unpriced model; 0.0 for a reused answer or a row without usage."""
+    price = job.price
+    if price is None:
+        return None
+    if reused:
+        return 0.0
+    return price.cost(
+        result.prompt_tokens or 0, result.cached_tokens or 0, result.completion_tokens or 0
+    )
+
+
+# --- batches ---------------------------------------------------------------------
+
+
+def _output_batch(
+    job: Job, batch: pa.RecordBatch, rows: Sequence[_Row], schema: pa.Schema
+) -> pa.RecordBatch:
+    results = [row.result for row in rows]
+    arrays: list[pa.Array] = list(batch.columns)
+    for name in RESULT_COLUMNS:
+        if name == "cost_usd":
+            values: list[Any] = [row.cost for row in rows]
+        else:
+            values = [getattr(result, name) for result in results]
+        arrays.append(pa.array(values, type=RESULT_TYPES[name]))
+    for name, kind in _parsed_columns(job).items():
+        values = [None if row.parsed is None else row.parsed[name] for row in rows]
+        arrays.append(pa.array(values, type=ARROW_TYPES[kind]))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _count(stats: OutputStats, rows: Sequence[_Row]) -> None:
+    for row in rows:
+        result = row.result
+        stats.rows += 1
+        stats.by_status[result.status] += 1
+        if row.reused:
+            stats.reused_rows += 1
+            continue
+        for name in _TOKEN_FIELDS:
+            setattr(stats, name, getattr(stats, name) + (getattr(result, name) or 0))
+        if row.cost is not None:
+            stats.cost_usd = (stats.cost_usd or 0.0) + row.cost
+
+
+# --- writing ---------------------------------------------------------------------
+
+
+def write_output(
+    job: Job,
+    table: InputTable,
+    builder: RequestBuilder,
+    lookup: Lookup,
+    metadata: Mapping[str, str],
+    *,
+    batch_size: int = 16_384,
+) -> OutputStats:
+    """Write ``job.output.path`` from the input and the answers ``lookup`` finds.
+
+    ``lookup(fingerprints)`` returns the answers it has, keyed by fingerprint;
+    rows without one are written as ``pending``. ``metadata`` becomes the file's
+    key-value metadata; the counts written are added under ``batchrun.output_stats``.
+    """
+    schema = output_schema(job, table.schema).with_metadata(dict(metadata))
+    path = Path(job.output.path)
+    stats = OutputStats(path=path, cost_usd=None if job.price is None else 0.0)
+    with _atomic_writer(path, schema) as writer:
+        pending: list[pa.RecordBatch] = []
+        for batch in _output_batches(job, table, builder, lookup, schema, stats, batch_size):
+            pending.append(batch)
+            if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
+                writer.write_table(pa.Table.from_batches(pending, schema=schema))
+                pending = []
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending, schema=schema))
+        writer.add_key_value_metadata({STATS_METADATA_KEY: json.dumps(stats.to_dict())})
+    return stats
+
+
+def _output_batches(
+    job: Job,
+    table: InputTable,
+    builder: RequestBuilder,
+    lookup: Lookup,
+    schema: pa.Schema,
+    stats: OutputStats,
+    batch_size: int,
+) -> Iterator[pa.RecordBatch]:
+    start = 0
+    for batch in table.batches(batch_size):
+        items = builder.build(batch, start)
+        answers = lookup([item.fingerprint for item in items if isinstance(item, Request)])
+        rows = [_row(job, item, answers) for item in items]
+        _count(stats, rows)
+        yield _output_batch(job, batch, rows, schema)
+        start += batch.num_rows
+
+
+@contextmanager
+def _atomic_writer(path: Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A writer on a temp file in ``path``'s directory, swapped in only on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A dot-name, so globs like out/*.parquet never pick up a half-written file.
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with pq.ParquetWriter(temp, schema) as writer:
+            yield writer
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)

@@ -1,0 +1,294 @@
+"""Rows to requests: render the templates, check each row, build the wire body.
+
+``RequestBuilder(job, schema).build(batch, start)`` turns each row of an Arrow
+batch into a ``Request`` or, when the row itself is unusable (empty prompt, too
+many or malformed image URLs), a ``Result(status="invalid")`` that is never sent.
+Work is column-wise: each template column is converted to Python once per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from ._config import MAX_IMAGE_URLS, Job
+from ._errors import JobError
+from ._input import row_keys
+from ._template import Template
+from ._types import Request, Result
+
+FINGERPRINT_VERSION = "v1"
+IMAGE_TOKENS: Mapping[str | None, int] = {"low": 85, "high": 765, "auto": 425, None: 425}
+"""Prompt tokens one image counts for in ``estimate_prompt_tokens``, by ``detail``."""
+_URL = re.compile(r"(?:https?://[^\s/?#]+\S*|data:\S+)\Z", re.IGNORECASE)
+_SHOWN_URL_CHARS = 80
+
+
+def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """batchrun's (and the emulator's) approximation of a request's prompt tokens.
+
+    ``ceil(C / 4) + 4 * M + sum of image tokens``, where ``C`` counts the
+    characters (code points) of every message's text (string contents and
+    ``text`` parts), ``M`` is the number of messages, and each ``image_url`` part
+    counts by its ``detail``: low 85, high 765, auto or absent 425.
+
+    >>> estimate_prompt_tokens({"messages": [{"role": "user", "content": "abcde"}]})
+    6
+    """
+    chars = images = 0
+    messages = body.get("messages") or []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+            continue
+        for part in content or ():
+            if part.get("type") == "text":
+                chars += len(part.get("text") or "")
+            elif part.get("type") == "image_url":
+                images += IMAGE_TOKENS.get(part["image_url"].get("detail"), IMAGE_TOKENS[None])
+    return -(-chars // 4) + 4 * len(messages) + images
+
+
+def canonical_json(body: Mapping[str, Any]) -> str:
+    """The body's one canonical text: sorted keys, no spaces, UTF-8 kept as is."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def fingerprint(body: Mapping[str, Any], key: str | None = None) -> str:
+    """``"v1:" + sha256`` of the canonical body, the row key first when given.
+
+    The key is written as a JSON string, which is self-delimiting, so no key and
+    body can collide with another pair.
+    """
+    text = canonical_json(body)
+    if key is not None:
+        text = json.dumps(key, ensure_ascii=False) + text
+    return f"{FINGERPRINT_VERSION}:{hashlib.sha256(text.encode()).hexdigest()}"
+
+
+class RequestBuilder:
+    """Builds each row's request; checks the templates against ``schema`` up front."""
+
+    def __init__(self, job: Job, schema: pa.Schema) -> None:
+        self.job = job
+        self.prompt = _template(job.request.prompt, "request.prompt", schema)
+        system = job.request.system_prompt
+        self.system = _template(system, "request.system_prompt", schema) if system else None
+        self.image_column = _image_column(job, schema)
+        self._static = _static_fields(job)
+        system_columns = self.system.columns if self.system else ()
+        self._text_columns = tuple(dict.fromkeys(self.prompt.columns + system_columns))
+
+    def build(self, batch: pa.RecordBatch, start: int) -> list[Request | Result]:
+        """One ``Request`` or invalid ``Result`` per row of ``batch``, in row order."""
+        keys = row_keys(batch, self.job, start)
+        texts = {name: _column_text(batch.column(name)) for name in self._text_columns}
+        prompts = _render(self.prompt, texts, batch.num_rows)
+        systems = _render(self.system, texts, batch.num_rows) if self.system else None
+        blank = _blank_rows(self.prompt, texts, prompts)
+        images = _column_values(batch, self.image_column)
+        out: list[Request | Result] = []
+        for i, key in enumerate(keys):
+            urls, problem = _row_urls(images[i] if images else None)
+            if problem is None and blank[i]:
+                problem = _empty_prompt_problem(self.prompt, batch, i)
+            if problem is not None:
+                out.append(_invalid(key, problem))
+                continue
+            system = systems[i] if systems else None
+            out.append(self._request(key, prompts[i], system, urls))
+        return out
+
+    def _request(self, key: str, prompt: str, system: str | None, urls: list[str]) -> Request:
+        messages: list[dict[str, Any]] = []
+        if system and system.strip():
+            messages.append({"role": self.job.request.system_role, "content": system})
+        messages.append({"role": "user", "content": self._user_content(prompt, urls)})
+        body = {"model": self.job.request.model, "messages": messages, **self._static}
+        dedupe_key = None if self.job.request.dedupe else key
+        return Request(
+            key=key,
+            body=body,
+            fingerprint=fingerprint(body, dedupe_key),
+            est_prompt_tokens=estimate_prompt_tokens(body),
+            max_completion_tokens=self.job.request.worst_case_completion_tokens,
+        )
+
+    def _user_content(self, prompt: str, urls: list[str]) -> str | list[dict[str, Any]]:
+        if not urls:
+            return prompt
+        detail = self.job.request.image_detail
+        parts: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
+        for url in urls:
+            image: dict[str, str] = (
+                {"url": url} if detail is None else {"url": url, "detail": detail}
+            )
+            parts.append({"type": "image_url", "image_url": image})
+        return parts
+
+
+# --- set-up checks ------------------------------------------------------------------
+
+
+def _template(text: str, key: str, schema: pa.Schema) -> Template:
+    try:
+        template = Template.parse(text)
+    except ValueError as exc:
+        raise JobError(f"{key}: {exc}") from None
+    for name in template.columns:
+        if name not in schema.names:
+            raise JobError(
+                f"{key}: the template names column {{{name}}} but the input has no such "
+                f"column (columns: {', '.join(schema.names)})"
+            )
+    return template
+
+
+def _image_column(job: Job, schema: pa.Schema) -> str | None:
+    name = job.request.image_urls_column
+    if name is None:
+        return None
+    if name not in schema.names:
+        raise JobError(
+            f"request.image_urls_column: column {name!r} is not in the input "
+            f"(columns: {', '.join(schema.names)})"
+        )
+    kind = schema.field(name).type
+    if not (_is_text(kind) or (_is_list(kind) and _is_text(kind.value_type))):
+        raise JobError(
+            f"request.image_urls_column: column {name!r} has type {kind}; "
+            "expected list<string>, or a string holding a JSON array or one URL"
+        )
+    return name
+
+
+def _static_fields(job: Job) -> dict[str, Any]:
+    """The body fields every row shares, in wire order, ``extra`` merged last."""
+    req = job.request
+    fields: dict[str, Any] = {}
+    for name in ("reasoning_effort", "verbosity", "max_completion_tokens"):
+        if getattr(req, name) is not None:
+            fields[name] = getattr(req, name)
+    if req.response_format is not None:
+        fields["response_format"] = {"type": req.response_format}
+    if req.stream:
+        fields["stream"] = True
+        fields["stream_options"] = {"include_usage": True}
+    fields.update(req.extra)
+    try:
+        canonical_json(fields)
+    except (TypeError, ValueError) as exc:
+        raise JobError(f"request.extra: not JSON-serialisable: {exc}") from None
+    return fields
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_list(kind) or pa.types.is_large_list(kind))
+
+
+# --- column-wise rendering --------------------------------------------------------
+
+
+def _render(template: Template, texts: Mapping[str, list[str]], n: int) -> list[str]:
+    """``template.render`` for ``n`` rows at once (same rules: null renders as '')."""
+    pieces: list[Sequence[str]] = []
+    for literal, name in template.parts:
+        if literal:
+            pieces.append([literal] * n)
+        if name is not None:
+            pieces.append(texts[name])
+    if not pieces:
+        return [""] * n
+    if len(pieces) == 1:
+        return list(pieces[0])
+    return ["".join(row) for row in zip(*pieces, strict=True)]
+
+
+def _column_text(column: pa.Array) -> list[str]:
+    values = column.to_pylist()
+    if _is_text(column.type) or pa.types.is_dictionary(column.type):
+        if column.null_count == 0:
+            return values
+        return ["" if v is None else v for v in values]
+    return ["" if v is None else str(v) for v in values]
+
+
+def _blank_rows(
+    template: Template, texts: Mapping[str, list[str]], prompts: list[str]
+) -> list[bool]:
+    """Rows whose prompt is blank, or whose prompt columns are all null or blank:
+    the template's fixed text alone is not worth a request."""
+    columns = [texts[name] for name in template.columns]
+    if not columns:
+        return [not prompt.strip() for prompt in prompts]
+    return [not any(value.strip() for value in row) for row in zip(*columns, strict=True)]
+
+
+def _column_values(batch: pa.RecordBatch, name: str | None) -> list[Any] | None:
+    return None if name is None else batch.column(name).to_pylist()
+
+
+# --- per-row checks ---------------------------------------------------------------
+
+
+def _row_urls(cell: Any) -> tuple[list[str], str | None]:
+    """A row's image URLs from a list<string> value or a CSV cell, or the problem."""
+    if cell is None:
+        return [], None
+    if isinstance(cell, str):
+        cell = cell.strip()
+        if not cell:
+            return [], None
+        if not cell.startswith("["):
+            cell = [cell]
+        else:
+            try:
+                cell = json.loads(cell)
+            except json.JSONDecodeError as exc:
+                return [], f"image URL cell is not valid JSON ({exc}): {_shown(cell)}"
+            if not isinstance(cell, list):
+                return [], "image URL cell is not a JSON array of strings"
+    return cell, _url_problem(cell)
+
+
+def _url_problem(urls: list[Any]) -> str | None:
+    if len(urls) > MAX_IMAGE_URLS:
+        return f"{len(urls)} image URLs; at most {MAX_IMAGE_URLS} are allowed"
+    for number, url in enumerate(urls, start=1):
+        if not isinstance(url, str):
+            return f"image URL {number} is {json.dumps(url)}, not a string"
+        if not _URL.match(url):
+            return f"image URL {number} {_shown(url)} is not an http(s):// or data: URL"
+    return None
+
+
+def _empty_prompt_problem(template: Template, batch: pa.RecordBatch, row: int) -> str:
+    if not template.columns:
+        return "prompt is empty after rendering"
+    states = [
+        f"{name} is {'null' if not batch.column(name)[row].is_valid else 'blank'}"
+        for name in template.columns
+    ]
+    return f"prompt has no content ({', '.join(states)})"
+
+
+def _shown(text: str) -> str:
+    if len(text) > _SHOWN_URL_CHARS:
+        text = text[:_SHOWN_URL_CHARS] + "..."
+    return repr(text)
+
+
+def _invalid(key: str, problem: str) -> Result:
+    return Result(
+        status="invalid", error_type="invalid_row", error_message=f"row {key!r}: {problem}"
+    )

@@ -1,0 +1,222 @@
+"""Checkpoint cost per row: writes through ``write_results`` and resume lookups.
+
+    python bench/bench_checkpoint.py              # 1,000,000 rows
+    python bench/bench_checkpoint.py --rows 100000
+
+Each phase runs in its own subprocess so its peak RSS is its own. Phases:
+
+- ``synth``: building the synthetic (Request, Result, cost) items alone; the
+  write figures include this producer cost, so it is shown for subtraction.
+- ``write``: ``Checkpoint.open`` + ``write_results`` fed through an anyio memory
+  stream, as the dispatcher feeds it; CPU counts the worker thread too.
+- ``bare``: baseline, the same row tuples ``executemany``'d into an equivalent
+  table with the same pragmas, 512 rows per transaction, no stream, no thread.
+- ``lookup``: a resume that finds everything done: every fingerprint looked up
+  in batches of 4096, Answers built.
+- ``bare-lookup``: baseline, the same ``IN (...)`` queries, raw tuples only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+
+from batchrun._checkpoint import _INSERT_SQL, COMMIT_ROWS, MIGRATIONS, Checkpoint, _to_row
+from batchrun._types import Request, Result
+
+LOOKUP_BATCH = 4096
+BODY = {"model": "gpt-5.5", "messages": [{"role": "user", "content": "..."}]}
+START = datetime(2026, 11, 25, tzinfo=UTC)
+Item = tuple[Request, Result, float | None]
+
+
+def fingerprint(i: int) -> str:
+    # Real fingerprints are sha256 digests: random order is what the B-tree sees.
+    return "v1:" + hashlib.sha256(i.to_bytes(8, "little")).hexdigest()
+
+
+def item(i: int) -> Item:
+    result = Result(
+        status="ok" if i % 50 else "error",
+        response='{"label": "positive", "confidence": 0.93}',
+        finish_reason="stop",
+        model="gpt-5.5-2026-08-01",
+        response_id=f"chatcmpl-{i:012d}",
+        prompt_tokens=180 + i % 40,
+        completion_tokens=12,
+        total_tokens=192 + i % 40,
+        cached_tokens=128,
+        reasoning_tokens=0,
+        attempts=1,
+        latency_ms=412.5,
+        completed_at=START + timedelta(microseconds=i * 1000),
+    )
+    request = Request(str(i), BODY, fingerprint(i), 200, 64)
+    return request, result, 0.00036
+
+
+def measure(fn: Callable[[], object]) -> dict[str, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+
+
+# ---------------------------------------------------------------- phases
+
+
+def phase_synth(rows: int, db: Path) -> dict[str, float]:
+    def run() -> None:
+        for i in range(rows):
+            item(i)
+
+    return measure(run)
+
+
+def phase_write(rows: int, db: Path) -> dict[str, float]:
+    async def run() -> None:
+        send, receive = anyio.create_memory_object_stream[Item](1024)
+        with Checkpoint.open(db, job_name="bench", fresh=True) as ckpt:
+            async with anyio.create_task_group() as tg, send:
+                tg.start_soon(ckpt.write_results, receive)
+                for i in range(rows):
+                    await send.send(item(i))
+
+    figures = measure(lambda: anyio.run(run))
+    figures["db_mb"] = sum(p.stat().st_size for p in db.parent.glob(db.name + "*")) / 1e6
+    return figures
+
+
+def phase_bare(rows: int, db: Path) -> dict[str, float]:
+    def run() -> None:
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        MIGRATIONS[0](conn)  # the same answers table, nothing else
+        batch: list[tuple[object, ...]] = []
+        for i in range(rows):
+            batch.append(_to_row(item(i)))
+            if len(batch) == COMMIT_ROWS or i == rows - 1:
+                conn.execute("BEGIN")
+                conn.executemany(_INSERT_SQL, batch)
+                conn.execute("COMMIT")
+                batch = []
+        conn.close()
+
+    db.unlink(missing_ok=True)
+    return measure(run)
+
+
+def fingerprint_batches(rows: int) -> Iterator[list[str]]:
+    for start in range(0, rows, LOOKUP_BATCH):
+        yield [fingerprint(i) for i in range(start, min(rows, start + LOOKUP_BATCH))]
+
+
+def phase_lookup(rows: int, db: Path) -> dict[str, float]:
+    batches = list(fingerprint_batches(rows))  # made before timing: not lookup cost
+    found = 0
+
+    def run() -> None:
+        nonlocal found
+        with Checkpoint.open(db, job_name="bench") as ckpt:
+            for batch in batches:
+                found += len(ckpt.lookup(batch))
+
+    figures = measure(run)
+    assert found == rows, f"found {found} of {rows}"
+    return figures
+
+
+def phase_bare_lookup(rows: int, db: Path) -> dict[str, float]:
+    batches = list(fingerprint_batches(rows))
+    conn = sqlite3.connect(db)
+    sql = "SELECT * FROM answers WHERE fingerprint IN ({})"
+    found = 0
+
+    def run() -> None:
+        nonlocal found
+        for batch in batches:
+            for start in range(0, len(batch), 900):
+                chunk = batch[start : start + 900]
+                found += len(conn.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall())
+
+    figures = measure(run)
+    assert found == rows, f"found {found} of {rows}"
+    return figures
+
+
+PHASES = {
+    "synth": phase_synth,
+    "write": phase_write,
+    "bare": phase_bare,
+    "lookup": phase_lookup,
+    "bare-lookup": phase_bare_lookup,
+}
+DATABASE = {"write": "ckpt.sqlite", "lookup": "ckpt.sqlite", "bare": "bare.sqlite"}
+DATABASE["bare-lookup"] = DATABASE["synth"] = "bare.sqlite"
+
+
+# ---------------------------------------------------------------- driver
+
+
+def run_phase(name: str, rows: int, workdir: Path) -> dict[str, float]:
+    db = workdir / DATABASE[name]
+    args = [sys.executable, __file__, "--phase", name, "--rows", str(rows), "--db", str(db)]
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def print_table(rows: int, results: dict[str, dict[str, float]]) -> None:
+    print(
+        f"\ncheckpoint benchmark, {rows:,} rows (Python {sys.version.split()[0]}, "
+        f"SQLite {sqlite3.sqlite_version})\n"
+    )
+    print(
+        f"| {'phase':<12} | {'wall s':>7} | {'CPU s':>7} | {'wall µs/row':>11} "
+        f"| {'CPU µs/row':>10} | {'peak RSS MB':>11} |"
+    )
+    print(f"|{'-' * 14}|{'-' * 9}|{'-' * 9}|{'-' * 13}|{'-' * 12}|{'-' * 13}|")
+    for name, f in results.items():
+        print(
+            f"| {name:<12} | {f['wall_s']:7.2f} | {f['cpu_s']:7.2f} | "
+            f"{f['wall_s'] / rows * 1e6:11.2f} | {f['cpu_s'] / rows * 1e6:10.2f} | "
+            f"{f['rss_mb']:11.0f} |"
+        )
+    write, synth, bare = results["write"], results["synth"], results["bare"]
+    print(
+        f"\nwrite minus synth: {(write['wall_s'] - synth['wall_s']) / rows * 1e6:.2f} µs/row wall, "
+        f"{(write['cpu_s'] - synth['cpu_s']) / rows * 1e6:.2f} µs/row CPU; "
+        f"bare minus synth: {(bare['wall_s'] - synth['wall_s']) / rows * 1e6:.2f} µs/row wall"
+    )
+    print(f"checkpoint size: {write['db_mb']:.0f} MB ({write['db_mb'] * 1e6 / rows:.0f} bytes/row)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
+    parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        figures = PHASES[args.phase](args.rows, args.db)
+        figures["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(figures))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {name: run_phase(name, args.rows, Path(tmp)) for name in PHASES}
+    print_table(args.rows, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""Sending one request: answer shapes, SSE assembly, and error translation (MockTransport)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from batchrun._errors import FatalApiError, JobError, PermanentError, RetryableError
+from batchrun._transport import Reply, Sender, completions_url, make_client
+from batchrun._types import Request
+
+KEY = "sk-secret-key-123"
+URL = "http://127.0.0.1:9/v1/chat/completions"
+
+COMPLETION: dict[str, Any] = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "model": "gpt-5.5",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "positive",
+                "reasoning_content": "thinking",
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "label", "arguments": '{"x": 1}'},
+                    }
+                ],
+            },
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {
+        "prompt_tokens": 12,
+        "completion_tokens": 7,
+        "total_tokens": 19,
+        "prompt_tokens_details": {"cached_tokens": 4},
+        "completion_tokens_details": {"reasoning_tokens": 3},
+    },
+}
+
+
+def _request(stream: bool = False) -> Request:
+    body: dict[str, Any] = {"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}]}
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    return Request("row-1", body, "v1:abc", 10, 64)
+
+
+def _send(handler: Callable[[httpx.Request], httpx.Response], stream: bool = False) -> Reply:
+    async def main() -> Reply:
+        async with make_client(4, httpx.MockTransport(handler)) as client:
+            sender = Sender(client, url=URL, api_key=KEY, timeout_s=2.0)
+            return await sender.send(_request(stream))
+
+    return anyio.run(main)
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Callable[..., Any]:
+    return lambda request: httpx.Response(status, json=body, headers=headers)
+
+
+def _sse(events: list[dict[str, Any]], done: bool = True) -> bytes:
+    lines = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events]
+    return b"".join(lines) + (b"data: [DONE]\n\n" if done else b"")
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return {"id": "chatcmpl-1", "model": "gpt-5.5", "choices": [choice], **extra}
+
+
+STREAM_EVENTS = [
+    _chunk({"role": "assistant", "content": ""}),
+    _chunk({"reasoning_content": "think"}),
+    _chunk({"reasoning_content": "ing"}),
+    _chunk({"content": "posi"}),
+    _chunk(
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "label", "arguments": '{"x"'},
+                }
+            ]
+        }
+    ),
+    _chunk({"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]}),
+    _chunk({"content": "tive"}, "stop"),
+    {"id": "chatcmpl-1", "model": "gpt-5.5", "choices": [], "usage": COMPLETION["usage"]},
+]
+
+
+def test_plain_answer_fills_every_result_field() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=COMPLETION)
+
+    result = _send(handler).result
+    assert seen[0].headers["authorization"] == f"Bearer {KEY}"
+    assert (result.status, result.response, result.reasoning_content) == (
+        "ok",
+        "positive",
+        "thinking",
+    )
+    assert json.loads(result.tool_calls or "")[0]["function"] == {
+        "name": "label",
+        "arguments": '{"x": 1}',
+    }
+    assert (result.finish_reason, result.model, result.response_id) == (
+        "stop",
+        "gpt-5.5",
+        "chatcmpl-1",
+    )
+    usage = (result.prompt_tokens, result.completion_tokens, result.total_tokens)
+    assert usage == (12, 7, 19)
+    assert (result.cached_tokens, result.reasoning_tokens) == (4, 3)
+    assert result.latency_ms is not None and result.latency_ms >= 0
+
+
+def test_streamed_answer_equals_the_plain_one() -> None:
+    plain = _send(_json(200, COMPLETION)).result
+    streamed = _send(lambda r: httpx.Response(200, content=_sse(STREAM_EVENTS)), stream=True).result
+    plain.latency_ms = streamed.latency_ms = None
+    assert streamed == plain
+
+
+def test_stream_cut_before_done_is_a_broken_stream() -> None:
+    with pytest.raises(RetryableError) as caught:
+        _send(lambda r: httpx.Response(200, content=_sse(STREAM_EVENTS, done=False)), stream=True)
+    assert caught.value.error_type == "broken_stream"
+
+
+def test_garbage_in_a_stream_is_retryable() -> None:
+    content = b"data: {not json\n\n"
+    with pytest.raises(RetryableError) as caught:
+        _send(lambda r: httpx.Response(200, content=content), stream=True)
+    assert caught.value.error_type == "malformed_response"
+
+
+def test_malformed_body_is_retryable() -> None:
+    with pytest.raises(RetryableError) as caught:
+        _send(lambda r: httpx.Response(200, content=b'{"id": "x", "choi'))
+    assert caught.value.error_type == "malformed_response"
+
+
+def test_bad_request_is_permanent_with_the_api_message() -> None:
+    error = {
+        "error": {
+            "message": "prompt is required",
+            "type": "invalid_request_error",
+            "code": "missing_prompt",
+        }
+    }
+    with pytest.raises(PermanentError) as caught:
+        _send(_json(400, error))
+    assert (caught.value.error_type, caught.value.message) == (
+        "missing_prompt",
+        "prompt is required",
+    )
+
+
+def test_bad_request_without_error_body_is_typed_by_status() -> None:
+    with pytest.raises(PermanentError) as caught:
+        _send(lambda r: httpx.Response(422, content=b"nope"))
+    assert caught.value.error_type == "http_422"
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_refused_key_or_unknown_model_is_fatal_and_never_shows_the_key(status: int) -> None:
+    error = {"error": {"message": f"Incorrect API key provided: {KEY}", "code": "invalid_api_key"}}
+    with pytest.raises(FatalApiError) as caught:
+        _send(_json(status, error))
+    assert KEY not in str(caught.value)
+    assert "Incorrect API key" in str(caught.value)
+
+
+def test_model_not_found_code_is_fatal_whatever_the_status() -> None:
+    error = {"error": {"message": "The model `x` does not exist", "code": "model_not_found"}}
+    with pytest.raises(FatalApiError):
+        _send(_json(400, error))
+
+
+def test_rate_limited_carries_retry_after_ms() -> None:
+    headers = {"retry-after": "2", "retry-after-ms": "1500"}
+    with pytest.raises(RetryableError) as caught:
+        _send(_json(429, {"error": {"message": "slow down"}}, headers))
+    assert (caught.value.error_type, caught.value.retry_after) == ("rate_limited", 1.5)
+
+
+def test_rate_limited_falls_back_to_the_reset_header() -> None:
+    headers = {
+        "x-ratelimit-limit-requests": "10",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "6m0s",
+    }
+    with pytest.raises(RetryableError) as caught:
+        _send(_json(429, {"error": {"message": "slow down"}}, headers))
+    assert caught.value.retry_after == 360.0
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 408])
+def test_server_errors_are_retryable(status: int) -> None:
+    with pytest.raises(RetryableError) as caught:
+        _send(_json(status, {"error": {"message": "boom"}}))
+    assert caught.value.error_type == f"http_{status}"
+
+
+def test_connection_error_is_retryable_and_hides_the_key() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"refused while sending {KEY}")
+
+    with pytest.raises(RetryableError) as caught:
+        _send(handler)
+    assert caught.value.error_type == "connect_error"
+    assert KEY not in caught.value.message
+
+
+def test_timeout_is_retryable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow")
+
+    with pytest.raises(RetryableError) as caught:
+        _send(handler)
+    assert caught.value.error_type == "timeout"
+
+
+def test_rate_headers_are_returned_with_the_answer() -> None:
+    headers = {"x-ratelimit-limit-requests": "600", "x-ratelimit-limit-tokens": "90000"}
+    rate = _send(_json(200, COMPLETION, headers)).rate
+    assert (rate.limit_requests, rate.limit_tokens) == (600, 90000)
+
+
+def test_plain_http_is_refused_for_a_remote_host() -> None:
+    with pytest.raises(JobError, match="https"):
+        completions_url("http://api.example.com")
+    assert completions_url("http://127.0.0.1:8000/") == "http://127.0.0.1:8000/v1/chat/completions"
