@@ -16,11 +16,13 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
 import anyio
+import anyio.lowlevel
 import httpx
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
@@ -144,6 +146,7 @@ class _Run:
     async def run(
         self, requests: ObjectReceiveStream[Request], results: ObjectSendStream[Emitted]
     ) -> DispatchOutcome:
+        self.results = results
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._forward, results)
             async with self.out:
@@ -167,7 +170,7 @@ class _Run:
             try:
                 while not self.stopped:
                     request = await requests.receive()
-                    out.send_nowait((request, await self._row(request, scope)))
+                    self._emit(out, (request, await self._row(request, scope)))
             except anyio.EndOfStream:
                 pass
             except _Stop:
@@ -176,6 +179,17 @@ class _Run:
                 self._abort(exc)
             finally:
                 self.worker_scopes.discard(scope)
+
+    def _emit(self, out: ObjectSendStream[Emitted], item: Emitted) -> None:
+        # Straight to the consumer when it has room (the usual case), else to the
+        # forwarder's backlog; either way without waiting.
+        if self.finished.statistics().current_buffer_used == 0:
+            try:
+                self.results.send_nowait(item)
+                return
+            except anyio.WouldBlock:
+                pass
+        out.send_nowait(item)
 
     def _stop_taking_work(self) -> None:
         """Budget: cancel every worker not in the middle of a send."""
@@ -211,10 +225,15 @@ class _Run:
             raise _Stop
         async with self.slots:
             await self._pace(request)
+            # A stop may have come while we waited without yielding: never send after it.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             reserved = self._reserve(request)
             self.sending.add(scope)
             try:
                 return await self._send(request, reserved)
+            except FatalApiError as exc:
+                self._abort(exc)  # before the slot is released to another worker
+                raise
             finally:
                 self.sending.discard(scope)
 
@@ -238,7 +257,7 @@ class _Run:
         counters = self.counters
         counters.sent += 1
         counters.in_flight += 1
-        sent_at = anyio.current_time()
+        sent_at = time.monotonic()
         try:
             reply = await self.sender.send(request)
         except AttemptError as exc:

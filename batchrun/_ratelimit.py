@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import anyio
@@ -95,19 +96,20 @@ class RateInfo:
 
 
 NO_RATE_INFO = RateInfo()
-_RATE_HEADERS = (
-    "x-ratelimit-limit-requests",
-    "x-ratelimit-limit-tokens",
-    "x-ratelimit-remaining-requests",
-    "retry-after",
-    "retry-after-ms",
-)
 
 
-def parse_rate_info(headers: Mapping[str, str]) -> RateInfo:
-    """Read the ``x-ratelimit-*``, ``retry-after-ms`` and ``Retry-After`` headers."""
-    if not any(name in headers for name in _RATE_HEADERS):
-        return NO_RATE_INFO  # the common case, kept cheap
+def parse_rate_info(raw_headers: Iterable[tuple[bytes, bytes]]) -> RateInfo:
+    """Read the ``x-ratelimit-*``, ``retry-after-ms`` and ``Retry-After`` headers.
+
+    Takes raw (name, value) pairs: one cheap pass, as this runs for every answer.
+    """
+    headers = {
+        name.lower().decode("latin-1"): value.decode("latin-1")
+        for name, value in raw_headers
+        if name[:1] in b"xXrR" and name.lower().startswith((b"x-ratelimit-", b"retry-after"))
+    }
+    if not headers:
+        return NO_RATE_INFO
     retry_ms = parse_duration(headers.get("retry-after-ms"))
     return RateInfo(
         limit_requests=_int_header(headers, "x-ratelimit-limit-requests"),
@@ -143,18 +145,22 @@ class Backoff:
 
 
 class PauseGate:
-    """One global "resume at" time: a 429 closes the gate for every worker at once."""
+    """One global "resume at" time: a 429 closes the gate for every worker at once.
+
+    Times are ``time.monotonic()``, the clock of asyncio's loop, without anyio's per-call
+    backend lookup (this runs several times per request).
+    """
 
     def __init__(self) -> None:
         self._resume_at = -math.inf
 
     @property
     def is_open(self) -> bool:
-        return anyio.current_time() >= self._resume_at
+        return time.monotonic() >= self._resume_at
 
     def pause_for(self, seconds: float) -> bool:
         """Close the gate for ``seconds`` from now; True when that extended the pause."""
-        resume_at = anyio.current_time() + seconds
+        resume_at = time.monotonic() + seconds
         if resume_at <= self._resume_at:
             return False
         self._resume_at = resume_at
@@ -162,7 +168,7 @@ class PauseGate:
 
     async def wait(self) -> None:
         # Sleep to the deadline; loop only when another 429 moved it meanwhile.
-        while (delay := self._resume_at - anyio.current_time()) > 0:
+        while (delay := self._resume_at - time.monotonic()) > 0:
             await anyio.sleep(delay)
 
 
@@ -243,7 +249,7 @@ class Pacer:
         self.learned = learned if learned is not None else LearnedLimits()
         self._requests = _Axis(rpm, self.learned.rpm)
         self._tokens = _Axis(tpm, self.learned.tpm)
-        self._started = anyio.current_time()
+        self._started = time.monotonic()
         self._sent = 0
         self._last_cut = -math.inf
 
@@ -256,7 +262,7 @@ class Pacer:
         await self._requests.take(1)
         await self._tokens.take(tokens)
         self._sent += 1
-        return anyio.current_time()
+        return time.monotonic()
 
     def observe(self, info: RateInfo) -> None:
         """Learn (or re-learn) the limits from an answer's headers."""
@@ -276,7 +282,7 @@ class Pacer:
         """A 429 that said nothing: halve the pace, once per burst of 429s."""
         if sent_at < self._last_cut:
             return  # sent before the last cut: that cut already answered it
-        self._last_cut = anyio.current_time()
+        self._last_cut = time.monotonic()
         for axis in (self._requests, self._tokens):
             axis.factor = max(axis.factor / 2, MIN_FACTOR)
         if self._requests.base is None:
@@ -292,5 +298,5 @@ class Pacer:
                 axis.retune()
 
     def _observed_rpm(self) -> int:
-        elapsed = max(anyio.current_time() - self._started, 1.0)
+        elapsed = max(time.monotonic() - self._started, 1.0)
         return max(int(self._sent * 60 / elapsed), 2)

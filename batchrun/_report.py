@@ -23,6 +23,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -49,6 +50,7 @@ TOTAL_LABEL = "TOTAL"
 _TOKENS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
 _METRICS = ("status", *_TOKENS, "cost_usd", "latency_ms")
 _BATCH_ROWS = 65_536
+_MAX_WORKERS = 8
 _PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 _INT_RE = re.compile(r"-?\d+")
 _NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
@@ -170,14 +172,14 @@ class _Source:
     """One file: where batchrun's columns are, and its partition values."""
 
     path: str
-    file: pq.ParquetFile
+    schema: pa.Schema
     prefix: str
     missing: tuple[str, ...]
     partitions: dict[str, Any] = field(default_factory=dict)
 
     def column(self, name: str) -> str | None:
         """Physical column for a report name, or None when the file lacks it."""
-        names = self.file.schema_arrow.names
+        names = self.schema.names
         physical = self.prefix + name if name in RESULT_COLUMNS else name
         return physical if physical in names else None
 
@@ -190,14 +192,15 @@ def _open_sources(files: Sequence[str]) -> list[_Source]:
 
 
 def _open(path: str) -> _Source:
+    # Only the footer is read here; files are opened again one at a time, so a
+    # year of hourly outputs does not hold thousands of open handles.
     try:
-        file = pq.ParquetFile(path)
+        schema = pq.read_schema(path)
     except (OSError, pa.ArrowException) as exc:  # the pyarrow boundary
         raise InputError(f"cannot read {path} as Parquet: {exc}") from exc
-    prefix = _detect_prefix(file.schema_arrow)
-    names = set(file.schema_arrow.names)
-    missing = tuple(c for c in _METRICS if prefix + c not in names)
-    return _Source(path, file, prefix, missing)
+    prefix = _detect_prefix(schema)
+    missing = tuple(c for c in _METRICS if prefix + c not in set(schema.names))
+    return _Source(path, schema, prefix, missing)
 
 
 def _detect_prefix(schema: pa.Schema) -> str:
@@ -253,7 +256,7 @@ def _check_by(keys: Sequence[str], sources: Sequence[_Source]) -> None:
 def _available(sources: Sequence[_Source]) -> list[str]:
     names: dict[str, None] = {}
     for s in sources:
-        for name in [*s.file.schema_arrow.names, *s.partitions]:
+        for name in [*s.schema.names, *s.partitions]:
             result_name = name.removeprefix(s.prefix)
             names[result_name if result_name in RESULT_COLUMNS else name] = None
     return list(names)
@@ -263,22 +266,33 @@ def _available(sources: Sequence[_Source]) -> list[str]:
 
 
 def _aggregate(sources: Sequence[_Source], keys: Sequence[str]) -> pd.DataFrame:
+    # Parquet decoding and Arrow's group-by release the GIL, so each worker
+    # folds whole files into its own accumulator; merging them is cheap.
+    total = _Accumulator(keys)
+    workers = max(1, min(os.cpu_count() or 1, len(sources), _MAX_WORKERS))
+    with ThreadPoolExecutor(workers) as pool:
+        for partial in pool.map(lambda s: _aggregate_file(s, keys), sources):
+            total.merge(partial)
+    return total.table()
+
+
+def _aggregate_file(source: _Source, keys: Sequence[str]) -> _Accumulator:
     acc = _Accumulator(keys)
-    for source in sources:
-        try:
-            for batch in _read(source, keys):
-                acc.add(batch)
-        except (OSError, pa.ArrowException) as exc:  # the pyarrow boundary
-            raise InputError(f"cannot report on {source.path}: {exc}") from exc
-    return acc.table()
+    try:
+        for batch in _read(source, keys):
+            acc.add(batch)
+    except (OSError, pa.ArrowException) as exc:  # the pyarrow boundary
+        raise InputError(f"cannot report on {source.path}: {exc}") from exc
+    return acc
 
 
 def _read(source: _Source, keys: Sequence[str]) -> Iterator[pa.Table]:
     """The file's batches as narrow tables: by columns, then the metric columns."""
     wanted = {name: source.column(name) for name in [*keys, *_METRICS]}
     physical = list(dict.fromkeys(c for c in wanted.values() if c is not None))
-    for batch in source.file.iter_batches(batch_size=_BATCH_ROWS, columns=physical):
-        yield _narrow(batch, wanted, source.partitions)
+    with pq.ParquetFile(source.path) as file:
+        for batch in file.iter_batches(batch_size=_BATCH_ROWS, columns=physical):
+            yield _narrow(batch, wanted, source.partitions)
 
 
 def _narrow(
@@ -337,6 +351,10 @@ class _Accumulator:
         ]
         grouped = table.group_by(self.group_keys, use_threads=False).aggregate(aggs)
         for key, group in _groups(grouped, self.group_keys):
+            self.groups.setdefault(key, _Group()).merge(group)
+
+    def merge(self, other: _Accumulator) -> None:
+        for key, group in other.groups.items():
             self.groups.setdefault(key, _Group()).merge(group)
 
     def table(self) -> pd.DataFrame:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 import pyarrow as pa
@@ -66,10 +67,53 @@ def fingerprint(body: Mapping[str, Any], key: str | None = None) -> str:
     The key is written as a JSON string, which is self-delimiting, so no key and
     body can collide with another pair.
     """
-    text = canonical_json(body)
+    return _hash(canonical_json(body), key)
+
+
+def _hash(canonical: str, key: str | None) -> str:
     if key is not None:
-        text = json.dumps(key, ensure_ascii=False) + text
-    return f"{FINGERPRINT_VERSION}:{hashlib.sha256(text.encode()).hexdigest()}"
+        canonical = encode_basestring(key) + canonical
+    return f"{FINGERPRINT_VERSION}:{hashlib.sha256(canonical.encode()).hexdigest()}"
+
+
+class _CanonicalWriter:
+    """Writes ``canonical_json(body)`` from a row's texts, without re-encoding the
+    fields all rows share: the per-row cost is a few string escapes, not a full
+    ``json.dumps`` (tests pin that both give the same text)."""
+
+    _MARK = "\x00messages\x00"
+
+    def __init__(self, head: str, tail: str, system_role: str, detail: str | None) -> None:
+        self.head, self.tail = head, tail
+        self.system_close = f',"role":{encode_basestring(system_role)}}},'
+        self.url_open = '{"image_url":{' + (
+            "" if detail is None else f'"detail":{encode_basestring(detail)},'
+        )
+
+    @classmethod
+    def create(cls, job: Job, static: Mapping[str, Any]) -> _CanonicalWriter | None:
+        """None when ``extra`` replaces ``messages``: then the generic path is used."""
+        whole = canonical_json({"model": job.request.model, "messages": cls._MARK, **static})
+        pieces = whole.split(encode_basestring(cls._MARK))
+        if len(pieces) != 2:
+            return None
+        return cls(pieces[0], pieces[1], job.request.system_role, job.request.image_detail)
+
+    def text(self, system: str | None, prompt: str, urls: list[str]) -> str:
+        out = [self.head, "["]
+        if system is not None:
+            out += ['{"content":', encode_basestring(system), self.system_close]
+        out += ['{"content":', self._content(prompt, urls), ',"role":"user"}]', self.tail]
+        return "".join(out)
+
+    def _content(self, prompt: str, urls: list[str]) -> str:
+        if not urls:
+            return str(encode_basestring(prompt))
+        out = ['[{"text":', encode_basestring(prompt), ',"type":"text"}']
+        for url in urls:
+            out += [",", self.url_open, '"url":', encode_basestring(url), '},"type":"image_url"}']
+        out.append("]")
+        return "".join(out)
 
 
 class RequestBuilder:
@@ -82,6 +126,8 @@ class RequestBuilder:
         self.system = _template(system, "request.system_prompt", schema) if system else None
         self.image_column = _image_column(job, schema)
         self._static = _static_fields(job)
+        self._canonical = _CanonicalWriter.create(job, self._static)
+        self._image_tokens = IMAGE_TOKENS.get(job.request.image_detail, IMAGE_TOKENS[None])
         system_columns = self.system.columns if self.system else ()
         self._text_columns = tuple(dict.fromkeys(self.prompt.columns + system_columns))
 
@@ -106,17 +152,25 @@ class RequestBuilder:
         return out
 
     def _request(self, key: str, prompt: str, system: str | None, urls: list[str]) -> Request:
+        system = system if system and system.strip() else None
         messages: list[dict[str, Any]] = []
-        if system and system.strip():
+        if system is not None:
             messages.append({"role": self.job.request.system_role, "content": system})
         messages.append({"role": "user", "content": self._user_content(prompt, urls)})
         body = {"model": self.job.request.model, "messages": messages, **self._static}
         dedupe_key = None if self.job.request.dedupe else key
+        if self._canonical is None:  # extra replaced messages: the generic path
+            digest, estimate = fingerprint(body, dedupe_key), estimate_prompt_tokens(body)
+        else:
+            digest = _hash(self._canonical.text(system, prompt, urls), dedupe_key)
+            # Same sum as estimate_prompt_tokens(body), from the parts in hand.
+            chars = len(prompt) + (len(system) if system is not None else 0)
+            estimate = -(-chars // 4) + 4 * len(messages) + self._image_tokens * len(urls)
         return Request(
             key=key,
             body=body,
-            fingerprint=fingerprint(body, dedupe_key),
-            est_prompt_tokens=estimate_prompt_tokens(body),
+            fingerprint=digest,
+            est_prompt_tokens=estimate,
             max_completion_tokens=self.job.request.worst_case_completion_tokens,
         )
 

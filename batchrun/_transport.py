@@ -83,7 +83,7 @@ class Sender:
 
     async def _send_plain(self, request: Request) -> tuple[Result, RateInfo]:
         response = await self._client.post(self._url, json=request.body, headers=self._headers)
-        rate = parse_rate_info(response.headers)
+        rate = parse_rate_info(response.headers.raw)
         if response.status_code != 200:
             raise self._status_error(response.status_code, response.content, rate)
         try:
@@ -100,7 +100,7 @@ class Sender:
                 stream=True,
             )
         try:
-            rate = parse_rate_info(response.headers)
+            rate = parse_rate_info(response.headers.raw)
             if response.status_code != 200:
                 with anyio.fail_after(self._timeout_s):
                     body = await response.aread()

@@ -202,7 +202,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     result = report(args.paths, by=by)
     for skipped in result.skipped:
         print(f"batchrun: skipped {skipped}", file=sys.stderr)
-    print(render(result.table, args.format))
+    sys.stdout.write(render(result.table, args.format))
     return 0
 
 

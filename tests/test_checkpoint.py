@@ -101,6 +101,21 @@ async def test_a_result_round_trips_with_every_field(ckpt: Checkpoint) -> None:
 
 
 @pytest.mark.anyio
+async def test_completed_at_round_trips_to_the_microsecond(ckpt: Checkpoint) -> None:
+    times = [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(2026, 11, 25, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2199, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2030, 6, 1, 12, 0, 0, 1),  # naive is taken as UTC
+    ]
+    items = [(request(f"t{i}"), full_result(completed_at=t), None) for i, t in enumerate(times)]
+    await write_all(ckpt, items)
+    found = ckpt.lookup([f"v1:t{i}" for i in range(len(times))])
+    stored = [found[f"v1:t{i}"].result.completed_at for i in range(len(times))]
+    assert stored == [t.replace(tzinfo=UTC) for t in times]
+
+
+@pytest.mark.anyio
 async def test_a_result_with_only_defaults_round_trips(ckpt: Checkpoint) -> None:
     await write_all(ckpt, [(request("r1"), failed_result(), None)])
     assert ckpt.lookup(["v1:r1"])["v1:r1"].result == failed_result()

@@ -78,7 +78,10 @@ def _run(
                 tg.start_soon(collect)
                 outcome.append(await dispatcher.run(req_recv, res_send))
 
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    except BaseExceptionGroup as group:  # the collector's task group wraps run()'s error
+        raise group.exceptions[0] from None
     return (outcome[0] if outcome else None), finished
 
 

@@ -13,7 +13,7 @@ import pytest
 from batchrun._config import InputConfig, Job, OutputConfig, RequestConfig
 from batchrun._errors import JobError
 from batchrun._input import open_input
-from batchrun._requests import RequestBuilder, estimate_prompt_tokens
+from batchrun._requests import RequestBuilder, estimate_prompt_tokens, fingerprint
 from batchrun._template import Template
 from batchrun._types import Request, Result
 
@@ -290,3 +290,25 @@ def test_builds_from_a_real_csv(tmp_path: Path) -> None:
     assert json.loads(json.dumps(request.body))["messages"][0]["content"][1]["image_url"] == {
         "url": "https://a.io/x.png"
     }
+
+
+@pytest.mark.parametrize(
+    "request_fields",
+    [
+        {},
+        {"system_prompt": "Sys é {text}", "system_role": "system", "dedupe": False},
+        {"image_urls_column": "images", "image_detail": "low", "stream": True},
+        {"image_urls_column": "images", "response_format": "json_object", "extra": {"n": [1]}},
+        {"extra": {"messages": [{"role": "user", "content": "fixed"}], "model": "x"}},
+    ],
+)
+def test_fast_fingerprint_and_estimate_equal_the_generic_ones(request_fields: Any) -> None:
+    job = make_job(**request_fields)
+    columns: dict[str, list[Any]] = {"id": ["a", "b"], "text": ['q "\u2603\n\x01', "plain"]}
+    if "image_urls_column" in request_fields:
+        columns["images"] = [["https://a.io/\u00e9.png", "data:image/png;base64,AA"], None]
+    for item in build(job, columns):
+        assert isinstance(item, Request)
+        key = None if job.request.dedupe else item.key
+        assert item.fingerprint == fingerprint(item.body, key)
+        assert item.est_prompt_tokens == estimate_prompt_tokens(item.body)

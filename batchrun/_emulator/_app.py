@@ -8,7 +8,6 @@ rate-limit -> draw a fault -> bill -> delay -> answer (or fail, drop, stall, cut
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -20,7 +19,7 @@ from ._faults import Fault, FaultPlan
 from ._ledger import Ledger
 from ._limits import Headers, RateLimiter
 from ._schema import MODEL_IDS, ApiError, ChatRequest, parse_chat_request
-from ._synth import answer_key, canonical_json, synthesize
+from ._synth import body_digests, synthesize
 from ._wire import (
     Answer,
     completion_body,
@@ -156,7 +155,7 @@ class EmulatorApp:
         await self._deliver(send, answer, fault, delay, verdict.headers)
 
     def _bill(self, body: dict[str, Any], request: ChatRequest, now: float) -> Answer:
-        key = answer_key(self.config.seed, body)
+        key, fingerprint = body_digests(self.config.seed, body)
         cached = self._cache.cached_tokens(request.model, request.messages, request.text_chars)
         answer = Answer(
             id="chatcmpl-" + key.hex()[:24],
@@ -166,7 +165,7 @@ class EmulatorApp:
             completion=synthesize(request, key),
             cached_tokens=cached,
         )
-        self.ledger.bill(_fingerprint(body), now, answer.ledger_tokens())
+        self.ledger.bill(fingerprint, now, answer.ledger_tokens())
         return answer
 
     async def _deliver(
@@ -217,11 +216,6 @@ class EmulatorApp:
     async def _error(self, send: Send, error: ApiError, headers: Headers) -> None:
         self.ledger.status_counts[error.status] += 1
         await _respond(send, error.status, error_body(error), _JSON + headers)
-
-
-def _fingerprint(body: dict[str, Any]) -> str:
-    """Same form as batchrun's request fingerprint, so tests can match the two."""
-    return "v1:" + hashlib.sha256(canonical_json(body)).hexdigest()
 
 
 def _model_not_found(model: str) -> ApiError:

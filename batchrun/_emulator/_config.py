@@ -11,6 +11,7 @@ from ._faults import FaultRates
 
 DEFAULT_PORT = 8000
 DEFAULT_STALL_S = 30.0
+READY_PREFIX = "batchrun emulator listening on "  # first stdout line, before the URL
 
 
 @dataclass(frozen=True, slots=True)

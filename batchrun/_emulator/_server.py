@@ -13,12 +13,9 @@ import sys
 import threading
 from collections.abc import Sequence
 
-import uvicorn
-
 from ._app import EmulatorApp
-from ._config import EmulatorConfig, parse_config
+from ._config import READY_PREFIX, EmulatorConfig, parse_config
 
-READY_PREFIX = "batchrun emulator listening on "
 _BACKLOG = 2048
 
 
@@ -34,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(config: EmulatorConfig) -> None:
     """Serve ``config`` in this process, on this thread, until shut down."""
+    import uvicorn  # here, so importing the package for EmulatorProcess stays light
+
     sock = bind(config.host, config.port)
     print(READY_PREFIX + base_url(config.host, sock.getsockname()[1]), flush=True)
     if config.parent_watch:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,20 +59,57 @@ class Completion:
         return self.reasoning_tokens + self.text_tokens
 
 
+class Draws:
+    """Deterministic choices read off a digest; far cheaper than seeding a Random."""
+
+    def __init__(self, key: bytes) -> None:
+        self._pool = hashlib.blake2b(key, digest_size=64).digest()
+        self._at = 0
+
+    def _take(self) -> int:
+        if self._at + 2 > len(self._pool):
+            self._pool, self._at = hashlib.blake2b(self._pool, digest_size=64).digest(), 0
+        value = int.from_bytes(self._pool[self._at : self._at + 2])
+        self._at += 2
+        return value
+
+    def choice(self, options: Sequence[str]) -> str:
+        return options[self._take() % len(options)]
+
+    def randint(self, low: int, high: int) -> int:
+        return low + self._take() % (high - low + 1)
+
+    def uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * self._take() / 65535
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The canonical form batchrun fingerprints: sorted keys, no spaces, UTF-8."""
+    return _CANONICAL.encode(value).encode()
 
 
-def answer_key(seed: int, body: dict[str, Any]) -> bytes:
-    """Digest that determines the answer: seed + body minus transport-only fields."""
+def body_digests(seed: int, body: dict[str, Any]) -> tuple[bytes, str]:
+    """(answer key, billing fingerprint) of a body.
+
+    The fingerprint is ``"v1:" + sha256(canonical JSON)``, batchrun's request
+    fingerprint; the answer key leaves out the transport-only fields and mixes
+    in the seed.
+    """
+    canonical = canonical_json(body)
+    fingerprint = "v1:" + hashlib.sha256(canonical).hexdigest()
     if "stream" in body or "stream_options" in body:
-        body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-    return hashlib.blake2b(canonical_json(body), key=str(seed).encode(), digest_size=16).digest()
+        answer_body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        canonical = canonical_json(answer_body)
+    key = hashlib.blake2b(canonical, key=str(seed).encode(), digest_size=16).digest()
+    return key, fingerprint
 
 
 def synthesize(request: ChatRequest, key: bytes) -> Completion:
     """The answer for a validated request whose answer key is ``key``."""
-    rng = random.Random(key)
+    rng = Draws(key)
     content = _json_answer(request.user_text, rng) if request.json_mode else _prose(request, rng)
     reasoning_content, reasoning_tokens = None, 0
     if request.reasoning_effort is not None:
@@ -82,7 +119,7 @@ def synthesize(request: ChatRequest, key: bytes) -> Completion:
     return _apply_limit(content, reasoning_content, reasoning_tokens, request.max_completion_tokens)
 
 
-def _prose(request: ChatRequest, rng: random.Random) -> str:
+def _prose(request: ChatRequest, rng: Draws) -> str:
     count = rng.randint(1, 2) if request.verbosity == "low" else rng.randint(3, 5)
     sentences = [
         f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}{rng.choice(_TAILS)}."
@@ -91,7 +128,7 @@ def _prose(request: ChatRequest, rng: random.Random) -> str:
     return " ".join(sentences)
 
 
-def sentiment(text: str, rng: random.Random) -> tuple[str, float]:
+def sentiment(text: str, rng: Draws) -> tuple[str, float]:
     """Keyword vote with a hash fallback, so labels look plausible and stay stable."""
     words = _WORD.findall(text.lower())
     score = sum(w in _POSITIVE for w in words) - sum(w in _NEGATIVE for w in words)
@@ -104,9 +141,9 @@ def sentiment(text: str, rng: random.Random) -> tuple[str, float]:
     )
 
 
-def _json_answer(user_text: str, rng: random.Random) -> str:
+def _json_answer(user_text: str, rng: Draws) -> str:
     label, confidence = sentiment(user_text, rng)
-    return json.dumps({"label": label, "confidence": confidence})
+    return f'{{"label": "{label}", "confidence": {confidence}}}'
 
 
 def _reasoning_summary(user_text: str) -> str:

@@ -15,6 +15,12 @@ _MODELS_CREATED = 1_767_225_600  # 2026-01-01, fixed so /v1/models is stable
 # Split between whitespace and a following word, so the pieces join back exactly.
 _WORD_START = re.compile(r"(?<=\s)(?=\S)")
 _WORDS_PER_CHUNK = 3
+_USAGE = (
+    b'{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d,'
+    b'"prompt_tokens_details":{"cached_tokens":%d,"text_tokens":%d,"audio_tokens":0,'
+    b'"image_tokens":%d},"completion_tokens_details":{"text_tokens":%d,"audio_tokens":0,'
+    b'"reasoning_tokens":%d}}'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +33,21 @@ class Answer:
     request: ChatRequest
     completion: Completion
     cached_tokens: int
+
+    def usage_json(self) -> bytes:
+        """``usage()`` serialised without json.dumps, which dominates the hot path."""
+        request, completion = self.request, self.completion
+        prompt, done = request.prompt_tokens, completion.completion_tokens
+        return _USAGE % (
+            prompt,
+            done,
+            prompt + done,
+            self.cached_tokens,
+            request.text_tokens,
+            request.image_tokens,
+            completion.text_tokens,
+            completion.reasoning_tokens,
+        )
 
     def usage(self) -> dict[str, Any]:
         request, completion = self.request, self.completion
@@ -58,8 +79,13 @@ class Answer:
         }
 
 
+# One encoder for all: json.dumps with options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_quote = json.encoder.encode_basestring  # the C string quoter behind the encoder
+
+
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def error_body(error: ApiError) -> bytes:
@@ -90,24 +116,16 @@ def completion_body(answer: Answer) -> bytes:
     message: dict[str, Any] = {"role": "assistant", "content": completion.content}
     if completion.reasoning_content is not None:
         message["reasoning_content"] = completion.reasoning_content
-    return dumps(
-        {
-            "id": answer.id,
-            "object": "chat.completion",
-            "created": answer.created,
-            "model": answer.request.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": completion.finish_reason,
-                }
-            ],
-            "usage": answer.usage(),
-            "system_fingerprint": answer.fingerprint,
-        }
-    )
+    head = {
+        "id": answer.id,
+        "object": "chat.completion",
+        "created": answer.created,
+        "model": answer.request.model,
+    }
+    choice = b'{"index":0,"message":' + dumps(message) + b',"logprobs":null,"finish_reason":'
+    choice += dumps(completion.finish_reason) + b"}"
+    tail = b',"system_fingerprint":' + dumps(answer.fingerprint) + b"}"
+    return dumps(head)[:-1] + b',"choices":[' + choice + b'],"usage":' + answer.usage_json() + tail
 
 
 def sse_events(answer: Answer) -> list[tuple[bytes, int]]:
@@ -128,20 +146,22 @@ def sse_events(answer: Answer) -> list[tuple[bytes, int]]:
     )[:-1]
     usage_null = b',"usage":null' if answer.request.include_usage else b""
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = b'{"index":0,"delta":' + dumps(delta) + b',"logprobs":null,"finish_reason":'
-        choice += dumps(finish) + b"}"
-        return b"data: " + head + b',"choices":[' + choice + b"]" + usage_null + b"}\n\n"
+    open_ = b"data: " + head + b',"choices":[{"index":0,"delta":'
+    close = b',"logprobs":null,"finish_reason":null}]' + usage_null + b"}\n\n"
+
+    def delta(field: bytes, text: str) -> bytes:
+        return open_ + b'{"' + field + b'":' + _quote(text).encode() + b"}" + close
 
     completion = answer.completion
-    events = [(chunk({"role": "assistant", "content": ""}), 0)]
+    events = [(open_ + b'{"role":"assistant","content":""}' + close, 0)]
     for piece in _pieces(completion.reasoning_content or ""):
-        events.append((chunk({"reasoning_content": piece}), _tokens(piece)))
+        events.append((delta(b"reasoning_content", piece), _tokens(piece)))
     for piece in _pieces(completion.content):
-        events.append((chunk({"content": piece}), _tokens(piece)))
-    events.append((chunk({}, completion.finish_reason), 0))
+        events.append((delta(b"content", piece), _tokens(piece)))
+    finish = b',"logprobs":null,"finish_reason":' + dumps(completion.finish_reason) + b"}]"
+    events.append((open_ + b"{}" + finish + usage_null + b"}\n\n", 0))
     if answer.request.include_usage:
-        usage = b',"usage":' + dumps(answer.usage())
+        usage = b',"usage":' + answer.usage_json()
         events.append((b"data: " + head + b',"choices":[]' + usage + b"}\n\n", 0))
     events.append((b"data: [DONE]\n\n", 0))
     return events

@@ -1,0 +1,198 @@
+"""Dispatcher benchmark against the emulator in its own process.
+
+1. Rate-limit use: emulator ``--rpm 3000 --latency-ms 300``; achieved requests per
+   minute as a share of the limit and the share of 429s, with the limit given in the
+   job and learned from headers. Targets: >= 97 % (given) / >= 90 % (learned), <= 1 % 429s.
+2. Client CPU per completed request at zero latency (5,000 requests, 64 in flight):
+   the Dispatcher vs a bare httpx-over-aiohttp loop vs a bare aiohttp loop, and
+   httpx's default transport for reference. Targets: <= 1.3x and <= 2.5x.
+
+    python bench/bench_dispatch.py            # 40 s per rate run
+    python bench/bench_dispatch.py --quick    # 12 s per rate run, 2,000 requests
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import anyio
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from batchrun._config import InputConfig, Job, Limits, OutputConfig, RequestConfig
+from batchrun._dispatch import Counters, Dispatcher
+from batchrun._emulator import EmulatorProcess
+from batchrun._requests import estimate_prompt_tokens
+from batchrun._types import Request, Result
+
+KEY = "sk-bench"
+PATH = "/v1/chat/completions"
+
+
+def _body(i: int) -> dict[str, Any]:
+    text = f"Sentiment of review {i}: the blender works but it is loud."
+    return {
+        "model": "gpt-5.5",
+        "messages": [{"role": "user", "content": text}],
+        "max_completion_tokens": 16,
+    }
+
+
+def _requests(n: int) -> list[Request]:
+    bodies = [_body(i) for i in range(n)]
+    return [
+        Request(str(i), b, f"v1:{i}", estimate_prompt_tokens(b), 16) for i, b in enumerate(bodies)
+    ]
+
+
+def _job(concurrency: int, rpm: int | None) -> Job:
+    return Job(
+        name="bench",
+        input=InputConfig(path="-"),
+        request=RequestConfig(model="gpt-5.5", prompt="{text}", max_completion_tokens=16),
+        output=OutputConfig(path="-"),
+        limits=Limits(concurrency=concurrency, requests_per_minute=rpm, timeout_s=30),
+    )
+
+
+async def _dispatch(base_url: str, job: Job, requests: list[Request], within: float) -> Counters:
+    """Run the Dispatcher on ``requests`` (stopping after ``within`` s); drop the results."""
+    counters = Counters()
+    dispatcher = Dispatcher(job, api_key=KEY, base_url=base_url, counters=counters)
+    req_send, req_recv = anyio.create_memory_object_stream[Request](len(requests))
+    res_send, res_recv = anyio.create_memory_object_stream[tuple[Request, Result]](1024)
+    async with req_send:
+        for request in requests:
+            req_send.send_nowait(request)
+
+    async def drain() -> None:
+        async for _ in res_recv:
+            pass
+
+    with anyio.move_on_after(within):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain)
+            await dispatcher.run(req_recv, res_send)
+    return counters
+
+
+def rate_use(seconds: float, learned: bool) -> dict[str, Any]:
+    limit = 3000
+    with EmulatorProcess(["--rpm", str(limit), "--latency-ms", "300"], quiet=True) as emu:
+        job = _job(64, None if learned else limit)
+        start = time.perf_counter()
+        counters = anyio.run(_dispatch, emu.base_url, job, _requests(int(limit * 2)), seconds)
+        elapsed = time.perf_counter() - start
+        ledger = emu.ledger()
+    per_min = counters.ok * 60 / elapsed
+    return {
+        "case": f"rpm {'learned' if learned else 'in job'}",
+        "ok": counters.ok,
+        "s": elapsed,
+        "rpm": per_min,
+        "use": per_min / limit,
+        "429": ledger["rate_limited"] / max(ledger["requests_received"], 1),
+        "max60": ledger["max_requests_in_60s"],
+    }
+
+
+def _cpu(run: Callable[[], Awaitable[int]]) -> tuple[float, int]:
+    """CPU microseconds of this process per completed request, and the count."""
+    cpu = time.process_time()
+    done = asyncio.run(run())  # type: ignore[arg-type]
+    return (time.process_time() - cpu) / done * 1e6, done
+
+
+async def _bare_httpx(base_url: str, n: int, transport: httpx.AsyncBaseTransport | None) -> int:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with httpx.AsyncClient(transport=transport, limits=limits, timeout=30) as client:
+        gate = asyncio.Semaphore(64)
+
+        async def one(i: int) -> None:
+            async with gate:
+                response = await client.post(base_url + PATH, json=_body(i), headers=headers)
+                await response.aread()
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return n
+
+
+async def _bare_aiohttp(base_url: str, n: int) -> int:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        gate = asyncio.Semaphore(64)
+
+        async def one(i: int) -> None:
+            async with gate, session.post(base_url + PATH, json=_body(i), headers=headers) as r:
+                await r.read()
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return n
+
+
+async def _dispatcher_run(base_url: str, n: int) -> int:
+    counters = await _dispatch(base_url, _job(64, None), _requests(n), float("inf"))
+    return counters.ok
+
+
+def cpu_per_request(n: int) -> list[tuple[str, float, int]]:
+    rows = []
+    with EmulatorProcess([], quiet=True) as emu:
+        url = emu.base_url
+        cases: list[tuple[str, Callable[[], Awaitable[int]]]] = [
+            ("Dispatcher (httpx + aiohttp transport)", lambda: _dispatcher_run(url, n)),
+            ("bare httpx + AiohttpTransport loop", lambda: _bare_httpx(url, n, _aiohttp())),
+            ("bare aiohttp loop", lambda: _bare_aiohttp(url, n)),
+            ("bare httpx default transport (reference)", lambda: _bare_httpx(url, n, None)),
+        ]
+        asyncio.run(_bare_aiohttp(url, 200))  # warm the emulator up
+        for name, run in cases:
+            emu.reset()
+            micros, done = _cpu(run)
+            rows.append((name, micros, done))
+    return rows
+
+
+def _aiohttp() -> AiohttpTransport:
+    return AiohttpTransport(limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument("--skip-rate", action="store_true", help="only the CPU table")
+    args = parser.parse_args()
+    seconds, n = (12.0, 2000) if args.quick else (40.0, 5000)
+
+    if not args.skip_rate:
+        print(
+            f"Rate-limit use: emulator --rpm 3000 --latency-ms 300, {seconds:g} s runs, 64 in flight"
+        )
+        print(
+            f"{'case':<14} {'ok':>6} {'secs':>6} {'req/min':>8} {'% limit':>8} {'% 429':>6} {'max/60s':>8}"
+        )
+        for learned in (False, True):
+            r = rate_use(seconds, learned)
+            print(
+                f"{r['case']:<14} {r['ok']:>6} {r['s']:>6.1f} {r['rpm']:>8.0f} "
+                f"{r['use']:>8.1%} {r['429']:>6.2%} {r['max60']:>8}"
+            )
+    print(f"\nClient CPU per completed request: {n} requests, 64 in flight, zero latency")
+    rows = cpu_per_request(n)
+    base_httpx, base_aiohttp = rows[1][1], rows[2][1]
+    print(f"{'client':<42} {'us/req':>8} {'vs httpx+aiohttp':>17} {'vs aiohttp':>11}")
+    for name, micros, _done in rows:
+        print(
+            f"{name:<42} {micros:>8.0f} {micros / base_httpx:>16.2f}x {micros / base_aiohttp:>10.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
