@@ -1,11 +1,11 @@
 """The dispatcher: send every request as fast as the limits allow, and no faster.
 
-One run is one anyio task group: ``2 x concurrency`` row workers (a row waiting out
-its backoff does not hold a connection) share a ``CapacityLimiter`` of
-``concurrency`` around each send, a ``Pacer`` (requests/tokens per minute), a
-``PauseGate`` (the global 429 pause) and an optional ``Budget``. Finished rows go
-through an unbounded internal stream to one forwarding task, so a slow consumer
-never holds a connection slot and a row paid for is never dropped by a stop.
+One run is one anyio task group of ``concurrency`` row workers, each sending one
+request at a time (so at most ``concurrency`` are in flight, with no limiter to pay
+for), sharing a ``Pacer`` (requests/tokens per minute), a ``PauseGate`` (the global
+429 pause) and an optional ``Budget``. Finished rows go straight to the consumer
+when it has room, else to an unbounded backlog drained by one forwarding task: a
+slow consumer never holds a connection, and a row paid for is never dropped by a stop.
 
 A row's life: ``_row`` -> (per attempt) ``_attempt`` -> ``_pace`` -> ``_send`` ->
 ``Sender.send``; a failed attempt -> ``_after_failure`` (pause / slow down / back off).
@@ -132,7 +132,6 @@ class _Run:
         self.counters = dispatcher.counters
         self.sender = sender
         limits = dispatcher.limits
-        self.slots = anyio.CapacityLimiter(limits.concurrency)
         self.pacer = Pacer(limits.requests_per_minute, limits.tokens_per_minute, dispatcher.learned)
         self.gate = PauseGate()
         self.counters.rpm_limit = self.pacer.rpm_in_use
@@ -150,7 +149,7 @@ class _Run:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._forward, results)
             async with self.out:
-                for _ in range(2 * self.d.limits.concurrency):
+                for _ in range(self.d.limits.concurrency):
                     tg.start_soon(self._worker, requests, self.out.clone())
         if self.fatal is not None:
             raise self.fatal
@@ -174,7 +173,8 @@ class _Run:
             except anyio.EndOfStream:
                 pass
             except _Stop:
-                self._stop_taking_work()
+                if self.fatal is None:
+                    self._stop_taking_work()
             except FatalApiError as exc:
                 self._abort(exc)
             finally:
@@ -221,21 +221,20 @@ class _Run:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, request: Request, scope: anyio.CancelScope) -> Result:
-        if self.stopped:
+        await self._pace(request)
+        # A stop may have come while we ran without yielding: never send after one.
+        if self.stopped or self.fatal:
+            await anyio.lowlevel.checkpoint()  # delivers a pending cancellation
             raise _Stop
-        async with self.slots:
-            await self._pace(request)
-            # A stop may have come while we waited without yielding: never send after it.
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            reserved = self._reserve(request)
-            self.sending.add(scope)
-            try:
-                return await self._send(request, reserved)
-            except FatalApiError as exc:
-                self._abort(exc)  # before the slot is released to another worker
-                raise
-            finally:
-                self.sending.discard(scope)
+        reserved = self._reserve(request)
+        self.sending.add(scope)
+        try:
+            return await self._send(request, reserved)
+        except FatalApiError as exc:
+            self._abort(exc)  # before this worker yields to any other
+            raise
+        finally:
+            self.sending.discard(scope)
 
     async def _pace(self, request: Request) -> None:
         """Wait out any global pause, then the rate buckets; again if a 429 came meanwhile."""

@@ -15,20 +15,22 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._config import Job
+from ._config import Job, Price
 from ._errors import JobError
-from ._input import InputTable
+from ._input import InputTable, row_keys
 from ._parse import ARROW_TYPES, parse_response
 from ._requests import RequestBuilder
 from ._types import RESULT_COLUMNS, Answer, Request, Result
 
 Lookup = Callable[[Sequence[str]], Mapping[str, Answer]]
+Selector = Callable[[list[str]], list[bool]]
 
 RESULT_TYPES: Mapping[str, pa.DataType] = {
     **dict.fromkeys(
@@ -50,6 +52,8 @@ RESULT_TYPES: Mapping[str, pa.DataType] = {
 """SPEC's type of each column in ``RESULT_COLUMNS``."""
 
 ROW_GROUP_ROWS = 65_536
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 STATS_METADATA_KEY = "batchrun.output_stats"
 _TOKEN_FIELDS = (
     "prompt_tokens",
@@ -62,13 +66,15 @@ _TOKEN_FIELDS = (
 
 @dataclass
 class OutputStats:
-    """What was written. Token sums count rows that own their answer (what was
-    paid for); rows that reused another row's answer are counted in ``reused_rows``."""
+    """What was written. Token and cost sums count rows that own their answer (what
+    was paid for). ``shared_rows`` shared another row's identical request's answer;
+    ``shared_cost_usd`` is what sending them would have cost (0.0 when unpriced)."""
 
     path: Path
     rows: int = 0
     by_status: Counter[str] = field(default_factory=Counter)
-    reused_rows: int = 0
+    shared_rows: int = 0
+    shared_cost_usd: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -145,32 +151,39 @@ def _settle(job: Job, result: Result) -> tuple[Result, dict[str, Any] | None]:
 
 @dataclass(frozen=True, slots=True)
 class _Row:
+    """One output row's added values. A shared answer keeps its ``Result`` as is
+    (not copied): ``attempts`` and ``cost`` are what differ for the reusing row."""
+
     result: Result
     cost: float | None
     parsed: dict[str, Any] | None
-    reused: bool
+    shared: bool
+
+    @property
+    def attempts(self) -> int:
+        return 0 if self.shared else self.result.attempts
 
 
-def _row(job: Job, item: Request | Result, answers: Mapping[str, Answer]) -> _Row:
-    if isinstance(item, Result):  # invalid: never sent
-        return _Row(item, _cost(job, item, reused=False), None, False)
-    answer = answers.get(item.fingerprint)
-    if answer is None:
-        pending = Result(status="pending")
-        return _Row(pending, _cost(job, pending, reused=False), None, False)
-    result, parsed = _settle(job, answer.result)
-    reused = answer.owner_key != item.key
-    if reused:
-        result = dataclasses.replace(result, attempts=0)
-    return _Row(result, _cost(job, result, reused=reused), parsed, reused)
-
-
-def _cost(job: Job, result: Result, *, reused: bool) -> float | None:
-    """Null for an unpriced model; 0.0 for a reused answer or a row without usage."""
+def _rows(job: Job, items: Sequence[Request | Result], answers: Mapping[str, Answer]) -> list[_Row]:
     price = job.price
+    rows = []
+    for item in items:
+        if isinstance(item, Result):  # invalid: never sent
+            result, parsed, shared = item, None, False
+        elif (answer := answers.get(item.fingerprint)) is None:
+            result, parsed, shared = Result(status="pending"), None, False
+        else:
+            result, parsed = _settle(job, answer.result)
+            shared = answer.owner_key != item.key
+        rows.append(_Row(result, _cost(price, result, shared=shared), parsed, shared))
+    return rows
+
+
+def _cost(price: Price | None, result: Result, *, shared: bool) -> float | None:
+    """Null for an unpriced model; 0.0 for a shared answer or a row without usage."""
     if price is None:
         return None
-    if reused:
+    if shared:
         return 0.0
     return price.cost(
         result.prompt_tokens or 0, result.cached_tokens or 0, result.completion_tokens or 0
@@ -188,6 +201,10 @@ def _output_batch(
     for name in RESULT_COLUMNS:
         if name == "cost_usd":
             values: list[Any] = [row.cost for row in rows]
+        elif name == "attempts":
+            values = [row.attempts for row in rows]
+        elif name == "completed_at":
+            values = [_micros(result.completed_at) for result in results]
         else:
             values = [getattr(result, name) for result in results]
         arrays.append(pa.array(values, type=RESULT_TYPES[name]))
@@ -197,13 +214,23 @@ def _output_batch(
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _count(stats: OutputStats, rows: Sequence[_Row]) -> None:
+def _micros(moment: datetime | None) -> int | None:
+    """Microseconds since the epoch; pyarrow converts aware datetimes ~20x slower."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # naive times are taken as UTC, as pyarrow would
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _count(stats: OutputStats, rows: Sequence[_Row], price: Price | None) -> None:
     for row in rows:
         result = row.result
         stats.rows += 1
         stats.by_status[result.status] += 1
-        if row.reused:
-            stats.reused_rows += 1
+        if row.shared:
+            stats.shared_rows += 1
+            stats.shared_cost_usd += _cost(price, result, shared=False) or 0.0
             continue
         for name in _TOKEN_FIELDS:
             setattr(stats, name, getattr(stats, name) + (getattr(result, name) or 0))
@@ -221,20 +248,25 @@ def write_output(
     lookup: Lookup,
     metadata: Mapping[str, str],
     *,
-    batch_size: int = 16_384,
+    select: Selector | None = None,
+    batch_size: int = 4096,
 ) -> OutputStats:
     """Write ``job.output.path`` from the input and the answers ``lookup`` finds.
 
     ``lookup(fingerprints)`` returns the answers it has, keyed by fingerprint;
-    rows without one are written as ``pending``. ``metadata`` becomes the file's
-    key-value metadata; the counts written are added under ``batchrun.output_stats``.
+    rows without one are written as ``pending``. ``select(keys)``, when given, is
+    called once per input batch, in order, with every row key of the batch and
+    returns which rows to write (``--limit``, ``--shard``); the others are left out.
+    ``metadata`` becomes the file's key-value metadata; the counts written are
+    added under ``batchrun.output_stats``.
     """
     schema = output_schema(job, table.schema).with_metadata(dict(metadata))
     path = Path(job.output.path)
     stats = OutputStats(path=path, cost_usd=None if job.price is None else 0.0)
+    batches = _output_batches(job, table, builder, lookup, schema, stats, select, batch_size)
     with _atomic_writer(path, schema) as writer:
         pending: list[pa.RecordBatch] = []
-        for batch in _output_batches(job, table, builder, lookup, schema, stats, batch_size):
+        for batch in batches:
             pending.append(batch)
             if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
                 writer.write_table(pa.Table.from_batches(pending, schema=schema))
@@ -252,16 +284,27 @@ def _output_batches(
     lookup: Lookup,
     schema: pa.Schema,
     stats: OutputStats,
+    select: Selector | None,
     batch_size: int,
 ) -> Iterator[pa.RecordBatch]:
     start = 0
-    for batch in table.batches(batch_size):
-        items = builder.build(batch, start)
+    for whole in table.batches(batch_size):
+        items = builder.build(whole, start)
+        batch = whole
+        if select is not None:
+            batch, items = _selected(whole, items, select(row_keys(whole, job, start)))
+        start += whole.num_rows
         answers = lookup([item.fingerprint for item in items if isinstance(item, Request)])
-        rows = [_row(job, item, answers) for item in items]
-        _count(stats, rows)
+        rows = _rows(job, items, answers)
+        _count(stats, rows, job.price)
         yield _output_batch(job, batch, rows, schema)
-        start += batch.num_rows
+
+
+def _selected(
+    batch: pa.RecordBatch, items: list[Request | Result], mask: list[bool]
+) -> tuple[pa.RecordBatch, list[Request | Result]]:
+    kept = [item for item, keep in zip(items, mask, strict=True) if keep]
+    return batch.filter(pa.array(mask, pa.bool_())), kept
 
 
 @contextmanager

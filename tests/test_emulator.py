@@ -244,7 +244,7 @@ def test_unknown_model_is_404_model_not_found(client: openai.OpenAI) -> None:
 
 @pytest.fixture(scope="module")
 def limited() -> Iterator[EmulatorProcess]:
-    with EmulatorProcess(["--rpm", "5", "--tpm", "2000"]) as process:
+    with EmulatorProcess(["--rpm", "5", "--tpm", "2000", "--tokens-per-second", "200"]) as process:
         yield process
 
 
@@ -274,6 +274,15 @@ def test_tpm_counts_prompt_plus_max_completion_tokens(limited: EmulatorProcess) 
     second = post(limited, {"model": "gpt-5.5", "messages": USER, "max_completion_tokens": 600})
     assert second.status_code == 429 and "tokens per min" in second.json()["error"]["message"]
     assert second.headers["x-ratelimit-remaining-tokens"] == str(2000 - 1500 - 12)
+
+
+def test_stream_is_paced_by_tokens_per_second(limited: EmulatorProcess) -> None:
+    limited.reset()
+    client = openai.OpenAI(base_url=limited.base_url + "/v1", api_key=KEY, max_retries=0)
+    started = time.monotonic()
+    stream = client.chat.completions.create(model="gpt-5.5", messages=USER, stream=True)
+    content = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert time.monotonic() - started >= 0.9 * math.ceil(len(content) / 4) / 200
 
 
 # -- determinism ---------------------------------------------------------------------

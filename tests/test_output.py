@@ -168,7 +168,7 @@ def test_unpriced_model_has_null_cost(csv_input: Path, tmp_path: Path) -> None:
     assert stats.cost_usd is None
 
 
-def test_reused_answer_has_no_attempts_and_no_cost(csv_input: Path, tmp_path: Path) -> None:
+def test_shared_answer_has_no_attempts_and_no_cost(csv_input: Path, tmp_path: Path) -> None:
     job = make_job(csv_input, tmp_path / "o.parquet")
     shared = Answer("a", ok())
     table, stats = run(job, {"a": shared, "d": shared})  # a and d send the same body
@@ -176,7 +176,7 @@ def test_reused_answer_has_no_attempts_and_no_cost(csv_input: Path, tmp_path: Pa
     assert (a["attempts"], a["cost_usd"]) == (2, pytest.approx(0.002025))
     assert (d["attempts"], d["cost_usd"]) == (0, 0.0)
     assert d["response"] == a["response"] and d["prompt_tokens"] == a["prompt_tokens"] == 1000
-    assert stats.reused_rows == 1 and stats.prompt_tokens == 1000
+    assert stats.shared_rows == 1 and stats.prompt_tokens == 1000
 
 
 def test_error_answer_is_written_as_is(csv_input: Path, tmp_path: Path) -> None:
@@ -339,3 +339,39 @@ def test_many_batches_make_few_row_groups(tmp_path: Path) -> None:
     table, stats = run(job, {}, batch_size=100)
     assert table.num_rows == stats.rows == 3000
     assert pq.ParquetFile(job.output.path).metadata.num_row_groups == 1
+
+
+def test_completed_at_keeps_microseconds_and_reads_naive_as_utc(
+    csv_input: Path, tmp_path: Path
+) -> None:
+    aware = datetime(2026, 11, 25, 23, 59, 59, 123456, tzinfo=UTC)
+    naive = datetime(2026, 1, 2, 3, 4, 5, 6)
+    answers = {
+        "a": Answer("a", dataclasses.replace(ok(), completed_at=aware)),
+        "c": Answer("c", dataclasses.replace(ok("other"), completed_at=naive)),
+    }
+    table, _ = run(make_job(csv_input, tmp_path / "o.parquet"), answers)
+    values = table.column("completed_at").to_pylist()
+    assert values[0] == aware and values[2] == naive.replace(tzinfo=UTC) and values[1] is None
+
+
+def test_shared_rows_report_what_dedupe_saved(csv_input: Path, tmp_path: Path) -> None:
+    shared = Answer("a", ok())
+    _, stats = run(make_job(csv_input, tmp_path / "o.parquet"), {"a": shared, "d": shared})
+    assert stats.shared_cost_usd == pytest.approx(0.002025)
+    assert stats.cost_usd == pytest.approx(0.002025)
+
+
+def test_select_leaves_out_unselected_rows(csv_input: Path, tmp_path: Path) -> None:
+    job = make_job(csv_input, tmp_path / "o.parquet")
+    seen: list[list[str]] = []
+
+    def odd_keys(keys: list[str]) -> list[bool]:
+        seen.append(keys)
+        return [key in ("b", "c") for key in keys]
+
+    table, stats = run(job, {"c": Answer("c", ok())}, select=odd_keys)
+    assert seen == [["a", "b", "c", "d"]]
+    assert table.column("id").to_pylist() == ["b", "c"]
+    assert table.column("status").to_pylist() == ["invalid", "ok"]
+    assert stats.rows == 2
