@@ -67,8 +67,8 @@ _TOKEN_FIELDS = (
 @dataclass
 class OutputStats:
     """What was written. Token and cost sums count rows that own their answer (what
-    was paid for). ``shared_rows`` shared another row's identical request's answer;
-    ``shared_cost_usd`` is what sending them would have cost (0.0 when unpriced)."""
+    was paid for). ``shared_rows`` took the answer of another row with the identical
+    request; ``shared_cost_usd`` is what sending them would have cost (0.0 unpriced)."""
 
     path: Path
     rows: int = 0
@@ -143,8 +143,11 @@ def _settle(job: Job, result: Result) -> tuple[Result, dict[str, Any] | None]:
     parsed = parse_response(result.response, columns)
     if parsed.error is None:
         return result, parsed.values
+    message = parsed.error or ""
+    if result.finish_reason == "length":
+        message += " (the answer was cut short: finish_reason=length; raise max_completion_tokens)"
     failed = dataclasses.replace(
-        result, status="error", error_type="parse_error", error_message=parsed.error
+        result, status="error", error_type="parse_error", error_message=message
     )
     return failed, None
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from json.encoder import encode_basestring
 from typing import Any
 
 import pyarrow as pa
@@ -108,7 +108,7 @@ class _CanonicalWriter:
 
     def _content(self, prompt: str, urls: list[str]) -> str:
         if not urls:
-            return str(encode_basestring(prompt))
+            return encode_basestring(prompt)
         out = ['[{"text":', encode_basestring(prompt), ',"type":"text"}']
         for url in urls:
             out += [",", self.url_open, '"url":', encode_basestring(url), '},"type":"image_url"}']

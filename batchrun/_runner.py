@@ -28,7 +28,7 @@ from batchrun._checkpoint import Checkpoint
 from batchrun._config import Job
 from batchrun._dispatch import Counters, DispatchOutcome, Dispatcher
 from batchrun._errors import FatalApiError, JobError
-from batchrun._input import InputTable, open_input
+from batchrun._input import InputTable, open_input, row_keys
 from batchrun._jobfile import load_job
 from batchrun._output import check_columns, parse_status, write_output
 from batchrun._requests import RequestBuilder
@@ -269,10 +269,10 @@ class _Run:
         start = 0
         for batch in table.batches():
             items = builder.build(batch, start)
-            start += batch.num_rows
             if select is not None:
-                mask = select([_key_of(item) for item in items])
+                mask = select(row_keys(batch, self.job, start))
                 items = [item for item, keep in zip(items, mask, strict=True) if keep]
+            start += batch.num_rows
             if items:
                 yield items
 
@@ -446,10 +446,6 @@ def _exit_code(stopped: str | None, failed: int, max_failed: int) -> int:
     if stopped == "budget":
         return EXIT_BUDGET
     return EXIT_FAILED_ROWS if failed > max_failed else EXIT_OK
-
-
-def _key_of(item: Request | Result) -> str:
-    return item.key if isinstance(item, Request) else str(getattr(item, "key", ""))
 
 
 def _first_batchrun_error(group: BaseExceptionGroup) -> BaseException:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -106,9 +107,11 @@ class Sender:
                     body = await response.aread()
                 raise self._status_error(response.status_code, body, rate)
             assembler = StreamAssembler()
-            async for line in _lines(_gapped(response.aiter_bytes(), self._timeout_s)):
-                if assembler.feed(line):
-                    return assembler.result(), rate
+            lines = _lines(_gapped(response.aiter_bytes(), self._timeout_s))
+            async with aclosing(lines):
+                async for line in lines:
+                    if assembler.feed(line):
+                        return assembler.result(), rate
             raise RetryableError("broken_stream", "the stream ended before data: [DONE]")
         finally:
             await response.aclose()
@@ -171,7 +174,7 @@ async def _gapped(chunks: AsyncIterator[bytes], gap_s: float) -> AsyncIterator[b
         yield chunk
 
 
-async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
     """SSE line framing by hand: bytes in, complete lines (without the newline) out."""
     pending = b""
     async for chunk in chunks:

@@ -103,6 +103,7 @@ def phase_bare(rows: int, db: Path) -> dict[str, float]:
         conn = sqlite3.connect(db, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint=8000")  # the checkpoint's pragmas, all of them
         MIGRATIONS[0](conn)  # the same answers table, nothing else
         batch: list[tuple[object, ...]] = []
         for i in range(rows):

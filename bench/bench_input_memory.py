@@ -41,7 +41,7 @@ from batchrun._output import write_output
 from batchrun._requests import RequestBuilder
 from batchrun._types import Answer, Result
 
-CHUNK_ROWS = 100_000
+CHUNK_ROWS = 50_000  # rows per Parquet row group, the unit pyarrow decodes
 WORDS = ["great", "terrible", "fine", "okay", "broken", "lovely", "slow", "fast", "cheap", "pricey"]
 SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("images", pa.list_(pa.string()))])
 

@@ -375,3 +375,10 @@ def test_select_leaves_out_unselected_rows(csv_input: Path, tmp_path: Path) -> N
     assert table.column("id").to_pylist() == ["b", "c"]
     assert table.column("status").to_pylist() == ["invalid", "ok"]
     assert stats.rows == 2
+
+
+def test_parse_error_of_a_cut_answer_says_so(csv_input: Path, tmp_path: Path) -> None:
+    cut = dataclasses.replace(ok('{"label": "pos'), finish_reason="length")
+    failed = parse_status(parse_job(csv_input, tmp_path), cut)
+    assert failed.error_message is not None
+    assert failed.error_message.endswith("finish_reason=length; raise max_completion_tokens)")
