@@ -36,12 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _setup_logging(quiet: bool) -> None:
+    # Only batchrun's own lines: httpx logs every request at INFO.
     logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
+        level=logging.WARNING,
         format="%(asctime)s batchrun: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -13,7 +13,8 @@ peak memory belongs to that case alone:
 - ``pq.read_table``: the baseline, the whole file in memory at once;
 - ``idle``: the interpreter with pyarrow and batchrun imported, for reference.
 
-Peak RSS is the child's ``VmHWM`` (``ru_maxrss`` would include the parent's memory
+``RSS@10%`` is the peak once a tenth of the rows is done; equal to the final peak
+when memory does not grow with rows. Peak RSS is the child's ``VmHWM`` (``ru_maxrss`` would include the parent's memory
 at fork time). CPU per row is process CPU time / rows. A calibration line
 (``sum(range(1000))``) is printed so figures from a busy machine can be scaled.
 """
@@ -80,6 +81,21 @@ def bench_job(path: str) -> Job:
     )
 
 
+class Progress:
+    """Peak RSS once a tenth of the rows is done: equal to the final peak when
+    memory does not grow with the rows processed."""
+
+    total = 0
+    done = 0
+    early_peak_mb: float | None = None
+
+    @classmethod
+    def advance(cls, rows: int) -> None:
+        cls.done += rows
+        if cls.early_peak_mb is None and cls.done * 10 >= cls.total:
+            cls.early_peak_mb = peak_rss_mb()
+
+
 def stream_and_build(path: str) -> int:
     job = bench_job(path)
     table = open_input(job)
@@ -87,11 +103,13 @@ def stream_and_build(path: str) -> int:
     rows = 0
     for batch in table.batches():
         rows += len(builder.build(batch, rows))
+        Progress.advance(batch.num_rows)
     return rows
 
 
 def answer_everything(fingerprints: Sequence[str]) -> dict[str, Answer]:
     """Stands in for the checkpoint without holding a million answers in memory."""
+    Progress.advance(len(fingerprints))
     done = datetime.now(UTC)
     usage = {"prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42}
     return {
@@ -117,10 +135,12 @@ CASES: dict[str, Callable[[str], int]] = {
 
 def measure(mode: str, path: str) -> dict[str, float]:
     """Run one case in this (child) process and return its figures."""
+    Progress.total = pq.ParquetFile(path).metadata.num_rows
     started, cpu = time.perf_counter(), time.process_time()
     rows = CASES[mode](path)
     return {
         "rows": rows,
+        "early_peak_mb": Progress.early_peak_mb or 0.0,
         "seconds": time.perf_counter() - started,
         "cpu_seconds": time.process_time() - cpu,
         "peak_rss_mb": peak_rss_mb(),
@@ -147,8 +167,9 @@ def print_row(size: int, mode: str, figures: dict[str, float]) -> None:
     seconds, rows = figures["seconds"], figures["rows"]
     rate = f"{rows / seconds:>9,.0f}" if rows else f"{'-':>9}"
     per_row = f"{figures['cpu_seconds'] / rows * 1e6:>10.1f}" if rows else f"{'-':>10}"
+    early = f"{figures['early_peak_mb']:>11.0f}" if figures["early_peak_mb"] else f"{'-':>11}"
     print(
-        f"{size:>10,}  {mode:<14} {figures['peak_rss_mb']:>11.0f} "
+        f"{size:>10,}  {mode:<14} {early} {figures['peak_rss_mb']:>11.0f} "
         f"{figures['arrow_peak_mb']:>13.0f} {seconds:>8.2f} {rate} {per_row}",
         flush=True,
     )
@@ -165,7 +186,7 @@ def main() -> None:
     calibration = timeit.timeit("sum(range(1000))", number=2000) / 2000 * 1e6
     print(f"calibration: sum(range(1000)) = {calibration:.1f} us (about 10 us on an idle core)")
     print(
-        f"{'rows':>10}  {'case':<14} {'peak RSS MB':>11} {'Arrow peak MB':>13} "
+        f"{'rows':>10}  {'case':<14} {'RSS@10% MB':>11} {'peak RSS MB':>11} {'Arrow peak MB':>13} "
         f"{'seconds':>8} {'rows/s':>9} {'CPU us/row':>10}"
     )
     with tempfile.TemporaryDirectory() as tmp:
