@@ -58,9 +58,7 @@ __all__ = [
 ]
 
 
-def load_job(
-    path: str | Path, *, sets: Sequence[str] = (), variables: Sequence[str] = ()
-) -> Job:
+def load_job(path: str | Path, *, sets: Sequence[str] = (), variables: Sequence[str] = ()) -> Job:
     """Load and validate a job file; raises ``JobError`` naming the bad key."""
     from batchrun._jobfile import load_job as _load
 
@@ -139,7 +137,12 @@ def _notebook_job(
     pricing: Mapping[str, Mapping[str, float]],
     options: Mapping[str, Any],
 ) -> Job:
-    sections = {"request": RequestConfig, "limits": Limits, "api": ApiConfig, "output": OutputConfig}
+    sections = {
+        "request": RequestConfig,
+        "limits": Limits,
+        "api": ApiConfig,
+        "output": OutputConfig,
+    }
     picked: dict[str, dict[str, Any]] = {name: {} for name in sections}
     for key, value in options.items():
         section = next((n for n, cls in sections.items() if key in _field_names(cls)), None)
@@ -186,5 +189,6 @@ def _run_options(cls: Any, options: Mapping[str, Any]) -> Any:
     allowed = _field_names(cls) - {"base_url", "api_key", "emulator_args"}
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise JobError(f"run(): unknown option {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+        allowed_text = ", ".join(sorted(allowed))
+        raise JobError(f"run(): unknown option {unknown[0]!r}; allowed: {allowed_text}")
     return replace(cls(), **options)

@@ -92,13 +92,28 @@ def open_input(job: Job) -> InputTable:
     paths = _resolve(job.input.path)
     files = [_open_file(p) for p in paths]
     schema = _unify(files)
-    id_column = job.input.id_column
-    if id_column is not None and id_column not in schema.names:
+    _check_id_column(job.input.id_column, schema)
+    return InputTable(files, schema)
+
+
+def _check_id_column(id_column: str | None, schema: pa.Schema) -> None:
+    if id_column is None:
+        return
+    if id_column not in schema.names:
         raise InputError(
             f"input.id_column: column {id_column!r} is not in the input "
             f"(columns: {', '.join(schema.names)})"
         )
-    return InputTable(files, schema)
+    kind = schema.field(id_column).type
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    # Keys are text; floats would make 1.0 and 1 different rows, lists have no text form.
+    if not (
+        pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
+    ):
+        raise InputError(
+            f"input.id_column: column {id_column!r} has type {kind}; use a string or integer column"
+        )
 
 
 def row_keys(batch: pa.RecordBatch, job: Job, start: int) -> list[str]:

@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,10 @@ from typing import Any
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
+from batchrun._budget import Budget, result_cost
 from batchrun._checkpoint import Checkpoint
 from batchrun._config import Job
-from batchrun._dispatch import Counters, DispatchOutcome, Dispatcher
+from batchrun._dispatch import Counters, Dispatcher, DispatchOutcome
 from batchrun._errors import FatalApiError, JobError
 from batchrun._input import InputTable, open_input, row_keys
 from batchrun._jobfile import load_job
@@ -39,6 +40,7 @@ log = logging.getLogger("batchrun")
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 EMULATOR_KEY = "sk-emulator-demo"
 Finished = tuple[Request, Result]
+Checkpointed = tuple[Request, Result, float | None]
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,12 @@ class Progress:
         return self.dispatch.cost_usd
 
     @property
-    def rate_use(self) -> float | None:
-        return getattr(self.dispatch, "rate_use", None)
+    def rpm_limit(self) -> float | None:
+        return self.dispatch.rpm_limit
+
+    @property
+    def sent(self) -> int:
+        return self.dispatch.sent
 
 
 @dataclass
@@ -111,7 +117,8 @@ class RunSummary:
         statuses = ", ".join(f"{n} {s}" for s, n in sorted(self.by_status.items()) if n)
         lines = [
             f"{self.job}: {self.rows} rows ({statuses or 'none'}) -> {self.output_path}",
-            f"  sent {self.sent} requests ({self.retries} retries, {self.rate_limited} rate-limited),"
+            f"  sent {self.sent} requests ({self.retries} retries,"
+            f" {self.rate_limited} rate-limited),"
             f" {self.reused_from_checkpoint} rows from the checkpoint,"
             f" dedupe saved {self.dedupe_saved_requests} requests (${self.dedupe_saved_usd:.4f})",
             f"  tokens: {self.prompt_tokens} prompt ({self.cached_tokens} cached),"
@@ -154,7 +161,7 @@ def run_job(
     from batchrun._emulator import EmulatorProcess
 
     with EmulatorProcess(list(options.emulator_args)) as emu:
-        log.warning("EMULATED RUN on %s: every answer is synthetic, not a real model's", emu.base_url)
+        log.warning("EMULATED RUN on %s: every answer is synthetic", emu.base_url)
         emulated = replace(options, base_url=emu.base_url, api_key=EMULATOR_KEY)
         return _Run(job, emulated, progress).execute()
 
@@ -175,8 +182,6 @@ class _Run:
         self.options = options
         self.on_progress = progress
         self.progress = Progress()
-        self.in_flight: set[str] = set()
-        self.outcome: DispatchOutcome | None = None
         self.stopped: str | None = None
         self.fatal_message: str | None = None
         self.started = time.monotonic()
@@ -203,14 +208,13 @@ class _Run:
         builder = RequestBuilder(self.job, table.schema)
         check_columns(self.job, table.schema)
         if self.job.limits.max_cost_usd is not None and self.job.price is None:
+            model = self.job.request.model
             raise JobError(
-                f"limits.max_cost_usd: a budget needs a price; add [pricing.{self.job.request.model!r}]"
+                f"limits.max_cost_usd: a budget needs a price; add [pricing.{model!r}]"
                 " with input and output (USD per million tokens)"
             )
         if self.job.price is None:
-            log.warning(
-                "no [pricing] for model %r: cost_usd will be null", self.job.request.model
-            )
+            log.warning("no [pricing] for model %r: cost_usd will be null", self.job.request.model)
         return table, builder
 
     def _api_key(self) -> str:
@@ -223,8 +227,6 @@ class _Run:
         return key
 
     def _dispatcher(self, api_key: str) -> Dispatcher:
-        from batchrun._budget import Budget
-
         budget = None
         if self.job.limits.max_cost_usd is not None and self.job.price is not None:
             budget = Budget(self.job.limits.max_cost_usd, self.job.price, self.ckpt.spent_usd())
@@ -281,20 +283,28 @@ class _Run:
     def _dispatch_all(
         self, table: InputTable, builder: RequestBuilder, dispatcher: Dispatcher
     ) -> None:
+        pipeline = Pipeline(
+            self.job,
+            self.ckpt,
+            dispatcher,
+            retry_failed=self.options.retry_failed,
+            progress=self.progress,
+            on_progress=self.on_progress,
+        )
         try:
-            anyio.run(self._main, table, builder, dispatcher)
+            anyio.run(self._main, pipeline, self._selected_items(table, builder))
         except FatalApiError as exc:
             # The output is still written (unfinished rows as pending) before exit 4.
             log.error("%s", exc)
             self.stopped, self.fatal_message = "fatal", str(exc)
-        if self.stopped is None and self.outcome is not None:
-            self.stopped = self.outcome.stopped
+        if self.stopped is None and pipeline.outcome is not None:
+            self.stopped = pipeline.outcome.stopped
 
-    async def _main(self, table: InputTable, builder: RequestBuilder, dispatcher: Dispatcher) -> None:
+    async def _main(self, pipeline: Pipeline, batches: Iterable[list[Request | Result]]) -> None:
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._watch_signals, outer.cancel_scope)
-                await self._pipeline(table, builder, dispatcher)
+                await pipeline.run(batches)
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise _first_batchrun_error(group) from None
@@ -302,88 +312,11 @@ class _Run:
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                log.warning("%s: stopping dispatch, saving what finished", signal.Signals(signum).name)
+                name = signal.Signals(signum).name
+                log.warning("%s: stopping dispatch, saving what finished", name)
                 self.stopped = "interrupted"
                 scope.cancel()
                 return
-
-    async def _pipeline(
-        self, table: InputTable, builder: RequestBuilder, dispatcher: Dispatcher
-    ) -> None:
-        buffer = max(16, 2 * self.job.limits.concurrency)
-        req_send, req_recv = anyio.create_memory_object_stream[Request](buffer)
-        res_send, res_recv = anyio.create_memory_object_stream[Finished](buffer)
-        ck_send, ck_recv = anyio.create_memory_object_stream[tuple[Request, Result, float | None]](
-            1024
-        )
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self.ckpt.write_results, ck_recv, self._on_commit)
-            tg.start_soon(self._finish, res_recv, ck_send)
-            async with anyio.create_task_group() as feed, req_recv, res_send:
-                feed.start_soon(self._produce, table, builder, req_send)
-                self.outcome = await dispatcher.run(req_recv, res_send)
-                feed.cancel_scope.cancel()
-
-    async def _produce(
-        self, table: InputTable, builder: RequestBuilder, send: ObjectSendStream[Request]
-    ) -> None:
-        async with send:
-            for items in self._selected_items(table, builder):
-                for request in self._to_send(items):
-                    await send.send(request)
-
-    def _to_send(self, items: list[Request | Result]) -> list[Request]:
-        """The batch's requests that neither the checkpoint nor this run has answered."""
-        requests = [item for item in items if isinstance(item, Request)]
-        invalid = len(items) - len(requests)
-        # Snapshot in-flight before asking the checkpoint: a fingerprint leaves
-        # in_flight only after its answer is committed, so it is seen in one or the other.
-        in_flight = {r.fingerprint for r in requests if r.fingerprint in self.in_flight}
-        done = self.ckpt.lookup(
-            [r.fingerprint for r in requests if r.fingerprint not in in_flight],
-            include_failed=not self.options.retry_failed,
-        )
-        fresh: list[Request] = []
-        for request in requests:
-            if request.fingerprint in done:
-                self.progress.reused += 1
-            elif request.fingerprint in in_flight or request.fingerprint in self.in_flight:
-                self.progress.deduped += 1
-            else:
-                self.in_flight.add(request.fingerprint)
-                fresh.append(request)
-        self.progress.finished += len(requests) - len(fresh) + invalid
-        self.progress.failed += invalid
-        self._report_progress()
-        return fresh
-
-    async def _finish(
-        self,
-        results: ObjectReceiveStream[Finished],
-        checkpoint: ObjectSendStream[tuple[Request, Result, float | None]],
-    ) -> None:
-        price = self.job.price
-        async with results, checkpoint:
-            async for request, result in results:
-                result = parse_status(self.job, result)
-                cost = None
-                if price is not None and result.prompt_tokens is not None:
-                    cost = price.cost(
-                        result.prompt_tokens,
-                        result.cached_tokens or 0,
-                        result.completion_tokens or 0,
-                    )
-                await checkpoint.send((request, result, cost))
-                self.progress.finished += 1
-                self.progress.failed += result.status != "ok"
-                self._report_progress()
-
-    def _on_commit(self, fingerprints: list[str]) -> None:
-        self.in_flight.difference_update(fingerprints)
-
-    def _report_progress(self) -> None:
-        if self.on_progress is not None:
-            self.on_progress(self.progress)
 
     # --- output and summary -----------------------------------------------------
 
@@ -436,6 +369,99 @@ class _Run:
             synthetic=self.options.emulate,
             error=self.fatal_message,
         )
+
+
+class Pipeline:
+    """Answers batches of items: skips what the checkpoint holds, dispatches the
+    rest, prices and parses each answer, and commits it through the one writer task.
+
+    The local engine feeds it every batch of the input; the Ray engine feeds it one
+    batch per call. Items are ``Request`` or (for rows never sent) invalid ``Result``.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        checkpoint: Checkpoint,
+        dispatcher: Dispatcher,
+        *,
+        retry_failed: bool = False,
+        progress: Progress | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.job = job
+        self.ckpt = checkpoint
+        self.dispatcher = dispatcher
+        self.retry_failed = retry_failed
+        self.progress = progress or Progress()
+        self.on_progress = on_progress
+        self.in_flight: set[str] = set()
+        self.outcome: DispatchOutcome | None = None
+
+    async def run(self, batches: Iterable[list[Request | Result]]) -> DispatchOutcome:
+        buffer = max(16, 2 * self.job.limits.concurrency)
+        req_send, req_recv = anyio.create_memory_object_stream[Request](buffer)
+        res_send, res_recv = anyio.create_memory_object_stream[Finished](buffer)
+        ck_send, ck_recv = anyio.create_memory_object_stream[Checkpointed](1024)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.ckpt.write_results, ck_recv, self._on_commit)
+            tg.start_soon(self._finish, res_recv, ck_send)
+            async with anyio.create_task_group() as feed, req_recv, res_send:
+                feed.start_soon(self._produce, batches, req_send)
+                self.outcome = await self.dispatcher.run(req_recv, res_send)
+                feed.cancel_scope.cancel()
+        return self.outcome
+
+    async def _produce(
+        self, batches: Iterable[list[Request | Result]], send: ObjectSendStream[Request]
+    ) -> None:
+        async with send:
+            for items in batches:
+                for request in self._to_send(items):
+                    await send.send(request)
+
+    def _to_send(self, items: list[Request | Result]) -> list[Request]:
+        """The batch's requests that neither the checkpoint nor this run has answered."""
+        requests = [item for item in items if isinstance(item, Request)]
+        invalid = len(items) - len(requests)
+        # Snapshot in-flight before asking the checkpoint: a fingerprint leaves
+        # in_flight only after its answer is committed, so it is seen in one or the other.
+        in_flight = {r.fingerprint for r in requests if r.fingerprint in self.in_flight}
+        done = self.ckpt.lookup(
+            [r.fingerprint for r in requests if r.fingerprint not in in_flight],
+            include_failed=not self.retry_failed,
+        )
+        fresh: list[Request] = []
+        for request in requests:
+            if request.fingerprint in done:
+                self.progress.reused += 1
+            elif request.fingerprint in in_flight or request.fingerprint in self.in_flight:
+                self.progress.deduped += 1
+            else:
+                self.in_flight.add(request.fingerprint)
+                fresh.append(request)
+        self.progress.finished += len(requests) - len(fresh) + invalid
+        self.progress.failed += invalid
+        self._report_progress()
+        return fresh
+
+    async def _finish(
+        self, results: ObjectReceiveStream[Finished], checkpoint: ObjectSendStream[Checkpointed]
+    ) -> None:
+        async with results, checkpoint:
+            async for request, result in results:
+                result = parse_status(self.job, result)
+                await checkpoint.send((request, result, result_cost(self.job.price, result)))
+                self.progress.finished += 1
+                self.progress.failed += result.status != "ok"
+                self._report_progress()
+
+    def _on_commit(self, fingerprints: list[str]) -> None:
+        self.in_flight.difference_update(fingerprints)
+
+    def _report_progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
 
 
 def _exit_code(stopped: str | None, failed: int, max_failed: int) -> int:

@@ -61,7 +61,7 @@ def _check_field(name: str, spec: str | None, conversion: str | None) -> None:
     if not name.isidentifier() and not _plain_name(name):
         raise ValueError(f"'{{{name}}}' is not a plain column name (no attribute or index access)")
     if spec or conversion:
-        raise ValueError(f"'{{{name}}}' has a format spec or conversion; only {{column}} is allowed")
+        raise ValueError(f"'{{{name}}}' has a format spec or conversion; only {{column}} allowed")
 
 
 def _plain_name(name: str) -> bool:

@@ -56,7 +56,6 @@ class Result:
     completed_at: datetime | None = None
 
 
-
 @dataclass(frozen=True, slots=True)
 class Answer:
     """A checkpointed result and the key of the row whose request earned it.
@@ -67,6 +66,7 @@ class Answer:
 
     owner_key: str
     result: Result
+
 
 RESULT_COLUMNS: tuple[str, ...] = (
     "response",

@@ -10,7 +10,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +175,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         shard=args.shard,
         emulate=args.emulate,
     )
-    progress = None if args.quiet else _progress_display()
+    progress = None if args.quiet else _ProgressDisplay()
     summary = run_job_file(
         args.job, sets=args.sets, variables=args.var, options=options, progress=progress
     )
@@ -226,13 +227,16 @@ class _ProgressDisplay:
     """A tqdm bar on a TTY; a log line every few seconds otherwise."""
 
     LOG_EVERY_S = 5.0
+    RATE_WINDOW_S = 10.0
 
     def __init__(self) -> None:
         self._bar: Any = None
         self._last_log = 0.0
         self._tty = sys.stderr.isatty()
+        self._sent: deque[tuple[float, int]] = deque()
 
     def __call__(self, counters: Any) -> None:
+        counters.rate_use = self._rate_use(counters)
         if self._tty:
             self._update_bar(counters)
         elif time.monotonic() - self._last_log >= self.LOG_EVERY_S:
@@ -252,11 +256,23 @@ class _ProgressDisplay:
         if self._bar is not None:
             self._bar.close()
 
+    def _rate_use(self, counters: Any) -> float | None:
+        """Requests sent over the last few seconds, as a share of the RPM limit in use."""
+        now = time.monotonic()
+        self._sent.append((now, counters.sent))
+        while now - self._sent[0][0] > self.RATE_WINDOW_S:
+            self._sent.popleft()
+        elapsed = now - self._sent[0][0]
+        if not counters.rpm_limit or elapsed < 1.0:
+            return None
+        per_minute = (counters.sent - self._sent[0][1]) * 60.0 / elapsed
+        return per_minute / counters.rpm_limit
+
 
 def _postfix(counters: Any) -> str:
     parts = [f"err={counters.failed}", f"429={counters.rate_limited}"]
     parts.append(f"${counters.cost_usd:.4f}")
-    if counters.rate_use is not None:
+    if getattr(counters, "rate_use", None) is not None:
         parts.append(f"limit use={counters.rate_use:.0%}")
     return " ".join(parts)
 
@@ -264,10 +280,6 @@ def _postfix(counters: Any) -> str:
 def _progress_line(counters: Any) -> str:
     total = counters.total or "?"
     return f"{counters.finished}/{total} rows, {_postfix(counters)}"
-
-
-def _progress_display() -> Callable[[Any], None] | _ProgressDisplay:
-    return _ProgressDisplay()
 
 
 if __name__ == "__main__":  # pragma: no cover

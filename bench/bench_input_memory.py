@@ -14,9 +14,10 @@ peak memory belongs to that case alone:
 - ``idle``: the interpreter with pyarrow and batchrun imported, for reference.
 
 ``RSS@10%`` is the peak once a tenth of the rows is done; equal to the final peak
-when memory does not grow with rows. Peak RSS is the child's ``VmHWM`` (``ru_maxrss`` would include the parent's memory
-at fork time). CPU per row is process CPU time / rows. A calibration line
-(``sum(range(1000))``) is printed so figures from a busy machine can be scaled.
+when memory does not grow with rows. Peak RSS is the child's ``VmHWM``
+(``ru_maxrss`` would include the parent's memory at fork time). CPU per row is
+process CPU time / rows. A calibration line (``sum(range(1000))``) is printed so
+figures from a busy machine can be scaled.
 """
 
 from __future__ import annotations

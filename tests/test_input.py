@@ -194,3 +194,9 @@ def test_mixed_types_across_files(tmp_path: Path) -> None:
     write_csv(tmp_path / "b.csv", "id,text\n2,b\n")
     with pytest.raises(InputError, match=r"input files disagree on column types"):
         open_input(make_job(tmp_path))
+
+
+def test_id_column_must_be_text_or_integer(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "a.parquet", {"id": [1.5], "text": ["x"]})
+    with pytest.raises(InputError, match=r"^input.id_column: column 'id' has type double; use a"):
+        open_input(make_job(path))
