@@ -84,7 +84,7 @@ def test_demo_job_is_the_documented_sentiment_job(monkeypatch: pytest.MonkeyPatc
     today = datetime.now(UTC).date().isoformat()
     assert job.request.model == "gpt-5.5"
     assert job.request.response_format == "json_object"
-    assert job.request.max_completion_tokens == 64
+    assert job.request.max_completion_tokens == 256
     assert job.request.image_urls_column == "images"
     assert job.output.columns == {"label": "string", "confidence": "double"}
     assert job.output.path == f"out/demo_{today}.parquet"
