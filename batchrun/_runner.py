@@ -29,7 +29,7 @@ from batchrun._checkpoint import Checkpoint
 from batchrun._config import Job
 from batchrun._dispatch import Counters, Dispatcher, DispatchOutcome
 from batchrun._errors import FatalApiError, JobError
-from batchrun._input import InputTable, open_input, row_keys
+from batchrun._input import InputTable, open_input, row_keys, validate_keys
 from batchrun._jobfile import load_job
 from batchrun._output import check_columns, parse_status, write_output
 from batchrun._requests import RequestBuilder
@@ -97,7 +97,7 @@ class RunSummary:
     completion_tokens: int
     cached_tokens: int
     reasoning_tokens: int
-    cost_usd: float
+    cost_usd: float | None
     sent: int
     reused_from_checkpoint: int
     dedupe_saved_requests: int
@@ -123,7 +123,7 @@ class RunSummary:
             f" dedupe saved {self.dedupe_saved_requests} requests (${self.dedupe_saved_usd:.4f})",
             f"  tokens: {self.prompt_tokens} prompt ({self.cached_tokens} cached),"
             f" {self.completion_tokens} completion ({self.reasoning_tokens} reasoning);"
-            f" cost ${self.cost_usd:.4f}; {self.wall_s:.1f}s",
+            f" cost {_usd(self.cost_usd)}; {self.wall_s:.1f}s",
         ]
         if self.stopped:
             lines.append(f"  stopped: {_STOP_REASONS[self.stopped]}")
@@ -205,6 +205,7 @@ class _Run:
 
     def _prepare(self) -> tuple[InputTable, RequestBuilder]:
         table = open_input(self.job)
+        validate_keys(table, self.job)
         builder = RequestBuilder(self.job, table.schema)
         check_columns(self.job, table.schema)
         if self.job.limits.max_cost_usd is not None and self.job.price is None:
@@ -462,6 +463,10 @@ class Pipeline:
     def _report_progress(self) -> None:
         if self.on_progress is not None:
             self.on_progress(self.progress)
+
+
+def _usd(amount: float | None) -> str:
+    return "unpriced" if amount is None else f"${amount:.4f}"
 
 
 def _exit_code(stopped: str | None, failed: int, max_failed: int) -> int:
