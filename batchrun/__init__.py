@@ -117,14 +117,17 @@ def complete(
 
     from batchrun._runner import RunOptions, run_job
 
-    workdir = Path(tempfile.mkdtemp(prefix="batchrun-complete-"))
-    source = workdir / "input.parquet"
-    df.to_parquet(source, index=False)
-    job = _notebook_job(source, prompt, model, checkpoint, pricing or {}, options)
-    summary = run_job(job, RunOptions(emulate=emulate))
-    if summary.stopped == "fatal":
-        raise FatalApiError(summary.error or "the API refused the job")
-    result = pd.read_parquet(summary.output_path)
+    # The input copy and the output live only for this call (the checkpoint stays).
+    with tempfile.TemporaryDirectory(prefix="batchrun-complete-") as workdir:
+        source = Path(workdir) / "input.parquet"
+        df.to_parquet(source, index=False)
+        job = _notebook_job(source, prompt, model, checkpoint, pricing or {}, options, emulate)
+        summary = run_job(job, RunOptions(emulate=emulate))
+        if summary.stopped == "fatal":
+            raise FatalApiError(summary.error or "the API refused the job")
+        if summary.stopped == "interrupted":
+            raise KeyboardInterrupt("batchrun.complete: interrupted; call again to continue")
+        result = pd.read_parquet(summary.output_path)
     result.index = df.index
     return result
 
@@ -136,6 +139,7 @@ def _notebook_job(
     checkpoint: str | Path | None,
     pricing: Mapping[str, Mapping[str, float]],
     options: Mapping[str, Any],
+    synthetic: bool = False,
 ) -> Job:
     sections = {
         "request": RequestConfig,
@@ -150,7 +154,9 @@ def _notebook_job(
             raise JobError(f"complete(): unknown option {key!r}")
         picked[section][key] = value
     request = RequestConfig(model=model, prompt=prompt, **picked["request"])
-    digest = hashlib.sha256(repr((request, sorted(picked["output"].items()))).encode()).hexdigest()
+    # Emulated answers and answers from another endpoint must never be reused as real ones.
+    settings = (request, sorted(picked["output"].items()), sorted(picked["api"].items()))
+    digest = hashlib.sha256(repr((*settings, synthetic)).encode()).hexdigest()
     default_ckpt = Path(tempfile.gettempdir()) / "batchrun" / f"complete-{digest[:16]}.sqlite"
     output = OutputConfig(
         path=str(source.with_name("output.parquet")),

@@ -49,7 +49,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from batchrun._errors import JobError, LockedError
 from batchrun._types import Answer, Request, Result
 
-__all__ = ["COMMIT_INTERVAL_S", "COMMIT_ROWS", "MIGRATIONS", "Checkpoint"]
+__all__ = ["COMMIT_INTERVAL_S", "COMMIT_ROWS", "MIGRATIONS", "Checkpoint", "CheckpointReader"]
 
 COMMIT_INTERVAL_S = 0.5
 """Longest time a received answer waits before it is committed."""
@@ -379,14 +379,8 @@ class Checkpoint:
         exactly the requests missing from ``ckpt.lookup(fps)``. Blocks for at
         most one in-progress commit of the writer task.
         """
-        unique = list(dict.fromkeys(fingerprints))  # dedupe keeps many rows to one probe
-        found: dict[str, Answer] = {}
         with self._using("look up answers"):
-            for chunk in _chunks(unique, _MAX_PARAMS):
-                sql = _lookup_sql(len(chunk), include_failed)
-                for row in self._conn.execute(sql, chunk):
-                    found[row[0]] = _to_answer(row)
-        return found
+            return _select_answers(self._conn, fingerprints, include_failed)
 
     def spent_usd(self) -> float:
         """Spend recorded in this checkpoint, over all runs since it was created."""
@@ -493,7 +487,80 @@ def _claim_for_job(conn: sqlite3.Connection, path: Path, job_name: str) -> None:
         (owner,) = conn.execute("SELECT value FROM meta WHERE key = 'job_name'").fetchone()
     if owner != job_name:
         # Its spend would count against this job's budget, so sharing is refused.
-        raise JobError(
-            f"checkpoint {path} belongs to job {owner!r}, not {job_name!r}: "
-            "set output.checkpoint to another file, or rerun with --fresh to start over"
-        )
+        raise _foreign_job(path, owner, job_name)
+
+
+def _foreign_job(path: Path, owner: str, job_name: str) -> JobError:
+    return JobError(
+        f"checkpoint {path} belongs to job {owner!r}, not {job_name!r}: "
+        "set output.checkpoint to another file, or rerun with --fresh to start over"
+    )
+
+
+def _select_answers(
+    conn: sqlite3.Connection, fingerprints: Sequence[str], include_failed: bool
+) -> dict[str, Answer]:
+    unique = list(dict.fromkeys(fingerprints))  # dedupe keeps many rows to one probe
+    found: dict[str, Answer] = {}
+    for chunk in _chunks(unique, _MAX_PARAMS):
+        for row in conn.execute(_lookup_sql(len(chunk), include_failed), chunk):
+            found[row[0]] = _to_answer(row)
+    return found
+
+
+# ---------------------------------------------------------------- read-only view
+
+
+class CheckpointReader:
+    """A read-only look at a job's checkpoint that takes no run lock (``batchrun plan``).
+
+    WAL lets it read what a live run has committed without blocking that run;
+    nothing is written, migrated or claimed (SQLite may add its empty ``-wal`` and
+    ``-shm`` side files, which a run would create anyway).
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: Path, *, job_name: str) -> CheckpointReader | None:
+        """None when no checkpoint exists yet; ``JobError`` if it belongs to another job."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        with _translated(path, "open it read-only"):
+            uri = f"{path.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        try:
+            with _translated(path, "read its job name"):
+                owner = conn.execute("SELECT value FROM meta WHERE key = 'job_name'").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        if owner is not None and owner[0] != job_name:
+            conn.close()
+            raise _foreign_job(path, owner[0], job_name)
+        return cls(path, conn)
+
+    def lookup(
+        self, fingerprints: Sequence[str], *, include_failed: bool = True
+    ) -> dict[str, Answer]:
+        """As ``Checkpoint.lookup``."""
+        with _translated(self.path, "look up answers"):
+            return _select_answers(self._conn, fingerprints, include_failed)
+
+    def spent_usd(self) -> float:
+        """As ``Checkpoint.spent_usd``."""
+        with _translated(self.path, "sum the spend"):
+            (total,) = self._conn.execute("SELECT TOTAL(cost_usd) FROM answers").fetchone()
+        return float(total)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

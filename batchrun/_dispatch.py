@@ -94,8 +94,14 @@ class Dispatcher:
         transport: httpx.AsyncBaseTransport | None = None,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
+        share: float = 1.0,
+        gate: PauseGate | None = None,
     ) -> None:
+        # ``share`` and ``gate`` let several processes split one job's limits (the Ray
+        # engine): each paces to its share, and a shared gate spreads a 429's pause.
         self.limits = job.limits
+        self.share = share
+        self.gate = gate
         self.price = job.price
         self.url = completions_url(base_url or job.api.base_url)
         self.budget = budget
@@ -132,8 +138,13 @@ class _Run:
         self.counters = dispatcher.counters
         self.sender = sender
         limits = dispatcher.limits
-        self.pacer = Pacer(limits.requests_per_minute, limits.tokens_per_minute, dispatcher.learned)
-        self.gate = PauseGate()
+        self.pacer = Pacer(
+            limits.requests_per_minute,
+            limits.tokens_per_minute,
+            dispatcher.learned,
+            share=dispatcher.share,
+        )
+        self.gate = dispatcher.gate if dispatcher.gate is not None else PauseGate()
         self.counters.rpm_limit = self.pacer.rpm_in_use
         self.worker_scopes: set[anyio.CancelScope] = set()
         self.sending: set[anyio.CancelScope] = set()

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -267,6 +267,35 @@ def write_output(
     path = Path(job.output.path)
     stats = OutputStats(path=path, cost_usd=None if job.price is None else 0.0)
     batches = _output_batches(job, table, builder, lookup, schema, stats, select, batch_size)
+    write_batches(path, schema, batches, lambda: stats_metadata(stats))
+    return stats
+
+
+def output_batch(
+    job: Job,
+    batch: pa.RecordBatch,
+    items: Sequence[Request | Result],
+    answers: Mapping[str, Answer],
+    schema: pa.Schema,
+    stats: OutputStats,
+) -> pa.RecordBatch:
+    """One input batch's output rows (``items`` from ``RequestBuilder.build``), counted
+    into ``stats``: the per-batch step of ``write_output``, for engines that answer
+    batches elsewhere (Ray) and stream them to ``write_batches``."""
+    rows = _rows(job, items, answers)
+    _count(stats, rows, job.price)
+    return _output_batch(job, batch, rows, schema)
+
+
+def write_batches(
+    path: Path,
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    footer: Callable[[], Mapping[str, str]],
+) -> None:
+    """Write ``batches`` (in order) to ``path`` atomically, in row groups of
+    ``ROW_GROUP_ROWS``; ``footer()``, called once ``batches`` is exhausted, adds
+    key-value metadata known only then (the counts written, a run summary)."""
     with _atomic_writer(path, schema) as writer:
         pending: list[pa.RecordBatch] = []
         for batch in batches:
@@ -276,8 +305,12 @@ def write_output(
                 pending = []
         if pending:
             writer.write_table(pa.Table.from_batches(pending, schema=schema))
-        writer.add_key_value_metadata({STATS_METADATA_KEY: json.dumps(stats.to_dict())})
-    return stats
+        writer.add_key_value_metadata(dict(footer()))
+
+
+def stats_metadata(stats: OutputStats) -> dict[str, str]:
+    """``stats`` as the file's ``batchrun.output_stats`` metadata."""
+    return {STATS_METADATA_KEY: json.dumps(stats.to_dict())}
 
 
 def _output_batches(
@@ -298,9 +331,7 @@ def _output_batches(
             batch, items = _selected(whole, items, select(row_keys(whole, job, start)))
         start += whole.num_rows
         answers = lookup([item.fingerprint for item in items if isinstance(item, Request)])
-        rows = _rows(job, items, answers)
-        _count(stats, rows, job.price)
-        yield _output_batch(job, batch, rows, schema)
+        yield output_batch(job, batch, items, answers, schema, stats)
 
 
 def _selected(

@@ -205,9 +205,10 @@ class LearnedLimits:
 class _Axis:
     """One limited quantity (requests or tokens): ceiling, learned limit, AIMD factor."""
 
-    def __init__(self, configured: int | None, learned: int | None) -> None:
+    def __init__(self, configured: int | None, learned: int | None, share: float = 1.0) -> None:
         self.configured = configured
         self.learned = learned
+        self.share = share  # this process's part of a limit shared with other workers
         self.factor = 1.0
         self.owed = 0.0  # counted by the API beyond (or, negative, short of) our estimates
         self.bucket: _Bucket | None = None
@@ -216,7 +217,7 @@ class _Axis:
     @property
     def base(self) -> float | None:
         known = [v for v in (self.configured, self.learned) if v]
-        return float(min(known)) if known else None
+        return float(min(known)) * self.share if known else None
 
     @property
     def per_minute(self) -> float | None:
@@ -244,11 +245,18 @@ class Pacer:
     """Paces sends to requests/tokens per minute, known or learned, adapting on 429s."""
 
     def __init__(
-        self, rpm: int | None, tpm: int | None, learned: LearnedLimits | None = None
+        self,
+        rpm: int | None,
+        tpm: int | None,
+        learned: LearnedLimits | None = None,
+        *,
+        share: float = 1.0,
     ) -> None:
+        """``share`` (0..1] is this pacer's part of the limits when several processes
+        split one job's limits (the Ray engine); configured and learned limits alike."""
         self.learned = learned if learned is not None else LearnedLimits()
-        self._requests = _Axis(rpm, self.learned.rpm)
-        self._tokens = _Axis(tpm, self.learned.tpm)
+        self._requests = _Axis(rpm, self.learned.rpm, share)
+        self._tokens = _Axis(tpm, self.learned.tpm, share)
         self._started = time.monotonic()
         self._sent = 0
         self._last_cut = -math.inf
@@ -285,8 +293,8 @@ class Pacer:
         self._last_cut = time.monotonic()
         for axis in (self._requests, self._tokens):
             axis.factor = max(axis.factor / 2, MIN_FACTOR)
-        if self._requests.base is None:
-            self._requests.learned = self._observed_rpm()
+        if self._requests.base is None:  # what we observe is our share already
+            self._requests.learned = math.ceil(self._observed_rpm() / self._requests.share)
         self._requests.retune()
         self._tokens.retune()
 

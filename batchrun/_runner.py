@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from batchrun._budget import Budget, result_cost
 from batchrun._checkpoint import Checkpoint
@@ -39,6 +40,8 @@ log = logging.getLogger("batchrun")
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 EMULATOR_KEY = "sk-emulator-demo"
+SIGNAL_GRACE_S = 20.0
+"""Longest wait for requests in flight after SIGINT/SIGTERM (under Kubernetes' 30 s)."""
 Finished = tuple[Request, Result]
 Checkpointed = tuple[Request, Result, float | None]
 
@@ -55,6 +58,9 @@ class RunOptions:
     emulator_args: tuple[str, ...] = ()
     base_url: str | None = None
     api_key: str | None = None
+    engine: str = "local"  # "local" | "ray" (batchrun[ray]; see batchrun._ray)
+    ray_address: str | None = None  # None: start a local Ray instance
+    ray_workers: int | None = None  # None: one per CPU of the Ray cluster
 
 
 @dataclass
@@ -156,20 +162,66 @@ def run_job(
     job: Job, options: RunOptions, progress: Callable[[Progress], None] | None = None
 ) -> RunSummary:
     """Run ``job`` to the end (or to a stop) and write its output."""
+    if options.shard is not None:
+        output = replace(job.output, path=shard_output_path(job.output.path, options.shard))
+        job = replace(job, output=output)
     if not options.emulate:
-        return _Run(job, options, progress).execute()
+        return _engine(options)(job, options, progress).execute()
     from batchrun._emulator import EmulatorProcess
 
     with EmulatorProcess(list(options.emulator_args)) as emu:
         log.warning("EMULATED RUN on %s: every answer is synthetic", emu.base_url)
         emulated = replace(options, base_url=emu.base_url, api_key=EMULATOR_KEY)
-        return _Run(job, emulated, progress).execute()
+        return _engine(options)(job, emulated, progress).execute()
+
+
+def _engine(options: RunOptions) -> type[_Run]:
+    if options.engine == "ray":
+        from batchrun._ray import RayRun
+
+        return RayRun
+    return _Run
 
 
 def shard_of(key: str, count: int) -> int:
     """The shard (0..count-1) a row key belongs to; stable across runs and machines."""
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % count
+
+
+def prepare(job: Job) -> tuple[InputTable, RequestBuilder]:
+    """Every check a run makes before it sends anything (``run`` and ``plan`` share it).
+
+    Raises ``InputError`` / ``JobError`` (exit 2): unreadable input, null or duplicate
+    ids, a template naming a missing column, clashing output columns, a budget without
+    a price.
+    """
+    table = open_input(job)
+    validate_keys(table, job)
+    builder = RequestBuilder(job, table.schema)
+    check_columns(job, table.schema)
+    if job.limits.max_cost_usd is not None and job.price is None:
+        model = job.request.model
+        raise JobError(
+            f"limits.max_cost_usd: a budget needs a price; add [pricing.{model!r}]"
+            " with input and output (USD per million tokens)"
+        )
+    if job.price is None:
+        log.warning("no [pricing] for model %r: cost_usd will be null", job.request.model)
+    return table, builder
+
+
+def shard_output_path(path: str, shard: tuple[int, int]) -> str:
+    """``out/x.parquet`` -> ``out/x.shard-1-of-4.parquet``: each shard its own output.
+
+    Shards of one job would otherwise replace each other's output file (and share
+    one checkpoint lock); the checkpoint beside the output follows the new name.
+
+    >>> shard_output_path("out/x.parquet", (1, 4))
+    'out/x.shard-1-of-4.parquet'
+    """
+    out = Path(path)
+    return str(out.with_name(f"{out.stem}.shard-{shard[0]}-of-{shard[1]}{out.suffix}"))
 
 
 class _Run:
@@ -204,19 +256,7 @@ class _Run:
     # --- preparation: everything that can fail before a request is sent -----
 
     def _prepare(self) -> tuple[InputTable, RequestBuilder]:
-        table = open_input(self.job)
-        validate_keys(table, self.job)
-        builder = RequestBuilder(self.job, table.schema)
-        check_columns(self.job, table.schema)
-        if self.job.limits.max_cost_usd is not None and self.job.price is None:
-            model = self.job.request.model
-            raise JobError(
-                f"limits.max_cost_usd: a budget needs a price; add [pricing.{model!r}]"
-                " with input and output (USD per million tokens)"
-            )
-        if self.job.price is None:
-            log.warning("no [pricing] for model %r: cost_usd will be null", self.job.request.model)
-        return table, builder
+        return prepare(self.job)
 
     def _api_key(self) -> str:
         if self.options.api_key:
@@ -304,20 +344,32 @@ class _Run:
     async def _main(self, pipeline: Pipeline, batches: Iterable[list[Request | Result]]) -> None:
         try:
             async with anyio.create_task_group() as outer:
-                outer.start_soon(self._watch_signals, outer.cancel_scope)
+                outer.start_soon(self._watch_signals, outer.cancel_scope, pipeline)
                 await pipeline.run(batches)
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise _first_batchrun_error(group) from None
 
-    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+    async def _watch_signals(self, scope: anyio.CancelScope, pipeline: Pipeline) -> None:
+        # The first signal lets requests in flight finish: the API bills them whether or
+        # not we wait, and a rerun would pay for them again. The second one stops at once.
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
-                log.warning("%s: stopping dispatch, saving what finished", name)
+                if self.stopped == "interrupted":
+                    log.warning("%s again: stopping now, saving what finished", name)
+                    scope.cancel()
+                    return
+                grace = min(self.job.limits.timeout_s, SIGNAL_GRACE_S)
+                log.warning(
+                    "%s: sending nothing more; waiting up to %.0f s for requests in flight"
+                    " (signal again to stop at once)",
+                    name,
+                    grace,
+                )
                 self.stopped = "interrupted"
-                scope.cancel()
-                return
+                pipeline.stop_sending()
+                scope.deadline = anyio.current_time() + grace
 
     # --- output and summary -----------------------------------------------------
 
@@ -398,6 +450,8 @@ class Pipeline:
         self.on_progress = on_progress
         self.in_flight: set[str] = set()
         self.outcome: DispatchOutcome | None = None
+        self._producing: anyio.CancelScope | None = None
+        self._requests: MemoryObjectReceiveStream[Request] | None = None
 
     async def run(self, batches: Iterable[list[Request | Result]]) -> DispatchOutcome:
         buffer = max(16, 2 * self.job.limits.concurrency)
@@ -408,6 +462,7 @@ class Pipeline:
             tg.start_soon(self.ckpt.write_results, ck_recv, self._on_commit)
             tg.start_soon(self._finish, res_recv, ck_send)
             async with anyio.create_task_group() as feed, req_recv, res_send:
+                self._producing, self._requests = anyio.CancelScope(), req_recv
                 feed.start_soon(self._produce, batches, req_send)
                 self.outcome = await self.dispatcher.run(req_recv, res_send)
                 feed.cancel_scope.cancel()
@@ -417,9 +472,21 @@ class Pipeline:
         self, batches: Iterable[list[Request | Result]], send: ObjectSendStream[Request]
     ) -> None:
         async with send:
-            for items in batches:
-                for request in self._to_send(items):
-                    await send.send(request)
+            with self._producing or anyio.CancelScope():
+                for items in batches:
+                    for request in self._to_send(items):
+                        await send.send(request)
+
+    def stop_sending(self) -> None:
+        """Take no more rows and drop those queued; requests already sent still finish
+        and are committed, then ``run`` returns."""
+        if self._producing is not None:
+            self._producing.cancel()
+        while self._requests is not None:
+            try:
+                self._requests.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
 
     def _to_send(self, items: list[Request | Result]) -> list[Request]:
         """The batch's requests that neither the checkpoint nor this run has answered."""
@@ -495,4 +562,13 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["Progress", "RunOptions", "RunSummary", "run_job", "run_job_file", "shard_of"]
+__all__ = [
+    "Progress",
+    "RunOptions",
+    "RunSummary",
+    "prepare",
+    "run_job",
+    "run_job_file",
+    "shard_of",
+    "shard_output_path",
+]

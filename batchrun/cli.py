@@ -104,6 +104,21 @@ def _add_run(sub: Any) -> None:
     cmd.add_argument("--shard", type=_shard, metavar="I/N", help="only shard I of N (0-based)")
     cmd.add_argument("--summary-json", metavar="PATH", help="write the run summary as JSON")
     cmd.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    cmd.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process; ray: one job across a Ray cluster (batchrun[ray])",
+    )
+    cmd.add_argument(
+        "--ray-address", metavar="ADDR", help="Ray cluster to join (default: start a local one)"
+    )
+    cmd.add_argument(
+        "--ray-workers",
+        type=_positive_int,
+        metavar="N",
+        help="Ray workers sharing the job's limits (default: the cluster's CPUs)",
+    )
     cmd.set_defaults(handler=_cmd_run)
 
 
@@ -174,6 +189,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         limit=args.limit,
         shard=args.shard,
         emulate=args.emulate,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        ray_workers=args.ray_workers,
     )
     progress = None if args.quiet else _ProgressDisplay()
     summary = run_job_file(

@@ -1,0 +1,572 @@
+"""The Ray engine: one job across a Ray cluster, on batchrun's own per-batch core.
+
+``batchrun run JOB --engine ray`` reads the input with ``ray.data`` and answers it in
+``map_batches`` by a pool of worker actors. Each worker runs the local engine's
+``RequestBuilder`` + ``Pipeline`` + ``Dispatcher`` on one batch at a time (same request
+building, dispatch, retries, parsing and cost), and returns the batch's output rows,
+which the driver streams in input order into one Parquet file, as the local engine does.
+
+Global limits. One small ``_Coordinator`` actor holds what the workers share:
+
+- the divisor of the job's limits: each worker paces to ``1 / max(planned, joined)`` of
+  the requests/tokens per minute and of ``concurrency``, re-read at every batch, so N
+  workers together stay within the job's limits;
+- the 429 pause: a worker that must pause pushes "resume at" (wall clock) to it, and
+  every worker's gate reads it at most ``GATE_REFRESH_S`` old before each send;
+- the budget: ``max_cost_usd`` minus what earlier runs spent, leased to workers in
+  slices of a few dozen worst-case requests and given back unspent after each batch;
+- the stop (budget or fatal answer), counters and per-batch output counts.
+
+Resume. Each worker writes its own SQLite checkpoint in ``<checkpoint>.ray/`` (on a
+filesystem every node shares) and looks answers up in all of them, earlier runs'
+included, and in the local engine's checkpoint, read-only. The driver holds the job's
+run lock (the local checkpoint's), so a second run of the job refuses to start.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from batchrun._budget import Budget
+from batchrun._checkpoint import Checkpoint, CheckpointReader
+from batchrun._config import Job
+from batchrun._dispatch import Dispatcher
+from batchrun._errors import FatalApiError, JobError
+from batchrun._input import InputTable, _conform, row_keys
+from batchrun._output import (
+    OutputStats,
+    output_batch,
+    output_schema,
+    stats_metadata,
+    write_batches,
+)
+from batchrun._ratelimit import PauseGate
+from batchrun._requests import RequestBuilder
+from batchrun._runner import Pipeline, Progress, RunSummary, _Run, prepare, shard_of
+from batchrun._types import Answer, Request, Result
+
+log = logging.getLogger("batchrun")
+
+BATCH_ROWS = 1024
+"""Rows per ``map_batches`` call: the unit of work a worker takes (and Ray retries)."""
+WORKER_CPUS = 0.25
+"""CPUs a worker reserves: it mostly waits on the API, so several share a core."""
+GATE_REFRESH_S = 0.25
+"""Longest a worker goes without reading the shared 429 pause before a send."""
+LEASE_REQUESTS = 64
+"""Budget is leased to a worker in slices worth this many worst-case requests."""
+
+
+# --- the driver ---------------------------------------------------------------------
+
+
+class RayRun(_Run):
+    """One run on Ray: the local run's checks, summary and metadata; Ray's dispatch."""
+
+    def execute(self) -> RunSummary:
+        ray = import_ray()
+        self._require_id_column()
+        table, _ = prepare(self.job)
+        api_key = self._api_key()
+        ckpt_path = self.job.output.checkpoint_path
+        with Checkpoint.open(ckpt_path, job_name=self.job.name, fresh=self.options.fresh) as ckpt:
+            store = _store_dir(self.job)
+            if self.options.fresh:
+                shutil.rmtree(store, ignore_errors=True)
+            spent = ckpt.spent_usd() + _spent_in(store, self.job.name)
+            self.progress.total = self._total(table)
+            with ray_session(self.options.ray_address):
+                stats = self._run_on_ray(ray, table, api_key, spent)
+        return self._summary(stats)
+
+    def _require_id_column(self) -> None:
+        if self.job.input.id_column is None:
+            raise JobError(
+                "input.id_column: --engine ray needs an id column (Ray batches carry no"
+                " row position); name a column with a unique id per row"
+            )
+
+    def _run_on_ray(self, ray: Any, table: InputTable, api_key: str, spent: float) -> OutputStats:
+        workers = self.options.ray_workers or _cluster_cpus(ray)
+        coordinator = ray.remote(num_cpus=0)(_Coordinator).remote(workers, self._budget_left(spent))
+        worker = _WorkerSpec(
+            job=self.job,
+            api_key=api_key,
+            base_url=self.options.base_url,
+            schema=table.schema,
+            # Absolute: workers of a cluster joined by address run in other directories.
+            store=str(_store_dir(self.job).resolve()),
+            also=(str(self.job.output.checkpoint_path.resolve()),),
+            run_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}",
+            retry_failed=self.options.retry_failed,
+        )
+        ds = self._dataset(ray, table).map_batches(
+            _Worker,
+            fn_constructor_kwargs={"spec": worker, "coordinator": coordinator},
+            batch_size=BATCH_ROWS,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=WORKER_CPUS,
+        )
+        log.info("Ray engine: %d workers sharing the job's limits", workers)
+        return self._write(ray, ds, coordinator, table.schema)
+
+    def _budget_left(self, spent: float) -> float | None:
+        limit = self.job.limits.max_cost_usd
+        if limit is None or self.job.price is None:
+            return None
+        return max(limit - spent, 0.0)
+
+    def _dataset(self, ray: Any, table: InputTable) -> Any:
+        ds = read_input(ray, table)
+        job, shard = self.job, self.options.shard
+        if shard is not None:
+            ds = ds.map_batches(
+                _in_shard, fn_kwargs={"job": job, "shard": shard}, batch_format="pyarrow"
+            )
+        if self.options.limit is not None:
+            ds = ds.limit(self.options.limit)
+        # Spread the rows over the workers whatever the files' blocks are like.
+        return ds.repartition(target_num_rows_per_block=BATCH_ROWS)
+
+    def _write(self, ray: Any, ds: Any, coordinator: Any, schema: pa.Schema) -> OutputStats:
+        path = Path(self.job.output.path)
+        stats = OutputStats(path=path, cost_usd=None if self.job.price is None else 0.0)
+        out_schema = output_schema(self.job, schema)
+        metadata = self._metadata()
+        del metadata["batchrun.summary"]  # known at the end: see footer
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            shown = 0.0
+            for part in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                for batch in part.to_batches():
+                    if batch.num_rows:
+                        yield batch
+                if self.on_progress is not None and time.monotonic() - shown >= 1.0:
+                    shown = time.monotonic()
+                    self._collect(ray.get(coordinator.totals.remote()))
+                    self.on_progress(self.progress)
+            self._collect(ray.get(coordinator.totals.remote()), stats)
+
+        def footer() -> dict[str, str]:
+            return {"batchrun.summary": self._metadata()["batchrun.summary"]} | stats_metadata(
+                stats
+            )
+
+        write_batches(path, out_schema.with_metadata(metadata), batches(), footer)
+        return stats
+
+    def _collect(self, totals: _Totals, stats: OutputStats | None = None) -> None:
+        """Take the workers' counts (and, at the end, output counts and the stop)."""
+        progress, counters = self.progress, self.progress.dispatch
+        for name, value in totals.counters.items():
+            target = progress if name in ("reused", "deduped", "finished", "failed") else counters
+            setattr(target, name, value)
+        counters.rpm_limit = self.job.limits.requests_per_minute
+        if stats is None:
+            return
+        for batch in totals.batches:
+            _merge(stats, batch)
+        self.stopped = self.stopped or totals.stopped
+        self.fatal_message = totals.fatal_message
+
+
+def import_ray() -> Any:
+    """``ray`` (and ``ray.data``), or a ``JobError`` saying how to install it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no calls home
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise JobError("--engine ray needs Ray: pip install 'batchrun[ray]' (ray[data])") from None
+    return ray
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Join the Ray cluster at ``address``, or start a local one with this machine's
+    cores; a session already open in this process (tests, notebooks) is used as is."""
+    ray = import_ray()
+    if ray.is_initialized():
+        _configure_data(ray)
+        yield
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    try:
+        _configure_data(ray)
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _configure_data(ray: Any) -> None:
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # the output is in input order
+    ctx.enable_progress_bars = False  # the CLI draws its own
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _cluster_cpus(ray: Any) -> int:
+    return max(int(ray.cluster_resources().get("CPU", 1)), 1)
+
+
+def read_input(ray: Any, table: InputTable) -> Any:
+    """The input as a Ray dataset, file by file in the local engine's order and types
+    (CSV columns as strings, empty fields null), conformed to the unified schema."""
+    parts = []
+    for file in table.files:
+        path = str(file.path.resolve())
+        if file.is_csv:
+            convert = pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in file.schema.names},
+                strings_can_be_null=True,
+                null_values=[""],
+            )
+            parts.append(ray.data.read_csv(path, convert_options=convert, partitioning=None))
+        else:
+            parts.append(ray.data.read_parquet(path, partitioning=None))
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    return ds.map_batches(
+        _conformed, fn_kwargs={"schema": table.schema}, batch_format="pyarrow", batch_size=None
+    )
+
+
+def _conformed(part: pa.Table, schema: pa.Schema) -> pa.Table:
+    batches = [_conform(batch, schema) for batch in part.to_batches()]
+    return pa.Table.from_batches(batches, schema=schema)
+
+
+def _in_shard(part: pa.Table, job: Job, shard: tuple[int, int]) -> pa.Table:
+    index, count = shard
+    keys = [key for batch in part.to_batches() for key in row_keys(batch, job, 0)]
+    return part.filter(pa.array([shard_of(key, count) == index for key in keys], pa.bool_()))
+
+
+def _store_dir(job: Job) -> Path:
+    path = job.output.checkpoint_path
+    return path.with_name(path.name + ".ray")
+
+
+def _spent_in(directory: Path, job_name: str) -> float:
+    spent = 0.0
+    for path in directory.glob("*.sqlite"):
+        reader = CheckpointReader.open(path, job_name=job_name)
+        if reader is not None:
+            with reader:
+                spent += reader.spent_usd()
+    return spent
+
+
+def _merge(stats: OutputStats, counted: dict[str, Any]) -> None:
+    """Add one batch's ``OutputStats.to_dict()`` into ``stats``."""
+    stats.rows += counted["rows"]
+    stats.by_status.update(Counter(counted["by_status"]))
+    stats.shared_rows += counted["shared_rows"]
+    stats.shared_cost_usd += counted["shared_cost_usd"]
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"):
+        setattr(stats, name, getattr(stats, name) + counted[name])
+    stats.reasoning_tokens += counted["reasoning_tokens"]
+    if counted["cost_usd"] is not None:
+        stats.cost_usd = (stats.cost_usd or 0.0) + counted["cost_usd"]
+
+
+# --- shared state: the coordinator actor --------------------------------------------
+
+
+@dataclass
+class _Totals:
+    counters: dict[str, float]
+    batches: list[dict[str, Any]]
+    stopped: str | None
+    fatal_message: str | None
+
+
+class _Coordinator:
+    """What the workers of one run share (a Ray actor; its calls run one at a time)."""
+
+    def __init__(self, planned: int, budget_left: float | None) -> None:
+        self.planned = planned
+        self.joined: list[str] = []
+        self.resume_at = 0.0  # wall clock: workers may sit on different hosts
+        self.budget_left = budget_left
+        self.stopped: str | None = None
+        self.fatal_message: str | None = None
+        self.counters: dict[str, dict[str, float]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+
+    def join(self, worker: str) -> int:
+        self.joined.append(worker)
+        return len(self.joined) - 1
+
+    def state(self) -> tuple[int, str | None]:
+        """(how many workers split the limits, why the run stopped or None)."""
+        return max(self.planned, len(self.joined)), self.stopped
+
+    def pause_until(self, wall: float) -> None:
+        self.resume_at = max(self.resume_at, wall)
+
+    def resume_time(self) -> float:
+        return self.resume_at
+
+    def lease(self, want: float) -> float:
+        if self.budget_left is None:
+            return want
+        granted = min(want, self.budget_left)
+        self.budget_left -= granted
+        return granted
+
+    def give_back(self, amount: float) -> None:
+        if self.budget_left is not None:
+            self.budget_left += amount
+
+    def stop(self, reason: str, message: str | None = None) -> None:
+        if self.stopped is None or reason == "fatal":
+            self.stopped, self.fatal_message = reason, message
+
+    def report(
+        self, worker: str, counters: dict[str, float], batch: str, stats: dict[str, Any]
+    ) -> None:
+        # Keyed, not added: a batch Ray retries on another worker is counted once.
+        self.counters[worker] = counters
+        self.batches[batch] = stats
+
+    def totals(self) -> _Totals:
+        summed: Counter[str] = Counter()
+        for counters in self.counters.values():
+            summed.update(counters)
+        return _Totals(dict(summed), list(self.batches.values()), self.stopped, self.fatal_message)
+
+
+class SharedGate(PauseGate):
+    """A ``PauseGate`` whose pauses reach every worker through the coordinator."""
+
+    def __init__(self, coordinator: Any) -> None:
+        super().__init__()
+        self._coordinator = coordinator
+        self._synced = -math.inf
+
+    def pause_for(self, seconds: float) -> bool:
+        extended = super().pause_for(seconds)
+        if extended:
+            self._coordinator.pause_until.remote(time.time() + seconds)
+        return extended
+
+    async def wait(self) -> None:
+        if time.monotonic() - self._synced >= GATE_REFRESH_S:
+            self._synced = time.monotonic()  # one read at a time; others use the last
+            resume_at = await self._coordinator.resume_time.remote()
+            PauseGate.pause_for(self, resume_at - time.time())
+        await super().wait()
+
+
+class _LeasedBudget(Budget):
+    """A worker's part of the job's budget, leased from the coordinator as needed."""
+
+    def __init__(self, job: Job, coordinator: Any, ray: Any) -> None:
+        assert job.price is not None
+        super().__init__(0.0, job.price)
+        self._coordinator = coordinator
+        self._ray = ray
+
+    def try_reserve(self, request: Request) -> float | None:
+        amount = self.worst_case(request)
+        if self.spent_usd + self.reserved_usd + amount > self.max_cost_usd:
+            # Rare (once per LEASE_REQUESTS sends), so a blocking call is cheap here.
+            lease = self._coordinator.lease.remote(amount * LEASE_REQUESTS)
+            self.max_cost_usd += self._ray.get(lease)
+        return super().try_reserve(request)
+
+    def give_back(self) -> None:
+        unused = max(self.max_cost_usd - self.spent_usd - self.reserved_usd, 0.0)
+        self.max_cost_usd -= unused
+        self._ray.get(self._coordinator.give_back.remote(unused))
+
+
+# --- the workers --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _WorkerSpec:
+    job: Job
+    api_key: str
+    base_url: str | None
+    schema: pa.Schema
+    store: str
+    also: tuple[str, ...]
+    run_id: str
+    retry_failed: bool
+
+
+class _Worker:
+    """A Ray Data actor: answers one batch per call with the local engine's core."""
+
+    def __init__(self, spec: _WorkerSpec, coordinator: Any) -> None:
+        import ray
+
+        self.ray, self.spec, self.coordinator, self.job = ray, spec, coordinator, spec.job
+        self.id = f"{spec.run_id}-{uuid.uuid4().hex[:8]}"
+        index = ray.get(coordinator.join.remote(self.id))
+        own = Checkpoint.open(
+            Path(spec.store) / f"worker-{spec.run_id}-{index}.sqlite", job_name=self.job.name
+        )
+        self.store = ClusterStore(
+            own, Path(spec.store), self.job.name, [Path(p) for p in spec.also]
+        )
+        self.budget = None
+        if self.job.limits.max_cost_usd is not None and self.job.price is not None:
+            self.budget = _LeasedBudget(self.job, coordinator, ray)
+        self.progress = Progress()
+        self.dispatcher = Dispatcher(
+            self.job,
+            api_key=spec.api_key,
+            base_url=spec.base_url,
+            budget=self.budget,
+            counters=self.progress.dispatch,
+            gate=SharedGate(coordinator),
+        )
+        self.pipeline = Pipeline(
+            self.job,
+            cast(Checkpoint, self.store),  # the part of Checkpoint that Pipeline uses
+            self.dispatcher,
+            retry_failed=spec.retry_failed,
+            progress=self.progress,
+        )
+        self.builder = RequestBuilder(self.job, spec.schema)
+        self.out_schema = output_schema(self.job, spec.schema)
+
+    def __call__(self, part: pa.Table) -> pa.Table:
+        batch = _conform(part.combine_chunks().to_batches()[0], self.spec.schema)
+        items = self.builder.build(batch, 0)
+        divisor, stopped = self.ray.get(self.coordinator.state.remote())
+        if stopped is None:
+            self._answer(items, divisor)
+        fingerprints = [item.fingerprint for item in items if isinstance(item, Request)]
+        stats = OutputStats(path=Path(self.job.output.path))
+        out = output_batch(
+            self.job, batch, items, self.store.lookup(fingerprints), self.out_schema, stats
+        )
+        keys = row_keys(batch, self.job, 0)
+        report = self.coordinator.report.remote(
+            self.id, self._counters(), f"{keys[0]}+{len(keys)}", stats.to_dict()
+        )
+        self.ray.get(report)  # before the driver can see this batch's rows
+        return pa.Table.from_batches([out])
+
+    def _answer(self, items: list[Request | Result], divisor: int) -> None:
+        """Send the batch's unanswered rows with this worker's share of the limits."""
+        limits = self.job.limits
+        self.dispatcher.share = 1 / divisor
+        self.dispatcher.limits = replace(limits, concurrency=max(limits.concurrency // divisor, 1))
+        stop: tuple[str, str | None] | None = None
+        try:
+            outcome = anyio.run(self.pipeline.run, [items])
+            stop = None if outcome.stopped is None else (outcome.stopped, None)
+        except* FatalApiError as group:
+            stop = ("fatal", str(_first(group)))
+        finally:
+            if self.budget is not None:
+                self.budget.give_back()
+        if stop is not None:
+            self.ray.get(self.coordinator.stop.remote(*stop))
+
+    def _counters(self) -> dict[str, float]:
+        p, c = self.progress, self.progress.dispatch
+        return {
+            "sent": c.sent,
+            "retries": c.retries,
+            "rate_limited": c.rate_limited,
+            "cost_usd": c.cost_usd,
+            "ok": c.ok,
+            "reused": p.reused,
+            "deduped": p.deduped,
+            "finished": p.finished,
+            "failed": p.failed,
+        }
+
+
+class ClusterStore:
+    """The checkpoint surface ``Pipeline`` needs, over a worker's own file (written)
+    and every other checkpoint of the job (read-only, found afresh at each lookup)."""
+
+    def __init__(
+        self, own: Checkpoint, directory: Path, job_name: str, also: Sequence[Path] = ()
+    ) -> None:
+        self.own = own
+        self.directory = directory
+        self.job_name = job_name
+        self.also = list(also)
+        self.readers: dict[Path, CheckpointReader] = {}
+
+    def lookup(
+        self, fingerprints: Sequence[str], *, include_failed: bool = True
+    ) -> dict[str, Answer]:
+        # Own answers first: where two workers raced on one request, each row keeps its own.
+        found = self.own.lookup(fingerprints, include_failed=include_failed)
+        for reader in self._others():
+            missing = [fp for fp in fingerprints if fp not in found]
+            if not missing:
+                break
+            found.update(reader.lookup(missing, include_failed=include_failed))
+        return found
+
+    def spent_usd(self) -> float:
+        return self.own.spent_usd() + sum(r.spent_usd() for r in self._others())
+
+    async def write_results(self, results: Any, on_commit: Any = None) -> None:
+        await self.own.write_results(results, on_commit)
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
+        self.own.close()
+
+    def _others(self) -> list[CheckpointReader]:
+        """Newest files first, so a retried row's latest answer wins."""
+        for path in [*self.directory.glob("*.sqlite"), *self.also]:
+            if path in self.readers or path == self.own.path:
+                continue
+            try:
+                reader = CheckpointReader.open(path, job_name=self.job_name)
+            except JobError:
+                continue  # a worker still creating it: it holds nothing yet
+            if reader is not None:
+                self.readers[path] = reader
+        return sorted(self.readers.values(), key=lambda r: _mtime(r.path), reverse=True)
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+__all__ = ["ClusterStore", "RayRun", "SharedGate", "import_ray", "ray_session", "read_input"]

@@ -1,0 +1,256 @@
+"""The Ray engine against the emulator on loopback: same output as the local engine,
+the job's limits held across workers, resume after the driver is killed, a global budget.
+
+One local Ray instance serves the module (started the way ``--engine ray`` starts one
+without ``--ray-address``); the kill test's driver joins it by address.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from batchrun._emulator import EmulatorProcess  # noqa: E402
+from batchrun._jobfile import load_job  # noqa: E402
+from batchrun._runner import RunOptions, RunSummary, run_job  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "sk-test-ray"
+SEED = "11"
+VOLATILE = {"latency_ms", "completed_at"}
+BIG_ROWS = 20_000
+BIG_RPM = 15_000
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    from batchrun._ray import ray_session
+
+    with ray_session(None):
+        yield ray.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="module")
+def big_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("big") / "items.parquet"
+    ids = [f"item-{i:05d}" for i in range(BIG_ROWS)]
+    texts = [f"item {i} arrived {'late' if i % 3 else 'on time'}" for i in range(BIG_ROWS)]
+    pq.write_table(pa.table({"id": ids, "text": texts}), path, row_group_size=5000)
+    return path
+
+
+@pytest.fixture(scope="module")
+def big_reference(big_input: Path, tmp_path_factory: pytest.TempPathFactory) -> pa.Table:
+    """The local engine's output for the 20,000 rows (an unlimited emulator, same seed)."""
+    out = tmp_path_factory.mktemp("local") / "local.parquet"
+    with EmulatorProcess(["--seed", SEED], quiet=True) as emu:
+        summary = _run(_big_job(big_input, out), emu)
+    assert summary.exit_code == 0
+    return pq.read_table(out)
+
+
+def _big_job(source: Path, out: Path, *sets: str, text: str | None = None) -> Any:
+    job_file = out.parent / "job.toml"
+    job_file.parent.mkdir(parents=True, exist_ok=True)
+    job_file.write_text(_BIG_JOB if text is None else text)
+    return load_job(job_file, sets=[f'input.path="{source}"', f'output.path="{out}"', *sets])
+
+
+_BIG_JOB = """\
+[job]
+name = "ray-big"
+
+[input]
+path = "items.parquet"
+id_column = "id"
+
+[request]
+model = "gpt-5.5"
+prompt = "Is this late? {text}"
+max_completion_tokens = 16
+
+[limits]
+concurrency = 32
+requests_per_minute = 15000
+max_attempts = 4
+
+[output]
+path = "out/items.parquet"
+
+[pricing."gpt-5.5"]
+input = 1.25
+output = 10.0
+"""
+
+
+def _run(job: Any, emu: EmulatorProcess, **options: Any) -> RunSummary:
+    return run_job(job, RunOptions(base_url=emu.base_url, api_key=KEY, **options))
+
+
+def _assert_same_rows(expected: pa.Table, actual: pa.Table) -> None:
+    assert actual.schema.remove_metadata() == expected.schema.remove_metadata()
+    assert actual.num_rows == expected.num_rows
+    for name in expected.column_names:
+        if name not in VOLATILE:
+            assert actual[name].to_pylist() == expected[name].to_pylist(), name
+
+
+def test_demo_job_output_equals_the_local_engines_row_for_row(
+    ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("batchrun._ray.BATCH_ROWS", 64)  # several batches, both workers
+    monkeypatch.chdir(ROOT)
+    outputs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / f"{engine}.parquet"
+        job = load_job(ROOT / "jobs" / "demo.toml", sets=[f'output.path="{out}"'])
+        with EmulatorProcess(["--seed", SEED], quiet=True) as emu:
+            summary = _run(job, emu, engine=engine, ray_workers=2)
+        assert summary.exit_code == 0, summary
+        outputs[engine] = pq.read_table(out)
+    local, ray_out = outputs["local"], outputs["ray"]
+    # Which of two rows with one identical request pays and which shares the answer
+    # depends, across workers, on which batch ran first; nothing else may differ.
+    shared = [a == 0 or b == 0 for a, b in zip(_col(local, "attempts"), _col(ray_out, "attempts"))]
+    assert sum(shared) == 3  # the demo's duplicate reviews
+    unshared = pa.array([not s for s in shared])
+    _assert_same_rows(local.filter(unshared), ray_out.filter(unshared))
+    owner_free = ["attempts", "cost_usd"]
+    _assert_same_rows(local.drop_columns(owner_free), ray_out.drop_columns(owner_free))
+    assert sum(_col(ray_out, "cost_usd")) == pytest.approx(sum(_col(local, "cost_usd")))
+    local_keys = set(pq.read_metadata(tmp_path / "local.parquet").metadata)
+    assert set(pq.read_metadata(tmp_path / "ray.parquet").metadata) == local_keys
+
+
+def _col(table: pa.Table, name: str) -> list[Any]:
+    return table[name].to_pylist()
+
+
+def test_20k_rows_equal_the_local_engine_and_workers_together_keep_the_rpm(
+    ray_address: str, big_input: Path, big_reference: pa.Table, tmp_path: Path
+) -> None:
+    out = tmp_path / "ray.parquet"
+    # The API enforces the job's limit too: a worker overshooting it would meet 429s.
+    with EmulatorProcess(["--seed", SEED, "--rpm", str(BIG_RPM)], quiet=True) as emu:
+        summary = _run(_big_job(big_input, out), emu, engine="ray", ray_workers=2)
+        ledger = emu.ledger()
+    assert summary.exit_code == 0, summary
+    assert ledger["max_requests_in_60s"] <= BIG_RPM
+    assert ledger["rate_limited"] == 0
+    assert ledger["requests_billed"] == BIG_ROWS
+    _assert_same_rows(big_reference, pq.read_table(out))
+
+
+def test_a_killed_driver_resumes_without_paying_twice_beyond_in_flight(
+    ray_address: str, big_input: Path, big_reference: pa.Table, tmp_path: Path
+) -> None:
+    rows, rpm, concurrency = 3000, 6000, 16
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(_BIG_JOB)
+    shutil.copy(big_input, tmp_path / "items.parquet")
+    with EmulatorProcess(["--seed", SEED, "--rpm", str(rpm)], quiet=True) as emu:
+        command = [
+            sys.executable, "-m", "batchrun", "run", str(job_file), "--engine", "ray",
+            "--ray-address", ray_address, "--ray-workers", "2", "--limit", str(rows),
+            "--set", f'api.base_url="{emu.base_url}"', "--set", f"limits.requests_per_minute={rpm}",
+            "--set", f"limits.concurrency={concurrency}", "--quiet",
+        ]  # fmt: skip
+        env = {**os.environ, "MODELSTREAM_API_KEY": KEY, "RAY_USAGE_STATS_ENABLED": "0"}
+        driver = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+        store = tmp_path / "out" / "items.parquet.ckpt.sqlite.ray"
+        _wait_for_answers(store, at_least=800, driver=driver)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, timeout=240)
+        ledger = emu.ledger()
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    # Re-sent after the kill: at most those in flight plus about a second of answers.
+    assert ledger["duplicates_billed"] <= concurrency + rpm / 60
+    assert ledger["requests_billed"] == rows + ledger["duplicates_billed"]
+    first_rows = big_reference.slice(0, rows)
+    resumed_table = pq.read_table(tmp_path / "out" / "items.parquet")
+    # Rows re-sent after the kill were paid for twice: their attempts are what differs.
+    _assert_same_rows(
+        first_rows.drop_columns(["attempts"]), resumed_table.drop_columns(["attempts"])
+    )
+
+
+def _wait_for_answers(store: Path, *, at_least: int, driver: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        if _answers_in(store) >= at_least:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {at_least} answers in {store} after 120 s")
+
+
+def _answers_in(store: Path) -> int:
+    total = 0
+    for path in store.glob("*.sqlite"):
+        try:
+            with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as conn:
+                total += conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        except sqlite3.Error:
+            pass  # still being created
+    return total
+
+
+def test_the_budget_holds_across_workers(
+    ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("batchrun._ray.BATCH_ROWS", 64)
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "ray.parquet"
+    budget = 0.05  # about a third of what the demo costs
+    job = load_job(
+        ROOT / "jobs" / "demo.toml",
+        sets=[f'output.path="{out}"', f"limits.max_cost_usd={budget}"],
+    )
+    with EmulatorProcess(["--seed", SEED], quiet=True) as emu:
+        summary = _run(job, emu, engine="ray", ray_workers=2)
+    assert summary.exit_code == 3
+    table = pq.read_table(out)
+    assert 0 < sum(c for c in table["cost_usd"].to_pylist() if c) <= budget
+    assert "pending" in table["status"].to_pylist()
+
+
+def test_a_pause_pushed_by_one_worker_holds_back_another(ray_address: str) -> None:
+    import anyio
+
+    from batchrun._ray import SharedGate, _Coordinator
+
+    coordinator = ray.remote(num_cpus=0)(_Coordinator).remote(2, None)
+    first, second = SharedGate(coordinator), SharedGate(coordinator)
+    first.pause_for(1.0)
+    time.sleep(0.1)  # the push is one-way; let it land
+    started = time.monotonic()
+    anyio.run(second.wait)
+    assert time.monotonic() - started >= 0.7
+
+
+def test_without_an_id_column_the_ray_engine_refuses_before_sending(
+    ray_address: str, tmp_path: Path
+) -> None:
+    from batchrun._errors import JobError
+
+    text = _BIG_JOB.replace('id_column = "id"\n', "")
+    job = _big_job(tmp_path / "missing.parquet", tmp_path / "o.parquet", text=text)
+    with pytest.raises(JobError, match="id_column"):
+        run_job(job, RunOptions(engine="ray", api_key=KEY))
