@@ -39,7 +39,13 @@ from batchrun._errors import JobError
 from batchrun._input import InputTable
 from batchrun._jobfile import load_job
 from batchrun._requests import RequestBuilder
-from batchrun._runner import EMULATOR_KEY, Pipeline, _first_batchrun_error, prepare
+from batchrun._runner import (
+    EMULATOR_KEY,
+    Pipeline,
+    _first_batchrun_error,
+    emulated_job,
+    prepare,
+)
 from batchrun._types import Answer, Request, Result
 
 __all__ = ["Counts", "Pilot", "Plan", "plan_job", "plan_job_file"]
@@ -264,6 +270,7 @@ def plan_job(
     if emulate:
         from batchrun._emulator import EmulatorProcess
 
+        job = emulated_job(job)
         with EmulatorProcess([]) as emu:
             return _pilot_plan(job, table, builder, pilot, emu.base_url, EMULATOR_KEY, True)
     key = api_key or _api_key(job)

@@ -172,7 +172,14 @@ def run_job(
     with EmulatorProcess(list(options.emulator_args)) as emu:
         log.warning("EMULATED RUN on %s: every answer is synthetic", emu.base_url)
         emulated = replace(options, base_url=emu.base_url, api_key=EMULATOR_KEY)
-        return _engine(options)(job, emulated, progress).execute()
+        return _engine(options)(emulated_job(job), emulated, progress).execute()
+
+
+def emulated_job(job: Job) -> Job:
+    """The job with a checkpoint of its own, so synthetic answers never pass for real ones."""
+    path = job.output.checkpoint_path
+    checkpoint = path.with_name(f"{path.stem}.emulated{path.suffix}")
+    return replace(job, output=replace(job.output, checkpoint=str(checkpoint)))
 
 
 def _engine(options: RunOptions) -> type[_Run]:
@@ -566,6 +573,7 @@ __all__ = [
     "Progress",
     "RunOptions",
     "RunSummary",
+    "emulated_job",
     "prepare",
     "run_job",
     "run_job_file",

@@ -33,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("batchrun: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:
+        # `batchrun report ... | head`: the reader left; not an error of ours.
+        sys.stderr.close()
+        code = 0
     sys.exit(code)
 
 
