@@ -111,6 +111,17 @@ class Dispatcher:
         self.rng = rng or random.Random()
         self._api_key = api_key
         self._transport = transport
+        self._pacer: tuple[tuple[object, ...], Pacer] | None = None
+
+    def pacer(self) -> Pacer:
+        """The next run's pacer: the last one while limits and share are unchanged, so
+        runs in a row (the Ray engine runs one per batch) add no burst between them."""
+        limits = self.limits
+        key = (limits.requests_per_minute, limits.tokens_per_minute, self.share)
+        if self._pacer is None or self._pacer[0] != key:
+            rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+            self._pacer = (key, Pacer(rpm, tpm, self.learned, share=self.share))
+        return self._pacer[1]
 
     async def run(
         self,
@@ -137,13 +148,7 @@ class _Run:
         self.d = dispatcher
         self.counters = dispatcher.counters
         self.sender = sender
-        limits = dispatcher.limits
-        self.pacer = Pacer(
-            limits.requests_per_minute,
-            limits.tokens_per_minute,
-            dispatcher.learned,
-            share=dispatcher.share,
-        )
+        self.pacer = dispatcher.pacer()
         self.gate = dispatcher.gate if dispatcher.gate is not None else PauseGate()
         self.counters.rpm_limit = self.pacer.rpm_in_use
         self.worker_scopes: set[anyio.CancelScope] = set()

@@ -339,12 +339,18 @@ class _Run:
             progress=self.progress,
             on_progress=self.on_progress,
         )
+        handlers = [(sig, signal.getsignal(sig)) for sig in (signal.SIGINT, signal.SIGTERM)]
         try:
             anyio.run(self._main, pipeline, self._selected_items(table, builder))
         except FatalApiError as exc:
             # The output is still written (unfinished rows as pending) before exit 4.
             log.error("%s", exc)
             self.stopped, self.fatal_message = "fatal", str(exc)
+        finally:
+            # asyncio resets the handlers it borrowed to the defaults, not to the caller's.
+            for sig, handler in handlers:
+                if handler is not None:
+                    signal.signal(sig, handler)
         if self.stopped is None and pipeline.outcome is not None:
             self.stopped = pipeline.outcome.stopped
 

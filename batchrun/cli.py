@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -198,9 +200,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ray_workers=args.ray_workers,
     )
     progress = None if args.quiet else _ProgressDisplay()
-    summary = run_job_file(
-        args.job, sets=args.sets, variables=args.var, options=options, progress=progress
-    )
+    with _sigterm_as_ctrl_c():
+        summary = run_job_file(
+            args.job, sets=args.sets, variables=args.var, options=options, progress=progress
+        )
     if progress is not None:
         progress.close()
     if args.summary_json:
@@ -208,6 +211,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(summary.render(), file=sys.stderr)
     return summary.exit_code
+
+
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (kill, cron, Kubernetes) stops a run as Ctrl-C does: exit 130, resumable,
+    no temp file left beside the output. During dispatch the runner handles both itself."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
