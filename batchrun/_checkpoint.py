@@ -382,6 +382,12 @@ class Checkpoint:
         with self._using("look up answers"):
             return _select_answers(self._conn, fingerprints, include_failed)
 
+    def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:
+        """Which of ``fingerprints`` have an answer: ``lookup`` without reading the answers
+        (what a resume asks of every row before it sends anything)."""
+        with self._using("look up answers"):
+            return _select_answered(self._conn, fingerprints, include_failed)
+
     def spent_usd(self) -> float:
         """Spend recorded in this checkpoint, over all runs since it was created."""
         with self._using("sum the spend"):
@@ -497,6 +503,19 @@ def _foreign_job(path: Path, owner: str, job_name: str) -> JobError:
     )
 
 
+def _select_answered(
+    conn: sqlite3.Connection, fingerprints: Sequence[str], include_failed: bool
+) -> set[str]:
+    unique = list(dict.fromkeys(fingerprints))
+    failed = "" if include_failed else " AND status != 'error'"
+    found: set[str] = set()
+    for chunk in _chunks(unique, _MAX_PARAMS):
+        marks = ", ".join("?" * len(chunk))
+        sql = f"SELECT fingerprint FROM answers WHERE fingerprint IN ({marks}){failed}"
+        found.update(fp for (fp,) in conn.execute(sql, chunk))
+    return found
+
+
 def _select_answers(
     conn: sqlite3.Connection, fingerprints: Sequence[str], include_failed: bool
 ) -> dict[str, Answer]:
@@ -549,6 +568,11 @@ class CheckpointReader:
         """As ``Checkpoint.lookup``."""
         with _translated(self.path, "look up answers"):
             return _select_answers(self._conn, fingerprints, include_failed)
+
+    def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:
+        """As ``Checkpoint.answered``."""
+        with _translated(self.path, "look up answers"):
+            return _select_answered(self._conn, fingerprints, include_failed)
 
     def spent_usd(self) -> float:
         """As ``Checkpoint.spent_usd``."""

@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import pyarrow as pa
@@ -449,7 +449,7 @@ class _Worker:
         )
         self.pipeline = Pipeline(
             self.job,
-            cast(Checkpoint, self.store),  # the part of Checkpoint that Pipeline uses
+            self.store,
             self.dispatcher,
             retry_failed=spec.retry_failed,
             progress=self.progress,
@@ -530,6 +530,15 @@ class ClusterStore:
             if not missing:
                 break
             found.update(reader.lookup(missing, include_failed=include_failed))
+        return found
+
+    def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:
+        found = self.own.answered(fingerprints, include_failed=include_failed)
+        for reader in self._others():
+            missing = [fp for fp in fingerprints if fp not in found]
+            if not missing:
+                break
+            found |= reader.answered(missing, include_failed=include_failed)
         return found
 
     def spent_usd(self) -> float:

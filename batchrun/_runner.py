@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -437,6 +437,19 @@ class _Run:
         )
 
 
+class Store(Protocol):
+    """What ``Pipeline`` needs of a checkpoint (``Checkpoint``, or the Ray engine's
+    per-worker view over several files)."""
+
+    def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]: ...
+
+    async def write_results(
+        self,
+        results: ObjectReceiveStream[Checkpointed],
+        on_commit: Callable[[list[str]], None] | None = None,
+    ) -> None: ...
+
+
 class Pipeline:
     """Answers batches of items: skips what the checkpoint holds, dispatches the
     rest, prices and parses each answer, and commits it through the one writer task.
@@ -448,7 +461,7 @@ class Pipeline:
     def __init__(
         self,
         job: Job,
-        checkpoint: Checkpoint,
+        checkpoint: Store,
         dispatcher: Dispatcher,
         *,
         retry_failed: bool = False,
@@ -508,7 +521,7 @@ class Pipeline:
         # Snapshot in-flight before asking the checkpoint: a fingerprint leaves
         # in_flight only after its answer is committed, so it is seen in one or the other.
         in_flight = {r.fingerprint for r in requests if r.fingerprint in self.in_flight}
-        done = self.ckpt.lookup(
+        done = self.ckpt.answered(
             [r.fingerprint for r in requests if r.fingerprint not in in_flight],
             include_failed=not self.retry_failed,
         )

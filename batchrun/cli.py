@@ -267,20 +267,27 @@ class _ProgressDisplay:
     """A tqdm bar on a TTY; a log line every few seconds otherwise."""
 
     LOG_EVERY_S = 5.0
+    DRAW_EVERY_S = 0.2
     RATE_WINDOW_S = 10.0
 
     def __init__(self) -> None:
         self._bar: Any = None
         self._last_log = 0.0
+        self._last_draw = 0.0
         self._tty = sys.stderr.isatty()
         self._sent: deque[tuple[float, int]] = deque()
 
     def __call__(self, counters: Any) -> None:
+        # Called for every finished row: render at most a few times a second.
+        now = time.monotonic()
+        if now - self._last_draw < self.DRAW_EVERY_S:
+            return
+        self._last_draw = now
         counters.rate_use = self._rate_use(counters)
         if self._tty:
             self._update_bar(counters)
-        elif time.monotonic() - self._last_log >= self.LOG_EVERY_S:
-            self._last_log = time.monotonic()
+        elif now - self._last_log >= self.LOG_EVERY_S:
+            self._last_log = now
             log.info("%s", _progress_line(counters))
 
     def _update_bar(self, counters: Any) -> None:
