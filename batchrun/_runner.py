@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batchrun._budget import Budget, result_cost
 from batchrun._checkpoint import Checkpoint
@@ -482,15 +482,14 @@ class Pipeline:
     async def run(self, batches: Iterable[list[Request | Result]]) -> DispatchOutcome:
         buffer = max(16, 2 * self.job.limits.concurrency)
         req_send, req_recv = anyio.create_memory_object_stream[Request](buffer)
-        res_send, res_recv = anyio.create_memory_object_stream[Finished](buffer)
         ck_send, ck_recv = anyio.create_memory_object_stream[Checkpointed](1024)
+        results = _Finishing(self, ck_send)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.ckpt.write_results, ck_recv, self._on_commit)
-            tg.start_soon(self._finish, res_recv, ck_send)
-            async with anyio.create_task_group() as feed, req_recv, res_send:
+            async with anyio.create_task_group() as feed, req_recv, results:
                 self._producing, self._requests = anyio.CancelScope(), req_recv
                 feed.start_soon(self._produce, batches, req_send)
-                self.outcome = await self.dispatcher.run(req_recv, res_send)
+                self.outcome = await self.dispatcher.run(req_recv, results)
                 feed.cancel_scope.cancel()
         return self.outcome
 
@@ -539,16 +538,16 @@ class Pipeline:
         self._report_progress()
         return fresh
 
-    async def _finish(
-        self, results: ObjectReceiveStream[Finished], checkpoint: ObjectSendStream[Checkpointed]
-    ) -> None:
-        async with results, checkpoint:
-            async for request, result in results:
-                result = parse_status(self.job, result)
-                await checkpoint.send((request, result, result_cost(self.job.price, result)))
-                self.progress.finished += 1
-                self.progress.failed += result.status != "ok"
-                self._report_progress()
+    def finish(self, item: Finished) -> Checkpointed:
+        """An answer as the checkpoint keeps it: parsed (``parse_error``) and priced."""
+        request, result = item
+        result = parse_status(self.job, result)
+        return request, result, result_cost(self.job.price, result)
+
+    def count(self, item: Checkpointed) -> None:
+        self.progress.finished += 1
+        self.progress.failed += item[1].status != "ok"
+        self._report_progress()
 
     def _on_commit(self, fingerprints: list[str]) -> None:
         self.in_flight.difference_update(fingerprints)
@@ -556,6 +555,28 @@ class Pipeline:
     def _report_progress(self) -> None:
         if self.on_progress is not None:
             self.on_progress(self.progress)
+
+
+class _Finishing(ObjectSendStream[Finished]):
+    """The dispatcher's result stream: each answer is parsed and priced on its way
+    into the checkpoint writer's stream (a stage without a task or a hop of its own)."""
+
+    def __init__(self, pipeline: Pipeline, checkpoint: MemoryObjectSendStream[Checkpointed]):
+        self._pipeline = pipeline
+        self._checkpoint = checkpoint
+
+    def send_nowait(self, item: Finished) -> None:
+        finished = self._pipeline.finish(item)
+        self._checkpoint.send_nowait(finished)  # WouldBlock: the dispatcher sends it later
+        self._pipeline.count(finished)
+
+    async def send(self, item: Finished) -> None:
+        finished = self._pipeline.finish(item)
+        await self._checkpoint.send(finished)
+        self._pipeline.count(finished)
+
+    async def aclose(self) -> None:
+        await self._checkpoint.aclose()
 
 
 def _usd(amount: float | None) -> str:

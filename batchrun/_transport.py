@@ -64,7 +64,7 @@ class Sender:
         self, client: httpx.AsyncClient, *, url: str, api_key: str, timeout_s: float
     ) -> None:
         self._client = client
-        self._url = url
+        self._url = httpx.URL(url)  # parsed once, not on every request
         self._secret = api_key
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._timeout_s = timeout_s
