@@ -1,0 +1,67 @@
+"""The public surface: what `import batchrun` offers and what the CLI documents."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import batchrun
+from batchrun.cli import _parser
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ("run", "plan", "report", "emulator")
+
+
+def test_the_facade_exports_exactly_these_names() -> None:
+    assert sorted(batchrun.__all__) == sorted(
+        [
+            "ApiConfig",
+            "BatchrunError",
+            "FatalApiError",
+            "InputConfig",
+            "InputError",
+            "Job",
+            "JobError",
+            "Limits",
+            "LockedError",
+            "OutputConfig",
+            "Price",
+            "RequestConfig",
+            "__version__",
+            "complete",
+            "load_job",
+            "run",
+        ]
+    )
+    for name in batchrun.__all__:
+        assert hasattr(batchrun, name), name
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_and_a_readme_entry(command: str) -> None:
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    assert sub.choices is not None and command in sub.choices
+    assert any(c.dest == command and c.help for c in sub._choices_actions), command
+    assert f"batchrun {command}" in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "flag", ["--fresh", "--retry-failed", "--limit", "--shard", "--summary-json", "--emulate"]
+)
+def test_every_run_flag_is_in_the_readme(flag: str) -> None:
+    assert flag in (ROOT / "README.md").read_text()
+
+
+def test_bad_arguments_exit_2_with_one_line_and_no_usage_dump() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "batchrun", "run", "jobs/demo.toml", "--shard", "5/4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--shard" in lines[0] and "Traceback" not in done.stderr
