@@ -268,18 +268,20 @@ class _ProgressDisplay:
 
     LOG_EVERY_S = 5.0
     DRAW_EVERY_S = 0.2
-    RATE_WINDOW_S = 10.0
+    RATE_WINDOW_S = 30.0
 
     def __init__(self) -> None:
         self._bar: Any = None
         self._last_log = 0.0
         self._last_draw = 0.0
+        self._last: Any = None
         self._tty = sys.stderr.isatty()
         self._sent: deque[tuple[float, int]] = deque()
 
     def __call__(self, counters: Any) -> None:
         # Called for every finished row: render at most a few times a second.
         now = time.monotonic()
+        self._last = counters
         if now - self._last_draw < self.DRAW_EVERY_S:
             return
         self._last_draw = now
@@ -301,6 +303,7 @@ class _ProgressDisplay:
 
     def close(self) -> None:
         if self._bar is not None:
+            self._update_bar(self._last)  # the last rows may have come between draws
             self._bar.close()
 
     def _rate_use(self, counters: Any) -> float | None:
@@ -310,7 +313,8 @@ class _ProgressDisplay:
         while now - self._sent[0][0] > self.RATE_WINDOW_S:
             self._sent.popleft()
         elapsed = now - self._sent[0][0]
-        if not counters.rpm_limit or elapsed < 1.0:
+        # The rate buckets start full: judge the pace only once a few seconds are in.
+        if not counters.rpm_limit or elapsed < 5.0:
             return None
         per_minute = (counters.sent - self._sent[0][1]) * 60.0 / elapsed
         return per_minute / counters.rpm_limit
