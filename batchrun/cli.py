@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from batchrun._errors import BatchrunError
+from batchrun._errors import BatchrunError, JobError
 
 log = logging.getLogger("batchrun")
 
@@ -189,6 +189,8 @@ def _shard(text: str) -> tuple[int, int]:
 def _cmd_run(args: argparse.Namespace) -> int:
     from batchrun._runner import RunOptions, run_job_file
 
+    if args.engine != "ray" and (args.ray_address or args.ray_workers):
+        raise JobError("--ray-address and --ray-workers need --engine ray")
     options = RunOptions(
         fresh=args.fresh,
         retry_failed=args.retry_failed,

@@ -55,13 +55,17 @@ def test_every_run_flag_is_in_the_readme(flag: str) -> None:
     assert flag in (ROOT / "README.md").read_text()
 
 
-def test_bad_arguments_exit_2_with_one_line_and_no_usage_dump() -> None:
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [(["--shard", "5/4"], "--shard"), (["--ray-workers", "2"], "--engine ray")],
+)
+def test_bad_arguments_exit_2_with_one_line_and_no_usage_dump(args: list[str], named: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "batchrun", "run", "jobs/demo.toml", "--shard", "5/4"],
+        [sys.executable, "-m", "batchrun", "run", "jobs/demo.toml", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--shard" in lines[0] and "Traceback" not in done.stderr
+    assert len(lines) == 1 and named in lines[0] and "Traceback" not in done.stderr
