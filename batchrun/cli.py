@@ -24,6 +24,12 @@ log = logging.getLogger("batchrun")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emulator"]:
+        # The emulator parses its own flags (argparse's REMAINDER would reject `--help`).
+        from batchrun._emulator import main as emulator_main
+
+        sys.exit(emulator_main(argv[1:]))
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
@@ -61,7 +67,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="batchrun", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(
+        prog="batchrun",
+        description="Run large batches of LLM chat completions reliably and cheaply.",
+    )
     parser.add_argument("--version", action="version", version=f"batchrun {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)

@@ -69,3 +69,15 @@ def test_bad_arguments_exit_2_with_one_line_and_no_usage_dump(args: list[str], n
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0] and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_answers_help(command: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "batchrun", command, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: batchrun {command}")
