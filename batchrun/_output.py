@@ -24,13 +24,12 @@ import pyarrow.parquet as pq
 
 from ._config import Job, Price
 from ._errors import JobError
-from ._input import InputTable, row_keys
+from ._input import InputTable
 from ._parse import ARROW_TYPES, parse_response
-from ._requests import RequestBuilder
+from ._requests import RequestBuilder, Selector, built_batches
 from ._types import RESULT_COLUMNS, Answer, Request, Result
 
 Lookup = Callable[[Sequence[str]], Mapping[str, Answer]]
-Selector = Callable[[list[str]], list[bool]]
 
 RESULT_TYPES: Mapping[str, pa.DataType] = {
     **dict.fromkeys(
@@ -323,22 +322,9 @@ def _output_batches(
     select: Selector | None,
     batch_size: int,
 ) -> Iterator[pa.RecordBatch]:
-    start = 0
-    for whole in table.batches(batch_size):
-        items = builder.build(whole, start)
-        batch = whole
-        if select is not None:
-            batch, items = _selected(whole, items, select(row_keys(whole, job, start)))
-        start += whole.num_rows
+    for batch, items in built_batches(table, builder, select=select, batch_size=batch_size):
         answers = lookup([item.fingerprint for item in items if isinstance(item, Request)])
         yield output_batch(job, batch, items, answers, schema, stats)
-
-
-def _selected(
-    batch: pa.RecordBatch, items: list[Request | Result], mask: list[bool]
-) -> tuple[pa.RecordBatch, list[Request | Result]]:
-    kept = [item for item, keep in zip(items, mask, strict=True) if keep]
-    return batch.filter(pa.array(mask, pa.bool_())), kept
 
 
 @contextmanager

@@ -38,7 +38,7 @@ from batchrun._dispatch import Dispatcher, DispatchOutcome
 from batchrun._errors import JobError
 from batchrun._input import InputTable
 from batchrun._jobfile import load_job
-from batchrun._requests import RequestBuilder
+from batchrun._requests import RequestBuilder, built_batches
 from batchrun._runner import (
     EMULATOR_KEY,
     Pipeline,
@@ -322,10 +322,8 @@ def _api_key(job: Job) -> str:
 
 
 def _items(table: InputTable, builder: RequestBuilder) -> Iterator[list[Request | Result]]:
-    start = 0
-    for batch in table.batches():
-        yield builder.build(batch, start)
-        start += batch.num_rows
+    for _, items in built_batches(table, builder):
+        yield items
 
 
 class _Tally:

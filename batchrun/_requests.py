@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from ._config import MAX_IMAGE_URLS, Job
 from ._errors import JobError
-from ._input import row_keys
+from ._input import InputTable, row_keys
 from ._template import Template
 from ._types import Request, Result
 
@@ -131,9 +131,15 @@ class RequestBuilder:
         system_columns = self.system.columns if self.system else ()
         self._text_columns = tuple(dict.fromkeys(self.prompt.columns + system_columns))
 
-    def build(self, batch: pa.RecordBatch, start: int) -> list[Request | Result]:
-        """One ``Request`` or invalid ``Result`` per row of ``batch``, in row order."""
-        keys = row_keys(batch, self.job, start)
+    def build(
+        self, batch: pa.RecordBatch, start: int, keys: list[str] | None = None
+    ) -> list[Request | Result]:
+        """One ``Request`` or invalid ``Result`` per row of ``batch``, in row order.
+
+        ``keys`` are the rows' keys when the caller has them already (``row_keys``).
+        """
+        if keys is None:
+            keys = row_keys(batch, self.job, start)
         texts = {name: _column_text(batch.column(name)) for name in self._text_columns}
         prompts = _render(self.prompt, texts, batch.num_rows)
         systems = _render(self.system, texts, batch.num_rows) if self.system else None
@@ -188,6 +194,35 @@ class RequestBuilder:
 
 
 # --- set-up checks ------------------------------------------------------------------
+
+
+Selector = Callable[[list[str]], list[bool]]
+"""Which rows of a batch to keep, given their keys (``--limit``, ``--shard``)."""
+
+
+def built_batches(
+    table: InputTable,
+    builder: RequestBuilder,
+    *,
+    select: Selector | None = None,
+    batch_size: int = 4096,
+) -> Iterator[tuple[pa.RecordBatch, list[Request | Result]]]:
+    """Each input batch with its rows' requests, the rows ``select`` drops left out.
+
+    The one place rows are read, keyed, selected and built: the run, ``plan`` and
+    the output writer all walk the input through it.
+    """
+    start = 0
+    for whole in table.batches(batch_size):
+        keys = row_keys(whole, builder.job, start)
+        items = builder.build(whole, start, keys)
+        start += whole.num_rows
+        if select is None:
+            yield whole, items
+            continue
+        mask = select(keys)
+        kept = [item for item, keep in zip(items, mask, strict=True) if keep]
+        yield whole.filter(pa.array(mask, pa.bool_())), kept
 
 
 def _template(text: str, key: str, schema: pa.Schema) -> Template:

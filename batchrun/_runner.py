@@ -30,10 +30,10 @@ from batchrun._checkpoint import Checkpoint
 from batchrun._config import Job
 from batchrun._dispatch import Counters, Dispatcher, DispatchOutcome
 from batchrun._errors import FatalApiError, JobError
-from batchrun._input import InputTable, open_input, row_keys, validate_keys
+from batchrun._input import InputTable, open_input, validate_keys
 from batchrun._jobfile import load_job
 from batchrun._output import check_columns, parse_status, write_output
-from batchrun._requests import RequestBuilder
+from batchrun._requests import RequestBuilder, built_batches
 from batchrun._types import Request, Result
 
 log = logging.getLogger("batchrun")
@@ -315,14 +315,7 @@ class _Run:
     def _selected_items(
         self, table: InputTable, builder: RequestBuilder
     ) -> Iterator[list[Request | Result]]:
-        select = self._selector()
-        start = 0
-        for batch in table.batches():
-            items = builder.build(batch, start)
-            if select is not None:
-                mask = select(row_keys(batch, self.job, start))
-                items = [item for item, keep in zip(items, mask, strict=True) if keep]
-            start += batch.num_rows
+        for _, items in built_batches(table, builder, select=self._selector()):
             if items:
                 yield items
 
