@@ -9,7 +9,6 @@ def test_x(tmp_path, emulator):
 from __future__ import annotations
 
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from batchrun._emulator import EmulatorProcess
+from batchrun._jobfile import toml_literal
 
 API_KEY = "sk-test"
 PRICE = {"input": 1.25, "cached_input": 0.125, "output": 10.0}
@@ -135,26 +135,16 @@ def write_job(
     for section, values in overrides.items():
         job.setdefault(section, {}).update(values)
     path = tmp_path / "job.toml"
-    path.write_text(_toml(job), encoding="utf-8")
+    path.write_text(job_toml(job), encoding="utf-8")
     return path
 
 
-def _toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
-    lines = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value)  # a JSON string is a TOML basic string
+def job_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
+    """A job file's text from ``{section: {key: value}}`` (values as ``--set`` writes them)."""
+    return "".join(
+        f"[{name}]\n" + "".join(f"{key} = {toml_literal(value)}\n" for key, value in values.items())
+        for name, values in sections.items()
+    )
 
 
 # --- batchrun run as a subprocess ----------------------------------------------------

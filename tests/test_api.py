@@ -8,10 +8,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from conftest import job_toml
 
 import batchrun
 from batchrun._emulator import EmulatorProcess
-from batchrun._jobfile import toml_literal
 
 KEY_ENV = "BATCHRUN_API_TEST_KEY"
 
@@ -48,10 +48,7 @@ def write_job(tmp_path: Path, rows: int = 30) -> Path:
         "request": {"model": "gpt-5.5", "prompt": "Label: {text}", "max_completion_tokens": 16},
         "output": {"path": str(tmp_path / "out.parquet")},
     }
-    text = "".join(
-        f"[{name}]\n" + "".join(f"{k} = {toml_literal(v)}\n" for k, v in table.items())
-        for name, table in tables.items()
-    )
+    text = job_toml(tables)
     path = tmp_path / "job.toml"
     path.write_text(text, encoding="utf-8")
     return path

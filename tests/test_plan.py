@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import job_toml
 
 from batchrun._checkpoint import Checkpoint
 from batchrun._emulator import EmulatorProcess
 from batchrun._errors import JobError
-from batchrun._jobfile import load_job, toml_literal
+from batchrun._jobfile import load_job
 from batchrun._plan import plan_job, plan_job_file
 from batchrun._runner import RunOptions, run_job
 
@@ -66,10 +67,7 @@ def write_job(
     }
     for name, values in sections.items():
         job.setdefault(name, {}).update(values)
-    text = "".join(
-        f"[{name}]\n" + "".join(f"{k} = {toml_literal(v)}\n" for k, v in table.items())
-        for name, table in job.items()
-    )
+    text = job_toml(job)
     path = tmp_path / "job.toml"
     path.write_text(text, encoding="utf-8")
     return path

@@ -16,9 +16,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from conftest import job_toml
 
 from batchrun._emulator import EmulatorProcess
-from batchrun._jobfile import load_job, toml_literal
+from batchrun._jobfile import load_job
 from batchrun._report import report
 from batchrun._runner import RunOptions, run_job, shard_of, shard_output_path
 
@@ -54,10 +55,7 @@ def write_job(tmp_path: Path, base_url: str, output: str, **sections: Mapping[st
     }
     for name, values in sections.items():
         job.setdefault(name, {}).update(values)
-    text = "".join(
-        f"[{name}]\n" + "".join(f"{k} = {toml_literal(v)}\n" for k, v in table.items())
-        for name, table in job.items()
-    )
+    text = job_toml(job)
     path = tmp_path / "job.toml"
     path.write_text(text, encoding="utf-8")
     return path
