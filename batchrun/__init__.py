@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -192,9 +192,9 @@ def _pairs(values: Mapping[str, Any] | Sequence[str], *, toml: bool = False) -> 
 
 
 def _run_options(cls: Any, options: Mapping[str, Any]) -> Any:
-    allowed = _field_names(cls) - {"base_url", "api_key", "emulator_args"}
+    allowed = _field_names(cls) - {"base_url", "api_key"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         allowed_text = ", ".join(sorted(allowed))
         raise JobError(f"run(): unknown option {unknown[0]!r}; allowed: {allowed_text}")
-    return replace(cls(), **options)
+    return cls(**options)

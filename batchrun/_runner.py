@@ -55,7 +55,6 @@ class RunOptions:
     limit: int | None = None
     shard: tuple[int, int] | None = None
     emulate: bool = False
-    emulator_args: tuple[str, ...] = ()
     base_url: str | None = None
     api_key: str | None = None
     engine: str = "local"  # "local" | "ray" (batchrun[ray]; see batchrun._ray)
@@ -169,7 +168,7 @@ def run_job(
         return _engine(options)(job, options, progress).execute()
     from batchrun._emulator import EmulatorProcess
 
-    with EmulatorProcess(list(options.emulator_args)) as emu:
+    with EmulatorProcess() as emu:
         log.warning("EMULATED RUN on %s: every answer is synthetic", emu.base_url)
         emulated = replace(options, base_url=emu.base_url, api_key=EMULATOR_KEY)
         return _engine(options)(emulated_job(job), emulated, progress).execute()
