@@ -19,6 +19,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.util import find_spec
 from typing import Literal
 
 import anyio
@@ -30,10 +31,14 @@ from batchrun._budget import Budget, result_cost
 from batchrun._config import Job
 from batchrun._errors import AttemptError, FatalApiError, PermanentError
 from batchrun._ratelimit import Backoff, LearnedLimits, Pacer, PauseGate, compute_backoff
-from batchrun._transport import Reply, Sender, completions_url, make_client
+from batchrun._transport import Reply, Sender, completions_url, make_transport
 from batchrun._types import Request, Result
 
 retry_log = logging.getLogger("batchrun.retry")
+
+# For ``anyio.run``: uvloop (installed with uvicorn[standard], not on Windows) takes
+# about 7% off the CPU per request of a whole run (bench/bench_dispatch.py).
+EVENT_LOOP: dict[str, bool] = {"use_uvloop": find_spec("uvloop") is not None}
 
 Emitted = tuple[Request, Result]
 # Attempts that may have been billed although no usage came back (drop, stall, cut, garbage).
@@ -133,10 +138,10 @@ class Dispatcher:
         Returns when the request stream is closed and every row is finished, or early
         with ``stopped="budget"``; raises ``FatalApiError`` on 401/403/unknown model.
         """
-        transport = self._transport
-        async with make_client(self.limits.concurrency, transport) as client, results:
+        transport = self._transport or make_transport(self.limits.concurrency)
+        async with transport, results:
             sender = Sender(
-                client, url=self.url, api_key=self._api_key, timeout_s=self.limits.timeout_s
+                transport, url=self.url, api_key=self._api_key, timeout_s=self.limits.timeout_s
             )
             return await _Run(self, sender).run(requests, results)
 

@@ -34,7 +34,7 @@ import numpy as np
 from batchrun._budget import Budget, result_cost
 from batchrun._checkpoint import Checkpoint, CheckpointReader
 from batchrun._config import Job, Price
-from batchrun._dispatch import Dispatcher, DispatchOutcome
+from batchrun._dispatch import EVENT_LOOP, Dispatcher, DispatchOutcome
 from batchrun._errors import JobError
 from batchrun._input import InputTable
 from batchrun._jobfile import load_job
@@ -446,7 +446,7 @@ def _send(
         return await Pipeline(job, ckpt, dispatcher).run(batches)
 
     try:
-        outcome = anyio.run(answer)
+        outcome = anyio.run(answer, backend_options=EVENT_LOOP)
     except BaseExceptionGroup as group:
         raise _first_batchrun_error(group) from None
     return outcome.stopped

@@ -45,7 +45,7 @@ import pyarrow.csv as pacsv
 from batchrun._budget import Budget
 from batchrun._checkpoint import Checkpoint, CheckpointReader
 from batchrun._config import Job
-from batchrun._dispatch import Dispatcher
+from batchrun._dispatch import EVENT_LOOP, Dispatcher
 from batchrun._errors import FatalApiError, JobError
 from batchrun._input import InputTable, _conform, row_keys
 from batchrun._output import (
@@ -482,7 +482,7 @@ class _Worker:
         self.dispatcher.limits = replace(limits, concurrency=max(limits.concurrency // divisor, 1))
         stop: tuple[str, str | None] | None = None
         try:
-            outcome = anyio.run(self.pipeline.run, [items])
+            outcome = anyio.run(self.pipeline.run, [items], backend_options=EVENT_LOOP)
             stop = None if outcome.stopped is None else (outcome.stopped, None)
         except* FatalApiError as group:
             stop = ("fatal", str(_first(group)))

@@ -28,7 +28,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from batchrun._budget import Budget, result_cost
 from batchrun._checkpoint import Checkpoint
 from batchrun._config import Job
-from batchrun._dispatch import Counters, Dispatcher, DispatchOutcome
+from batchrun._dispatch import EVENT_LOOP, Counters, Dispatcher, DispatchOutcome
 from batchrun._errors import FatalApiError, JobError
 from batchrun._input import InputTable, open_input, validate_keys
 from batchrun._jobfile import load_job
@@ -333,7 +333,12 @@ class _Run:
         )
         handlers = [(sig, signal.getsignal(sig)) for sig in (signal.SIGINT, signal.SIGTERM)]
         try:
-            anyio.run(self._main, pipeline, self._selected_items(table, builder))
+            anyio.run(
+                self._main,
+                pipeline,
+                self._selected_items(table, builder),
+                backend_options=EVENT_LOOP,
+            )
         except FatalApiError as exc:
             # The output is still written (unfinished rows as pending) before exit 4.
             log.error("%s", exc)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from batchrun._errors import FatalApiError, JobError, PermanentError, RetryableError
-from batchrun._transport import Reply, Sender, completions_url, make_client
+from batchrun._transport import Reply, Sender, completions_url
 from batchrun._types import Request
 
 KEY = "sk-secret-key-123"
@@ -58,8 +58,8 @@ def _request(stream: bool = False) -> Request:
 
 def _send(handler: Callable[[httpx.Request], httpx.Response], stream: bool = False) -> Reply:
     async def main() -> Reply:
-        async with make_client(4, httpx.MockTransport(handler)) as client:
-            sender = Sender(client, url=URL, api_key=KEY, timeout_s=2.0)
+        async with httpx.MockTransport(handler) as transport:
+            sender = Sender(transport, url=URL, api_key=KEY, timeout_s=2.0)
             return await sender.send(_request(stream))
 
     return anyio.run(main)
