@@ -189,7 +189,10 @@ class _Run:
             self.worker_scopes.add(scope)
             try:
                 while not self.stopped:
-                    request = await requests.receive()
+                    try:  # no checkpoint (a loop turn) per request when one is waiting
+                        request = requests.receive_nowait()
+                    except anyio.WouldBlock:
+                        request = await requests.receive()
                     self._emit(out, (request, await self._row(request, scope)))
             except anyio.EndOfStream:
                 pass

@@ -497,7 +497,10 @@ class Pipeline:
             with self._producing or anyio.CancelScope():
                 for items in batches:
                     for request in self._to_send(items):
-                        await send.send(request)
+                        try:  # a loop turn only when the dispatcher is behind
+                            send.send_nowait(request)
+                        except anyio.WouldBlock:
+                            await send.send(request)
 
     def stop_sending(self) -> None:
         """Take no more rows and drop those queued; requests already sent still finish
