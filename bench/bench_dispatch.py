@@ -220,7 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs")
     parser.add_argument("--skip-rate", action="store_true", help="only the CPU table")
-    parser.add_argument("--rounds", type=int, default=3, help="CPU rounds (medians)")
+    parser.add_argument("--rounds", type=int, default=5, help="CPU rounds (medians)")
     args = parser.parse_args()
     seconds, n = (12.0, 2000) if args.quick else (40.0, 5000)
 
