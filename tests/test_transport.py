@@ -111,6 +111,8 @@ def test_plain_answer_fills_every_result_field() -> None:
 
     result = _send(handler).result
     assert seen[0].headers["authorization"] == f"Bearer {KEY}"
+    assert seen[0].headers["user-agent"].startswith("batchrun/")
+    assert json.loads(seen[0].content) == _request().body
     assert (result.status, result.response, result.reasoning_content) == (
         "ok",
         "positive",
