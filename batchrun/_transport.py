@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
 from dataclasses import dataclass
-from importlib.metadata import version
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,7 +27,6 @@ from batchrun._types import Request, Result
 COMPLETIONS_PATH = "/v1/chat/completions"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _FATAL_STATUSES = (401, 403, 404)
-_VERSION = version("batchrun")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +65,14 @@ class Sender:
     def __init__(
         self, transport: httpx.AsyncBaseTransport, *, url: str, api_key: str, timeout_s: float
     ) -> None:
+        from batchrun import __version__  # the package is whole by the time one is made
+
         self._transport = transport
         self._url = httpx.URL(url)  # parsed once, not on every request
         self._secret = api_key
         self._headers = {
             "Authorization": f"Bearer {api_key}",
-            "User-Agent": f"batchrun/{_VERSION}",
+            "User-Agent": f"batchrun/{__version__}",
             "Accept": "application/json",
         }
         self._timeout_s = timeout_s
