@@ -481,7 +481,8 @@ async def _receive_until_due(results: ObjectReceiveStream[ResultItem], pending: 
             pending.add(await results.receive())
         except anyio.EndOfStream:
             return False
-        # A busy stream wakes this task once per gathering, not once per answer.
+        # Not a poll: this follows an answer received. A busy stream then wakes this
+        # task once per gathering instead of once per answer.
         await anyio.sleep(_GATHER_S)
     _drain_buffered(results, pending, limit=COMMIT_ROWS)
     return True

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from bench_dispatch import _pin
 
 from batchrun._emulator import EmulatorProcess
 
@@ -56,8 +57,7 @@ def main() -> None:
 
     samples: dict[str, list[float]] = {"bare aiohttp loop": []}
     with EmulatorProcess([], quiet=True) as emu:
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(emu.pid, {0})
+        _pin(emu.pid, 0)
         _measure(trees[0], emu.base_url, 300, "aiohttp")  # warm the emulator up
         for _ in range(args.rounds):
             emu.reset()
