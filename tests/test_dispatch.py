@@ -152,6 +152,23 @@ def test_requests_per_minute_are_never_exceeded() -> None:
     assert counters.rpm_limit == 1200
 
 
+def test_tokens_per_minute_are_never_exceeded() -> None:
+    # 30,000 tokens/min = 500/s; each request weighs ~12 prompt + 32 completion tokens,
+    # so tokens, not requests, set the pace (~11/s); unpaced, all 200 would go at once.
+    # The pace bound is the check: in 3 s nothing can reach the emulator's 60 s limit.
+    with EmulatorProcess(["--tpm", "30000"], quiet=True) as emu:
+        job = _job(concurrency=32, tokens_per_minute=30000)
+        requests = _requests(200)
+        weight = max(request.est_tokens for request in requests)
+        start = time.perf_counter()
+        _run(_dispatcher(emu, job), requests, within=3.0)
+        elapsed = time.perf_counter() - start
+        ledger = emu.ledger()
+    per_s = 30000 / 60 / weight  # requests a second at the heaviest request's weight
+    assert ledger["requests_received"] <= per_s * (0.5 + elapsed) + 2  # half a second's burst
+    assert ledger["requests_received"] >= 0.8 * per_s * (elapsed - 0.5)
+
+
 def test_a_429_storm_pauses_all_dispatch_once() -> None:
     # 32 at once against 20/min: the emulator refuses 12 with Retry-After ~60 s.
     with EmulatorProcess(["--rpm", "20"], quiet=True) as emu:
