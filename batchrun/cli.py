@@ -318,14 +318,20 @@ class _ProgressDisplay:
             self._bar.close()
 
     def _rate_use(self, counters: Any) -> float | None:
-        """Requests sent over the last few seconds, as a share of the RPM limit in use."""
+        """Requests sent over the last few seconds, as a share of the RPM limit in use.
+
+        The window opens at the first answer: the rate bucket's initial burst (half a
+        second's worth, sent at once) has gone out by then and is left out, or the
+        first half minute would read over 100%."""
+        if not counters.dispatch.done:
+            return None
         now = time.monotonic()
         self._sent.append((now, counters.sent))
         while now - self._sent[0][0] > self.RATE_WINDOW_S:
             self._sent.popleft()
         elapsed = now - self._sent[0][0]
-        # The rate buckets start full: judge the pace only once a few seconds are in.
-        if not counters.rpm_limit or elapsed < 5.0:
+        # Judge the pace only once a few seconds are in.
+        if not counters.rpm_limit or elapsed < 3.0:
             return None
         per_minute = (counters.sent - self._sent[0][1]) * 60.0 / elapsed
         return per_minute / counters.rpm_limit

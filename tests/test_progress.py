@@ -1,0 +1,77 @@
+"""Progress: a log line every few seconds without a TTY, a tqdm bar on one, nothing with --quiet."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import struct
+import subprocess
+import termios
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import batchrun_command, batchrun_env, run_batchrun, write_job
+
+from batchrun._emulator import EmulatorProcess
+
+LINE = re.compile(r"(\d+)/(\d+) rows, err=(\d+) 429=(\d+) \$\d+\.\d{4}(?: limit use=(\d+)%)?")
+
+
+def test_without_a_tty_log_lines_show_rows_errors_429s_cost_and_limit_use(
+    tmp_path: Path, emulator: Callable[..., EmulatorProcess]
+) -> None:
+    # 150 rows at 1,200 a minute take about 7.5 s: a line at the start, one after 5 s.
+    job = write_job(tmp_path, rows=150, limits={"requests_per_minute": 1200})
+    done = run_batchrun(job, emulator())
+    assert done.returncode == 0, done.stderr
+    lines = list(LINE.finditer(done.stderr))
+    assert len(lines) >= 2 and all(int(m[2]) == 150 for m in lines)
+    uses = [int(m[5]) for m in lines if m[5] is not None]
+    # The initial burst is left out of the window: the pace reads ~98%, never over 100%.
+    assert uses and all(80 <= use <= 100 for use in uses), uses
+
+
+def test_quiet_prints_no_progress(tmp_path: Path, emulator: Callable[..., EmulatorProcess]) -> None:
+    job = write_job(tmp_path, rows=20)
+    done = run_batchrun(job, emulator(), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert LINE.search(done.stderr) is None
+    assert "rows, err=" not in done.stdout + done.stderr
+
+
+def test_on_a_tty_a_bar_shows_rows_rate_eta_and_the_counters(
+    tmp_path: Path, emulator: Callable[..., EmulatorProcess]
+) -> None:
+    job = write_job(tmp_path, rows=60, limits={"requests_per_minute": 1200})
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    with subprocess.Popen(
+        batchrun_command(job, emulator()),
+        cwd=job.parent,
+        env=batchrun_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    ) as process:
+        os.close(terminal)
+        screen = _read_all(master)
+        assert process.wait(timeout=60) == 0, screen
+    # e.g. "100%|████| 60/60 [00:03<00:00, 19.6row/s, err=0 429=0 $0.0009 limit use=98%]"
+    bar = re.search(r"(\d+)/60 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+row/s, err=0 429=0 \$\d", screen)
+    assert bar is not None, screen
+    assert "60/60" in screen
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
