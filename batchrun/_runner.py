@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -254,6 +255,12 @@ class _Run:
             dispatcher = self._dispatcher(api_key)
             self.progress.total = self._total(table)
             self._dispatch_all(table, builder, dispatcher)
+            if self.stopped == "interrupted":
+                log.warning(
+                    "writing %s with unfinished rows as pending (interrupt again to skip it:"
+                    " every answer is in the checkpoint)",
+                    self.job.output.path,
+                )
             stats = write_output(
                 self.job, table, builder, ckpt.lookup, self._metadata(), select=self._selector()
             )
@@ -501,6 +508,9 @@ class Pipeline:
                             send.send_nowait(request)
                         except anyio.WouldBlock:
                             await send.send(request)
+                    # A resume can meet a million answered rows before its first new one:
+                    # signals and answers still get a turn after every batch.
+                    await anyio.lowlevel.checkpoint()
 
     def stop_sending(self) -> None:
         """Take no more rows and drop those queued; requests already sent still finish

@@ -113,6 +113,27 @@ def test_a_signal_stops_with_130_keeps_what_finished_and_the_rerun_pays_nothing_
     assert emu.ledger()["duplicates_billed"] == 0
 
 
+@pytest.mark.slow
+def test_a_signal_during_a_long_stretch_with_nothing_to_send_stops_before_any_request(
+    tmp_path: Path, emulator
+) -> None:
+    # 300k blank rows before 100 real ones: what a resume meets in a long done prefix
+    # (rows it must read and check but not send). The signal must not wait for the end.
+    rows = [{"id": f"b{i:06d}", "text": ""} for i in range(300_000)] + review_rows(100)
+    job = write_job(tmp_path, rows=rows)
+    emu = emulator()
+    run = start_batchrun(job, emu)
+    assert run.stderr is not None
+    line = run.stderr.readline()
+    while line and "rows, err=" not in line:  # the first progress line: the scan is on
+        line = run.stderr.readline()
+    run.send_signal(signal.SIGINT)
+
+    assert run.wait(timeout=60) == 130
+    assert emu.ledger()["requests_received"] == 0
+    assert statuses(output_of(job)) == {"invalid": 300_000, "pending": 100}
+
+
 # --- what a rerun sends ----------------------------------------------------------------
 
 FINISHED_ROWS = 200
