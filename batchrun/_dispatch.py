@@ -84,8 +84,8 @@ class _AttemptFailed(Exception):
 class Dispatcher:
     """Sends a stream of ``Request`` and emits ``(request, result)`` for each finished row.
 
-    Reusable: each ``run`` gets its own client and task group; limits learned from
-    the API's headers carry over to the next run.
+    Reusable: each ``run`` gets its own connection pool (transport) and task group;
+    limits learned from the API's headers carry over to the next run.
     """
 
     def __init__(
