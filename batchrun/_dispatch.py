@@ -138,7 +138,7 @@ class Dispatcher:
         Returns when the request stream is closed and every row is finished, or early
         with ``stopped="budget"``; raises ``FatalApiError`` on 401/403/unknown model.
         """
-        transport = self._transport or make_transport(self.limits.concurrency)
+        transport = self._transport or make_transport(self.limits.concurrency, self.url)
         async with transport, results:
             sender = Sender(
                 transport, url=self.url, api_key=self._api_key, timeout_s=self.limits.timeout_s

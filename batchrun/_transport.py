@@ -47,16 +47,24 @@ def completions_url(base_url: str) -> str:
     return base_url.rstrip("/") + COMPLETIONS_PATH
 
 
-def make_transport(concurrency: int) -> httpx.AsyncBaseTransport:
+def make_transport(concurrency: int, url: str) -> httpx.AsyncBaseTransport:
     """One shared connection pool that fits ``concurrency``: aiohttp under httpx's types.
 
     ``Sender`` hands it ``httpx.Request`` objects itself instead of going through an
     ``httpx.AsyncClient``: the client's cookie jar, redirects, auth flow and header
     merging do nothing for us and cost a third of the CPU of a whole run
     (``bench/bench_dispatch.py``).
+
+    ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` are honoured, as by curl and the
+    openai client, except for a loopback ``url`` (the emulator), which is never proxied.
     """
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return AiohttpTransport(limits=limits)
+    trust_env = urlsplit(url).hostname not in _LOOPBACK
+
+    def session() -> aiohttp.ClientSession:  # made inside the event loop, on first use
+        connector = aiohttp.TCPConnector(limit=concurrency, ssl=httpx.create_ssl_context())
+        return aiohttp.ClientSession(connector=connector, trust_env=trust_env)
+
+    return AiohttpTransport(client=session)
 
 
 class Sender:

@@ -1,7 +1,9 @@
-"""Sending one request: answer shapes, SSE assembly, and error translation (MockTransport)."""
+"""Sending one request: answer shapes, SSE assembly and error translation (MockTransport);
+proxies from the environment (real sockets on loopback)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -10,8 +12,9 @@ import anyio
 import httpx
 import pytest
 
+from batchrun._emulator import EmulatorProcess
 from batchrun._errors import FatalApiError, JobError, PermanentError, RetryableError
-from batchrun._transport import Reply, Sender, completions_url
+from batchrun._transport import COMPLETIONS_PATH, Reply, Sender, completions_url, make_transport
 from batchrun._types import Request
 
 KEY = "sk-secret-key-123"
@@ -250,3 +253,63 @@ def test_plain_http_is_refused_for_a_remote_host() -> None:
     with pytest.raises(JobError, match="https"):
         completions_url("http://api.example.com")
     assert completions_url("http://127.0.0.1:8000/") == "http://127.0.0.1:8000/v1/chat/completions"
+
+
+# --- proxies (real sockets on loopback) ---------------------------------------------
+
+
+class _Proxy:
+    """A loopback 'proxy' that records the head of what it is asked, then refuses it."""
+
+    def __init__(self) -> None:
+        self.heads: list[str] = []
+
+    async def handle(self, reader: Any, writer: Any) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.heads.append(head.decode("latin-1"))
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+
+def _send_through_env_proxy(url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, _Proxy]:
+    """Send one request to ``url`` with HTTP(S)_PROXY pointing at a ``_Proxy``."""
+    proxy = _Proxy()
+
+    async def main() -> Any:
+        server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        try:
+            async with make_transport(2, url) as transport:
+                sender = Sender(transport, url=url, api_key=KEY, timeout_s=5.0)
+                try:
+                    return await sender.send(_request())
+                except RetryableError as exc:
+                    return exc
+        finally:
+            server.close()
+
+    return asyncio.run(main()), proxy
+
+
+def test_https_proxy_from_the_environment_is_used_and_never_sees_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    outcome, proxy = _send_through_env_proxy(
+        "https://api.example.test/v1/chat/completions", monkeypatch
+    )
+    assert isinstance(outcome, RetryableError)  # the proxy refused the tunnel
+    assert len(proxy.heads) == 1
+    assert proxy.heads[0].startswith("CONNECT api.example.test:443 HTTP/1.1")
+    assert KEY not in proxy.heads[0]  # the key travels inside the TLS tunnel only
+
+
+def test_a_loopback_url_is_never_proxied(monkeypatch: pytest.MonkeyPatch) -> None:
+    with EmulatorProcess([], quiet=True) as emu:
+        outcome, proxy = _send_through_env_proxy(emu.base_url + COMPLETIONS_PATH, monkeypatch)
+    assert isinstance(outcome, Reply) and outcome.result.status == "ok"
+    assert proxy.heads == []
