@@ -54,6 +54,7 @@ from batchrun._output import (
     output_schema,
     stats_metadata,
     write_batches,
+    write_output,
 )
 from batchrun._ratelimit import PauseGate
 from batchrun._requests import RequestBuilder
@@ -81,7 +82,7 @@ class RayRun(_Run):
     def execute(self) -> RunSummary:
         ray = import_ray()
         self._require_id_column()
-        table, _ = prepare(self.job)
+        table, builder = prepare(self.job)
         api_key = self._api_key()
         ckpt_path = self.job.output.checkpoint_path
         with Checkpoint.open(ckpt_path, job_name=self.job.name, fresh=self.options.fresh) as ckpt:
@@ -90,9 +91,31 @@ class RayRun(_Run):
                 shutil.rmtree(store, ignore_errors=True)
             spent = ckpt.spent_usd() + _spent_in(store, self.job.name)
             self.progress.total = self._total(table)
-            with ray_session(self.options.ray_address):
-                stats = self._run_on_ray(ray, table, api_key, spent)
+            try:
+                with ray_session(self.options.ray_address):
+                    stats = self._run_on_ray(ray, table, api_key, spent)
+            except KeyboardInterrupt:  # SIGINT, or SIGTERM through the CLI
+                self.stopped = "interrupted"
+                stats = self._write_saved(table, builder, ckpt, store)
         return self._summary(stats)
+
+    def _write_saved(
+        self, table: InputTable, builder: RequestBuilder, ckpt: Checkpoint, store: Path
+    ) -> OutputStats:
+        """The output from what the workers saved, as the local engine writes it: answers
+        from every checkpoint of the job, unfinished rows as pending."""
+        log.warning(
+            "interrupted: writing %s from the answers saved so far (interrupt again to skip"
+            " it: every answer is in the checkpoints)",
+            self.job.output.path,
+        )
+        saved = ClusterStore(ckpt, store, self.job.name)
+        try:
+            return write_output(
+                self.job, table, builder, saved.lookup, self._metadata(), select=self._selector()
+            )
+        finally:
+            saved.close_readers()
 
     def _require_id_column(self) -> None:
         if self.job.input.id_column is None:
@@ -548,9 +571,14 @@ class ClusterStore:
         await self.own.write_results(results, on_commit)
 
     def close(self) -> None:
+        self.close_readers()
+        self.own.close()
+
+    def close_readers(self) -> None:
+        """Close the other files' readers; leave ``own`` open (its owner closes it)."""
         for reader in self.readers.values():
             reader.close()
-        self.own.close()
+        self.readers.clear()
 
     def _others(self) -> list[CheckpointReader]:
         """Newest files first, so a retried row's latest answer wins."""

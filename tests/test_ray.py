@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,34 @@ def test_a_killed_driver_resumes_without_paying_twice_beyond_in_flight(
     _assert_same_rows(
         first_rows.drop_columns(["attempts"]), resumed_table.drop_columns(["attempts"])
     )
+
+
+def test_an_interrupted_driver_writes_what_finished_and_exits_130(
+    ray_address: str, big_input: Path, tmp_path: Path
+) -> None:
+    rows, rpm = 1500, 6000
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(_BIG_JOB)
+    shutil.copy(big_input, tmp_path / "items.parquet")
+    with EmulatorProcess(["--seed", SEED, "--rpm", str(rpm)], quiet=True) as emu:
+        command = [
+            sys.executable, "-m", "batchrun", "run", str(job_file), "--engine", "ray",
+            "--ray-address", ray_address, "--ray-workers", "2", "--limit", str(rows),
+            "--set", f'api.base_url="{emu.base_url}"', "--set", f"limits.requests_per_minute={rpm}",
+            "--quiet",
+        ]  # fmt: skip
+        env = {**os.environ, "MODELSTREAM_API_KEY": KEY, "RAY_USAGE_STATS_ENABLED": "0"}
+        driver = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+        store = tmp_path / "out" / "items.parquet.ckpt.sqlite.ray"
+        _wait_for_answers(store, at_least=300, driver=driver)
+        driver.send_signal(signal.SIGINT)
+        assert driver.wait(timeout=120) == 130, driver.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        saved = _answers_in(store)
+    table = pq.read_table(tmp_path / "out" / "items.parquet")
+    statuses = Counter(table.column("status").to_pylist())
+    assert set(statuses) == {"ok", "pending"}, statuses
+    assert statuses["ok"] == saved and saved >= 300
+    assert statuses["ok"] + statuses["pending"] == rows
 
 
 def _wait_for_answers(store: Path, *, at_least: int, driver: subprocess.Popen[bytes]) -> None:
