@@ -54,7 +54,6 @@ from batchrun._output import (
     output_schema,
     stats_metadata,
     write_batches,
-    write_output,
 )
 from batchrun._ratelimit import PauseGate
 from batchrun._requests import RequestBuilder
@@ -111,9 +110,7 @@ class RayRun(_Run):
         )
         saved = ClusterStore(ckpt, store, self.job.name)
         try:
-            return write_output(
-                self.job, table, builder, saved.lookup, self._metadata(), select=self._selector()
-            )
+            return self._write_output(table, builder, saved.lookup)
         finally:
             saved.close_readers()
 

@@ -33,7 +33,7 @@ from batchrun._dispatch import EVENT_LOOP, Counters, Dispatcher, DispatchOutcome
 from batchrun._errors import FatalApiError, JobError
 from batchrun._input import InputTable, open_input, validate_keys
 from batchrun._jobfile import load_job
-from batchrun._output import check_columns, parse_status, write_output
+from batchrun._output import Lookup, OutputStats, check_columns, parse_status, write_output
 from batchrun._requests import RequestBuilder, built_batches
 from batchrun._types import Request, Result
 
@@ -261,10 +261,16 @@ class _Run:
                     " every answer is in the checkpoint)",
                     self.job.output.path,
                 )
-            stats = write_output(
-                self.job, table, builder, ckpt.lookup, self._metadata(), select=self._selector()
-            )
+            stats = self._write_output(table, builder, ckpt.lookup)
         return self._summary(stats)
+
+    def _write_output(
+        self, table: InputTable, builder: RequestBuilder, lookup: Lookup
+    ) -> OutputStats:
+        """The output from the input and the answers ``lookup`` finds (both engines)."""
+        return write_output(
+            self.job, table, builder, lookup, self._metadata(), select=self._selector()
+        )
 
     # --- preparation: everything that can fail before a request is sent -----
 

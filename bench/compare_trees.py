@@ -24,12 +24,11 @@ from bench_dispatch import _pin
 from batchrun._emulator import EmulatorProcess
 
 _CHILD = """
-import json, os, sys
+import json, sys
 tree, url, n, case = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 sys.path[:0] = [tree, tree + "/bench"]
-if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-    os.sched_setaffinity(0, {1})
 import bench_dispatch as b
+b._pin(0, 1)
 if case == "pipeline":
     print(json.dumps(b._pipeline_run(url, n)[0]))
 else:

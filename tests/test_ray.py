@@ -151,23 +151,18 @@ def test_a_killed_driver_resumes_without_paying_twice_beyond_in_flight(
     ray_address: str, big_input: Path, big_reference: pa.Table, tmp_path: Path
 ) -> None:
     rows, rpm, concurrency = 1500, 6000, 16
-    job_file = tmp_path / "job.toml"
-    job_file.write_text(_BIG_JOB)
-    shutil.copy(big_input, tmp_path / "items.parquet")
     with EmulatorProcess(["--seed", SEED, "--rpm", str(rpm)], quiet=True) as emu:
-        command = [
-            sys.executable, "-m", "batchrun", "run", str(job_file), "--engine", "ray",
-            "--ray-address", ray_address, "--ray-workers", "2", "--limit", str(rows),
-            "--set", f'api.base_url="{emu.base_url}"', "--set", f"limits.requests_per_minute={rpm}",
-            "--set", f"limits.concurrency={concurrency}", "--quiet",
-        ]  # fmt: skip
-        env = {**os.environ, "MODELSTREAM_API_KEY": KEY, "RAY_USAGE_STATS_ENABLED": "0"}
-        driver = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE)
-        store = tmp_path / "out" / "items.parquet.ckpt.sqlite.ray"
-        _wait_for_answers(store, at_least=400, driver=driver)
+        command = _driver_command(
+            tmp_path, big_input, emu, ray_address, rows, rpm,
+            "--set", f"limits.concurrency={concurrency}",
+        )  # fmt: skip
+        driver = subprocess.Popen(command, cwd=tmp_path, env=_driver_env(), stderr=subprocess.PIPE)
+        _wait_for_answers(_store(tmp_path), at_least=400, driver=driver)
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-        resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, timeout=240)
+        resumed = subprocess.run(
+            command, cwd=tmp_path, env=_driver_env(), capture_output=True, timeout=240
+        )
         ledger = emu.ledger()
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     # Re-sent after the kill: at most those in flight plus about a second of answers.
@@ -185,29 +180,50 @@ def test_an_interrupted_driver_writes_what_finished_and_exits_130(
     ray_address: str, big_input: Path, tmp_path: Path
 ) -> None:
     rows, rpm = 1500, 6000
-    job_file = tmp_path / "job.toml"
-    job_file.write_text(_BIG_JOB)
-    shutil.copy(big_input, tmp_path / "items.parquet")
     with EmulatorProcess(["--seed", SEED, "--rpm", str(rpm)], quiet=True) as emu:
-        command = [
-            sys.executable, "-m", "batchrun", "run", str(job_file), "--engine", "ray",
-            "--ray-address", ray_address, "--ray-workers", "2", "--limit", str(rows),
-            "--set", f'api.base_url="{emu.base_url}"', "--set", f"limits.requests_per_minute={rpm}",
-            "--quiet",
-        ]  # fmt: skip
-        env = {**os.environ, "MODELSTREAM_API_KEY": KEY, "RAY_USAGE_STATS_ENABLED": "0"}
-        driver = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE)
-        store = tmp_path / "out" / "items.parquet.ckpt.sqlite.ray"
-        _wait_for_answers(store, at_least=300, driver=driver)
+        command = _driver_command(tmp_path, big_input, emu, ray_address, rows, rpm)
+        driver = subprocess.Popen(command, cwd=tmp_path, env=_driver_env(), stderr=subprocess.PIPE)
+        _wait_for_answers(_store(tmp_path), at_least=300, driver=driver)
         driver.send_signal(signal.SIGINT)
         assert driver.wait(timeout=120) == 130, driver.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-        saved = _answers_in(store)
+        saved = _answers_in(_store(tmp_path))
     table = pq.read_table(tmp_path / "out" / "items.parquet")
     statuses = Counter(table.column("status").to_pylist())
     assert set(statuses) == {"ok", "pending"}, statuses
     # A worker killed mid-commit may land its last answers just after the output is read.
     assert 300 <= statuses["ok"] <= saved
     assert statuses["ok"] + statuses["pending"] == rows
+
+
+def _driver_env() -> dict[str, str]:
+    # Read when called: starting the module's Ray instance adds to os.environ.
+    return {**os.environ, "MODELSTREAM_API_KEY": KEY, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _driver_command(
+    workdir: Path,
+    big_input: Path,
+    emu: EmulatorProcess,
+    ray_address: str,
+    rows: int,
+    rpm: int,
+    *extra: str,
+) -> list[str]:
+    """``batchrun run`` of the big job's first ``rows`` rows on 2 Ray workers, in ``workdir``."""
+    job_file = workdir / "job.toml"
+    job_file.write_text(_BIG_JOB)
+    shutil.copy(big_input, workdir / "items.parquet")
+    return [
+        sys.executable, "-m", "batchrun", "run", str(job_file), "--engine", "ray",
+        "--ray-address", ray_address, "--ray-workers", "2", "--limit", str(rows),
+        "--set", f'api.base_url="{emu.base_url}"', "--set", f"limits.requests_per_minute={rpm}",
+        "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def _store(workdir: Path) -> Path:
+    """The Ray workers' checkpoint directory of the job ``_driver_command`` writes."""
+    return workdir / "out" / "items.parquet.ckpt.sqlite.ray"
 
 
 def _wait_for_answers(store: Path, *, at_least: int, driver: subprocess.Popen[bytes]) -> None:
