@@ -58,6 +58,7 @@ class Counters:
     retries: int = 0
     rate_limited: int = 0  # 429 answers
     in_flight: int = 0
+    abandoned: int = 0  # sends cancelled by a signal's grace deadline (maybe billed, lost)
     cost_usd: float = 0.0  # settled, from real usage
     rpm_limit: float | None = None  # requests per minute in use (configured or learned)
 
@@ -66,11 +67,11 @@ class Counters:
 class DispatchOutcome:
     """How a run ended: ``stopped`` is None when every request was finished."""
 
-    stopped: Literal["budget"] | None = None
+    stopped: Literal["budget", "interrupted"] | None = None
 
 
 class _Stop(Exception):
-    """The budget cannot cover the next attempt (or already could not): take no more work."""
+    """The budget cannot cover the next attempt, or a signal came: take no more work."""
 
 
 class _AttemptFailed(Exception):
@@ -117,6 +118,8 @@ class Dispatcher:
         self._api_key = api_key
         self._transport = transport
         self._pacer: tuple[tuple[object, ...], Pacer] | None = None
+        self._run: _Run | None = None
+        self.interrupted = False
 
     def pacer(self) -> Pacer:
         """The next run's pacer: the last one while limits and share are unchanged, so
@@ -143,7 +146,19 @@ class Dispatcher:
             sender = Sender(
                 transport, url=self.url, api_key=self._api_key, timeout_s=self.limits.timeout_s
             )
-            return await _Run(self, sender).run(requests, results)
+            self._run = _Run(self, sender)
+            try:
+                return await self._run.run(requests, results)
+            finally:
+                self._run = None
+
+    def stop_sending(self, grace_s: float = math.inf) -> int:
+        """A signal: send nothing more, now and in later runs; sends already on the wire
+        get ``grace_s`` seconds to come back, then are cancelled (their rows stay pending).
+
+        Returns how many requests were on the wire."""
+        self.interrupted = True
+        return self._run.stop_sending(grace_s) if self._run is not None else 0
 
 
 class _Run:
@@ -158,7 +173,9 @@ class _Run:
         self.counters.rpm_limit = self.pacer.rpm_in_use
         self.worker_scopes: set[anyio.CancelScope] = set()
         self.sending: set[anyio.CancelScope] = set()
-        self.stopped: Literal["budget"] | None = None
+        self.stopped: Literal["budget", "interrupted"] | None = None
+        if dispatcher.interrupted:
+            self.stopped = "interrupted"
         self.fatal: FatalApiError | None = None
         out, self.finished = anyio.create_memory_object_stream[Emitted](math.inf)
         self.out = out
@@ -215,11 +232,19 @@ class _Run:
                 pass
         out.send_nowait(item)
 
-    def _stop_taking_work(self) -> None:
-        """Budget: cancel every worker not in the middle of a send."""
-        self.stopped = "budget"
+    def _stop_taking_work(self, reason: Literal["budget", "interrupted"] = "budget") -> None:
+        """Budget or signal: cancel every worker not in the middle of a send (waiting on
+        the pacer, the pause, a backoff or the next request); the first reason stays."""
+        self.stopped = self.stopped or reason
         for scope in self.worker_scopes - self.sending:
             scope.cancel()
+
+    def stop_sending(self, grace_s: float) -> int:
+        self._stop_taking_work("interrupted")
+        deadline = anyio.current_time() + grace_s
+        for scope in self.sending:  # a worker ends after its send: its scope bounds the send
+            scope.deadline = min(scope.deadline, deadline)
+        return len(self.sending)
 
     def _abort(self, exc: FatalApiError) -> None:
         """Fatal answer: cancel every worker, in-flight sends included."""
@@ -238,6 +263,8 @@ class _Run:
                 exc = failed.error
                 if isinstance(exc, PermanentError) or attempt == max_attempts:
                     return self._finished(_error_result(exc, attempt))
+                if self.stopped:  # no retry after a stop: the row stays pending
+                    raise _Stop from None
                 await self._after_failure(request, failed, attempt)
             else:
                 result.attempts = attempt
@@ -256,6 +283,10 @@ class _Run:
             return await self._send(request, reserved)
         except FatalApiError as exc:
             self._abort(exc)  # before this worker yields to any other
+            raise
+        except anyio.get_cancelled_exc_class():
+            if self.stopped == "interrupted":  # the signal's grace ran out on the wire
+                self.counters.abandoned += 1
             raise
         finally:
             self.sending.discard(scope)

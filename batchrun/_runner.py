@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -43,6 +44,8 @@ EXIT_OK, EXIT_FAILED_ROWS, EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 3, 
 EMULATOR_KEY = "sk-emulator-demo"
 SIGNAL_GRACE_S = 20.0
 """Longest wait for requests in flight after SIGINT/SIGTERM (under Kubernetes' 30 s)."""
+COMMIT_GRACE_S = 5.0
+"""After that, how long the checkpoint writer has to commit what came back."""
 Finished = tuple[Request, Result]
 Checkpointed = tuple[Request, Result, float | None]
 
@@ -244,6 +247,7 @@ class _Run:
         self.stopped: str | None = None
         self.fatal_message: str | None = None
         self.started = time.monotonic()
+        self.signalled: tuple[str, int] | None = None  # (signal name, requests on the wire)
 
     def execute(self) -> RunSummary:
         table, builder = self._prepare()
@@ -363,6 +367,7 @@ class _Run:
                     signal.signal(sig, handler)
         if self.stopped is None and pipeline.outcome is not None:
             self.stopped = pipeline.outcome.stopped
+        self._log_stopped()
 
     async def _main(self, pipeline: Pipeline, batches: Iterable[list[Request | Result]]) -> None:
         try:
@@ -374,8 +379,10 @@ class _Run:
             raise _first_batchrun_error(group) from None
 
     async def _watch_signals(self, scope: anyio.CancelScope, pipeline: Pipeline) -> None:
-        # The first signal lets requests in flight finish: the API bills them whether or
-        # not we wait, and a rerun would pay for them again. The second one stops at once.
+        # The first signal sends nothing more but lets requests in flight finish: the API
+        # bills them whether or not we wait, and a rerun would pay for them again. The
+        # grace deadline cancels those sends, not the checkpoint writer, which still
+        # commits every answer that came back. The second signal stops at once.
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
@@ -384,15 +391,29 @@ class _Run:
                     scope.cancel()
                     return
                 grace = min(self.job.limits.timeout_s, SIGNAL_GRACE_S)
-                log.warning(
-                    "%s: sending nothing more; waiting up to %.0f s for requests in flight"
-                    " (signal again to stop at once)",
-                    name,
-                    grace,
-                )
                 self.stopped = "interrupted"
-                pipeline.stop_sending()
-                scope.deadline = anyio.current_time() + grace
+                on_the_wire = pipeline.stop_sending(grace)
+                self.signalled = (name, on_the_wire)
+                log.warning(
+                    "%s: sending nothing more; waiting up to %.0f s for %d %s in flight"
+                    " (signal again to stop at once)",
+                    *(name, grace, on_the_wire, _requests_word(on_the_wire)),
+                )
+                # A backstop only: the sends end by the grace deadline, then the writer commits.
+                scope.deadline = anyio.current_time() + grace + COMMIT_GRACE_S
+
+    def _log_stopped(self) -> None:
+        """After a signal, what became of the requests that were on the wire."""
+        if self.signalled is None:
+            return
+        name, on_the_wire = self.signalled
+        abandoned = self.progress.dispatch.abandoned
+        log.warning(
+            "%s: stopped; %d of %d %s in flight came back and %s saved, %d abandoned at the"
+            " deadline (perhaps billed, sent again by a rerun)",
+            *(name, on_the_wire - abandoned, on_the_wire, _requests_word(on_the_wire)),
+            *("is" if on_the_wire - abandoned == 1 else "are", abandoned),
+        )
 
     # --- output and summary -----------------------------------------------------
 
@@ -518,11 +539,18 @@ class Pipeline:
                     # signals and answers still get a turn after every batch.
                     await anyio.lowlevel.checkpoint()
 
-    def stop_sending(self) -> None:
-        """Take no more rows and drop those queued; requests already sent still finish
-        and are committed, then ``run`` returns."""
+    def stop_sending(self, grace_s: float = math.inf) -> int:
+        """Take no more rows, drop those queued and send nothing more; requests already
+        on the wire get ``grace_s`` to come back and are committed, then ``run`` returns.
+
+        Returns how many requests were on the wire."""
+        on_the_wire = self.dispatcher.stop_sending(grace_s)
         if self._producing is not None:
             self._producing.cancel()
+        self._drop_queued()
+        return on_the_wire
+
+    def _drop_queued(self) -> None:
         while self._requests is not None:
             try:
                 self._requests.receive_nowait()
@@ -593,6 +621,10 @@ class _Finishing(ObjectSendStream[Finished]):
 
     async def aclose(self) -> None:
         await self._checkpoint.aclose()
+
+
+def _requests_word(count: int) -> str:
+    return "request" if count == 1 else "requests"
 
 
 def _usd(amount: float | None) -> str:

@@ -7,6 +7,7 @@ billed, like a real API that did the work and then lost the answer.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -21,6 +22,7 @@ class Ledger:
 
     def __init__(self) -> None:
         self.requests_received = 0
+        self.last_received_at: float | None = None  # wall clock (time.time()), for signal tests
         self.requests_billed = 0
         self.rate_limited = 0
         self.status_counts: Counter[int] = Counter()
@@ -32,6 +34,7 @@ class Ledger:
 
     def receive(self, now: float) -> None:
         self.requests_received += 1
+        self.last_received_at = time.time()
         self.received_window.add(now)
 
     def bill(self, fingerprint: str, now: float, usage: dict[str, int]) -> None:
@@ -48,6 +51,7 @@ class Ledger:
         twice = {h: n for h, n in self.billed_by_hash.items() if n > 1}
         data: dict[str, Any] = {
             "requests_received": self.requests_received,
+            "last_received_at": self.last_received_at,
             "requests_billed": self.requests_billed,
             "completions": {str(k): v for k, v in sorted(self.status_counts.items())},
             "tokens": dict(self.tokens),
