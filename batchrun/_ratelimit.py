@@ -15,7 +15,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import anyio
@@ -148,19 +148,21 @@ class PauseGate:
     """One global "resume at" time: a 429 closes the gate for every worker at once.
 
     Times are ``time.monotonic()``, the clock of asyncio's loop, without anyio's per-call
-    backend lookup (this runs several times per request).
+    backend lookup (this runs several times per request); a test on a virtual clock
+    passes ``clock=anyio.current_time``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._resume_at = -math.inf
+        self._now = clock
 
     @property
     def is_open(self) -> bool:
-        return time.monotonic() >= self._resume_at
+        return self._now() >= self._resume_at
 
     def pause_for(self, seconds: float) -> bool:
         """Close the gate for ``seconds`` from now; True when that extended the pause."""
-        resume_at = time.monotonic() + seconds
+        resume_at = self._now() + seconds
         if resume_at <= self._resume_at:
             return False
         self._resume_at = resume_at
@@ -168,7 +170,7 @@ class PauseGate:
 
     async def wait(self) -> None:
         # Sleep to the deadline; loop only when another 429 moved it meanwhile.
-        while (delay := self._resume_at - time.monotonic()) > 0:
+        while (delay := self._resume_at - self._now()) > 0:
             await anyio.sleep(delay)
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +211,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ray_workers=args.ray_workers,
     )
     progress = None if args.quiet else _ProgressDisplay()
-    with _sigterm_as_ctrl_c():
+    with _sigterm_as_ctrl_c(), _logs_above_the_bar(progress):
         summary = run_job_file(
             args.job, sets=args.sets, variables=args.var, options=options, progress=progress
         )
@@ -237,6 +237,16 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _logs_above_the_bar(progress: _ProgressDisplay | None) -> AbstractContextManager[Any]:
+    """On a TTY, log lines (a signal's, a retry's) go through ``tqdm.write``: printed on
+    a line of their own above the bar, not into the middle of the bar's line."""
+    if progress is None or not progress.tty:
+        return nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -286,7 +296,7 @@ class _ProgressDisplay:
         self._last_log = 0.0
         self._last_draw = 0.0
         self._last: Any = None
-        self._tty = sys.stderr.isatty()
+        self.tty = sys.stderr.isatty()
         self._sent: deque[tuple[float, int]] = deque()
 
     def __call__(self, counters: Any) -> None:
@@ -297,7 +307,7 @@ class _ProgressDisplay:
             return
         self._last_draw = now
         counters.rate_use = self._rate_use(counters)
-        if self._tty:
+        if self.tty:
             self._update_bar(counters)
         elif now - self._last_log >= self.LOG_EVERY_S:
             self._last_log = now

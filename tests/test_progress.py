@@ -6,9 +6,12 @@ import fcntl
 import os
 import pty
 import re
+import select
+import signal
 import struct
 import subprocess
 import termios
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,6 +64,41 @@ def test_on_a_tty_a_bar_shows_rows_rate_eta_and_the_counters(
     bar = re.search(r"(\d+)/60 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+row/s, err=0 429=0 \$\d", screen)
     assert bar is not None, screen
     assert "60/60" in screen
+
+
+def test_on_a_tty_the_signal_warning_is_a_line_of_its_own_above_the_bar(
+    tmp_path: Path, emulator: Callable[..., EmulatorProcess]
+) -> None:
+    job = write_job(tmp_path, rows=200, limits={"requests_per_minute": 600})
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    with subprocess.Popen(
+        batchrun_command(job, emulator("--latency-ms", "200")),
+        cwd=job.parent,
+        env=batchrun_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    ) as process:
+        os.close(terminal)
+        before = _read_until(master, re.compile(r"\d+/200 \[\d\d:\d\d<"), timeout=30)
+        process.send_signal(signal.SIGINT)
+        screen = before + _read_all(master)
+        assert process.wait(timeout=30) == 130, screen
+    warning = screen.index("SIGINT: sending nothing more")
+    # What the terminal shows on that line before the warning: the log prefix, no bar.
+    line = re.split(r"[\r\n]", screen[:warning])[-1]
+    assert re.fullmatch(r"(\x1b\[[0-9;]*[A-Za-z])*\d\d:\d\d:\d\d batchrun: ", line), repr(line)
+
+
+def _read_until(fd: int, pattern: re.Pattern[str], timeout: float) -> str:
+    """What the terminal got until ``pattern`` shows (a drawn bar)."""
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while not pattern.search(b"".join(chunks).decode("utf-8", "replace")):
+        assert time.monotonic() < deadline, b"".join(chunks)
+        if select.select([fd], [], [], 0.1)[0]:
+            chunks.append(os.read(fd, 65536))
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def _read_all(fd: int) -> str:
