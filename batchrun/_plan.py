@@ -24,13 +24,14 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
 
+from batchrun._advice import lowest, reservation_note
 from batchrun._budget import Budget, result_cost
 from batchrun._checkpoint import Checkpoint, CheckpointReader
 from batchrun._config import Job, Price
@@ -38,6 +39,7 @@ from batchrun._dispatch import EVENT_LOOP, Dispatcher, DispatchOutcome
 from batchrun._errors import JobError
 from batchrun._input import InputTable
 from batchrun._jobfile import load_job
+from batchrun._keptlimits import KeptLimits
 from batchrun._requests import RequestBuilder, built_batches
 from batchrun._runner import (
     EMULATOR_KEY,
@@ -120,6 +122,7 @@ class Plan:
     spent_usd: float
     checkpoint_exists: bool
     pilot: Pilot | None = None
+    learned: KeptLimits = field(default_factory=KeptLimits)  # earlier runs learned these
 
     @property
     def price(self) -> Price | None:
@@ -181,7 +184,18 @@ class Plan:
     @property
     def time(self) -> tuple[float | None, str]:
         """Estimated seconds and what bounds them; None when no limit is known."""
-        return _wall_time(self.job, self.counts, self.pilot)
+        return _wall_time(self.job, self.counts, self.pilot, self.learned)
+
+    @property
+    def pacing_note(self) -> str | None:
+        """Why the run will be slow, when an unset ``max_completion_tokens`` is the reason."""
+        limits, learned = self.job.limits, self.learned
+        return reservation_note(
+            rpm=lowest(limits.requests_per_minute, learned.rpm),
+            tpm=lowest(limits.tokens_per_minute, learned.tpm),
+            est_prompt_tokens=self.counts.prompt_tokens // max(self.counts.requests, 1),
+            max_completion_tokens=self.job.request.max_completion_tokens,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: counts, tokens, cost, budget, time and the pilot."""
@@ -211,7 +225,13 @@ class Plan:
                 "left_usd": self.budget_left,
                 "verdict": self.budget_verdict,
             },
-            "time": {"seconds": seconds, "bound_by": bound},
+            "time": {
+                "seconds": seconds,
+                "text": None if seconds is None else _duration(seconds),
+                "bound_by": bound,
+                "note": self.pacing_note,
+            },
+            "learned_limits": asdict(self.learned) if self.learned.known else None,
             "pilot": None if self.pilot is None else _pilot_dict(self.pilot),
         }
 
@@ -284,7 +304,8 @@ def _dry_plan(job: Job, table: InputTable, builder: RequestBuilder) -> Plan:
         return Plan(job, _count(table, builder, None), 0.0, checkpoint_exists=False)
     with reader:
         counts = _count(table, builder, reader.lookup)
-        return Plan(job, counts, reader.spent_usd(), checkpoint_exists=True)
+        spent, learned = reader.spent_usd(), reader.learned_limits()
+        return Plan(job, counts, spent, checkpoint_exists=True, learned=learned)
 
 
 def _pilot_plan(
@@ -304,7 +325,8 @@ def _pilot_plan(
         _announce(job, len(sample), base_url, synthetic)
         stopped = _send(job, ckpt, sample, base_url, api_key)
         result = _pilot_result(job, sample, ckpt.lookup(_fingerprints(sample)), stopped, synthetic)
-    return Plan(job, counts, spent, checkpoint_exists=True, pilot=result)
+        learned = ckpt.learned_limits()
+    return Plan(job, counts, spent, checkpoint_exists=True, pilot=result, learned=learned)
 
 
 def _api_key(job: Job) -> str:
@@ -439,6 +461,8 @@ def _send(
     if job.limits.max_cost_usd is not None and job.price is not None:
         budget = Budget(job.limits.max_cost_usd, job.price, ckpt.spent_usd())
     dispatcher = Dispatcher(job, api_key=api_key, base_url=base_url, budget=budget)
+    kept = ckpt.learned_limits()
+    dispatcher.learned.rpm, dispatcher.learned.tpm = kept.rpm, kept.tpm
     batches: list[list[Request | Result]] = [list(sample)]
 
     async def answer() -> DispatchOutcome:
@@ -449,6 +473,8 @@ def _send(
         outcome = anyio.run(answer, backend_options=EVENT_LOOP)
     except BaseExceptionGroup as group:
         raise _first_batchrun_error(group) from None
+    finally:
+        ckpt.keep_learned_limits(dispatcher.learned.rpm, dispatcher.learned.tpm)
     return outcome.stopped
 
 
@@ -492,27 +518,38 @@ def _p95(ordered: Sequence[int]) -> int | None:
 # ---------------------------------------------------------------- time
 
 
-def _wall_time(job: Job, counts: Counts, pilot: Pilot | None) -> tuple[float | None, str]:
-    """The slowest of the known bounds: the rate limits and, after a pilot, concurrency."""
+def _wall_time(
+    job: Job, counts: Counts, pilot: Pilot | None, learned: KeptLimits
+) -> tuple[float | None, str]:
+    """The slowest of the known bounds, in whole seconds: the rate limits (the job's,
+    else those a run learned) and, after a pilot, concurrency."""
     limits = job.limits
     bounds: list[tuple[float, str]] = []
-    if limits.requests_per_minute:
-        minutes = counts.requests / limits.requests_per_minute
-        bounds.append(
-            (60.0 * minutes, f"limits.requests_per_minute = {limits.requests_per_minute}")
-        )
-    if limits.tokens_per_minute:
+    rpm, rpm_label = _limit(limits.requests_per_minute, learned.rpm, "RPM", learned)
+    if rpm:
+        bounds.append((60.0 * counts.requests / rpm, rpm_label))
+    tpm, tpm_label = _limit(limits.tokens_per_minute, learned.tpm, "TPM", learned)
+    if tpm:
         # The limiter counts each request as its estimate plus max_completion_tokens.
         tokens = counts.prompt_tokens + counts.requests * job.request.worst_case_completion_tokens
-        minutes = tokens / limits.tokens_per_minute
-        tpm = limits.tokens_per_minute
-        bounds.append((60.0 * minutes, f"limits.tokens_per_minute = {tpm}"))
+        bounds.append((60.0 * tokens / tpm, tpm_label))
     if pilot is not None and pilot.mean_latency_ms is not None:
         seconds = counts.requests * pilot.mean_latency_ms / 1000.0 / limits.concurrency
         bounds.append((seconds, f"pilot latency x limits.concurrency = {limits.concurrency}"))
     if not bounds:
         return None, "unknown: limited by the API's headers (no requests/tokens_per_minute set)"
-    return max(bounds)
+    seconds, bound = max(bounds)
+    return float(math.ceil(seconds)), bound  # the text shows exactly what the JSON says
+
+
+def _limit(
+    configured: int | None, learned: int | None, unit: str, kept: KeptLimits
+) -> tuple[int | None, str]:
+    """The tighter of a configured and a learned limit, and how to name it."""
+    key = "requests_per_minute" if unit == "RPM" else "tokens_per_minute"
+    if learned and (not configured or learned < configured):
+        return learned, f"~{learned:,} {unit} learned from the API on {kept.learned_at}"
+    return configured, f"limits.{key} = {configured}"
 
 
 # ---------------------------------------------------------------- rendering
@@ -536,6 +573,9 @@ def _render(plan: Plan) -> Iterator[str]:
             yield f"  {label:<{width}}  {value:>{value_width}}  {note}".rstrip()
         if index == 0:
             yield from (f"      {reason}" for reason in plan.counts.invalid_reasons)
+    if (note := plan.pacing_note) is not None:
+        yield ""
+        yield f"  slow: {note}"
 
 
 Row = tuple[str, str, str]
@@ -625,8 +665,8 @@ def _usd(amount: float | None) -> str:
 
 
 def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{math.ceil(seconds)} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    """Whole seconds as text: ``150`` -> "2 min 30 s", ``3_725`` -> "1 h 2 min 5 s"."""
+    hours, rest = divmod(math.ceil(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(hours, "h"), (minutes, "min"), (secs, "s")]
+    return " ".join(f"{n} {unit}" for n, unit in parts if n) or "0 s"
