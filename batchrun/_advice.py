@@ -1,4 +1,5 @@
-"""Why a run is slow when the job itself is the reason: an unset ``max_completion_tokens``.
+"""How long a job takes (``plan``), and why a run is slow when an unset
+``max_completion_tokens`` is the reason (``run`` and ``plan``).
 
 A tokens-per-minute limit counts each request as its prompt plus the most it may
 answer. With ``request.max_completion_tokens`` unset that is the API's cap
@@ -11,8 +12,10 @@ below half the RPM, or no RPM is known and the reservation outweighs the prompt.
 from __future__ import annotations
 
 import logging
+import math
 
 from batchrun._config import MAX_COMPLETION_TOKENS_LIMIT, Job, Limits
+from batchrun._keptlimits import KeptLimits
 from batchrun._ratelimit import LearnedLimits
 
 log = logging.getLogger("batchrun")
@@ -56,9 +59,9 @@ class ReservationWarning:
         self.pending = self.max_completion_tokens is None
 
     def check(self, limits: Limits, learned: LearnedLimits, est_prompt_tokens: int) -> None:
+        if not (limits.tokens_per_minute or learned.tpm):
+            return  # not known yet: asked again before the next send (a cheap test)
         tpm = lowest(limits.tokens_per_minute, learned.tpm)
-        if tpm is None:
-            return  # not known yet: asked again before the next send
         self.pending = False
         note = reservation_note(
             rpm=lowest(limits.requests_per_minute, learned.rpm),
@@ -68,3 +71,45 @@ class ReservationWarning:
         )
         if note is not None:
             log.warning("%s", note)
+
+
+def wall_time(
+    job: Job, requests: int, prompt_tokens: int, latency_ms: float | None, learned: KeptLimits
+) -> tuple[float | None, str]:
+    """The slowest of the known bounds, in whole seconds: the rate limits (the job's,
+    else those a run learned) and, after a pilot, concurrency."""
+    limits = job.limits
+    bounds: list[tuple[float, str]] = []
+    rpm, rpm_label = _limit(limits.requests_per_minute, learned.rpm, "RPM", learned)
+    if rpm:
+        bounds.append((60.0 * requests / rpm, rpm_label))
+    tpm, tpm_label = _limit(limits.tokens_per_minute, learned.tpm, "TPM", learned)
+    if tpm:
+        # The limiter counts each request as its estimate plus max_completion_tokens.
+        tokens = prompt_tokens + requests * job.request.worst_case_completion_tokens
+        bounds.append((60.0 * tokens / tpm, tpm_label))
+    if latency_ms is not None:  # a pilot's mean latency
+        seconds = requests * latency_ms / 1000.0 / limits.concurrency
+        bounds.append((seconds, f"pilot latency x limits.concurrency = {limits.concurrency}"))
+    if not bounds:
+        return None, "unknown: limited by the API's headers (no requests/tokens_per_minute set)"
+    seconds, bound = max(bounds)
+    return float(math.ceil(seconds)), bound  # the text shows exactly what the JSON says
+
+
+def _limit(
+    configured: int | None, learned: int | None, unit: str, kept: KeptLimits
+) -> tuple[int | None, str]:
+    """The tighter of a configured and a learned limit, and how to name it."""
+    key = "requests_per_minute" if unit == "RPM" else "tokens_per_minute"
+    if learned and (not configured or learned < configured):
+        return learned, f"~{learned:,} {unit} learned from the API on {kept.learned_at}"
+    return configured, f"limits.{key} = {configured}"
+
+
+def duration(seconds: float) -> str:
+    """Whole seconds as text: ``150`` -> "2 min 30 s", ``3_725`` -> "1 h 2 min 5 s"."""
+    hours, rest = divmod(math.ceil(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(hours, "h"), (minutes, "min"), (secs, "s")]
+    return " ".join(f"{n} {unit}" for n, unit in parts if n) or "0 s"

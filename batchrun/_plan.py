@@ -31,7 +31,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from batchrun._advice import lowest, reservation_note
+from batchrun._advice import duration, lowest, reservation_note, wall_time
 from batchrun._budget import Budget, result_cost
 from batchrun._checkpoint import Checkpoint, CheckpointReader
 from batchrun._config import Job, Price
@@ -184,7 +184,9 @@ class Plan:
     @property
     def time(self) -> tuple[float | None, str]:
         """Estimated seconds and what bounds them; None when no limit is known."""
-        return _wall_time(self.job, self.counts, self.pilot, self.learned)
+        latency = None if self.pilot is None else self.pilot.mean_latency_ms
+        counts = self.counts
+        return wall_time(self.job, counts.requests, counts.prompt_tokens, latency, self.learned)
 
     @property
     def pacing_note(self) -> str | None:
@@ -227,7 +229,7 @@ class Plan:
             },
             "time": {
                 "seconds": seconds,
-                "text": None if seconds is None else _duration(seconds),
+                "text": None if seconds is None else duration(seconds),
                 "bound_by": bound,
                 "note": self.pacing_note,
             },
@@ -515,43 +517,6 @@ def _p95(ordered: Sequence[int]) -> int | None:
     return ordered[math.ceil(0.95 * len(ordered)) - 1]
 
 
-# ---------------------------------------------------------------- time
-
-
-def _wall_time(
-    job: Job, counts: Counts, pilot: Pilot | None, learned: KeptLimits
-) -> tuple[float | None, str]:
-    """The slowest of the known bounds, in whole seconds: the rate limits (the job's,
-    else those a run learned) and, after a pilot, concurrency."""
-    limits = job.limits
-    bounds: list[tuple[float, str]] = []
-    rpm, rpm_label = _limit(limits.requests_per_minute, learned.rpm, "RPM", learned)
-    if rpm:
-        bounds.append((60.0 * counts.requests / rpm, rpm_label))
-    tpm, tpm_label = _limit(limits.tokens_per_minute, learned.tpm, "TPM", learned)
-    if tpm:
-        # The limiter counts each request as its estimate plus max_completion_tokens.
-        tokens = counts.prompt_tokens + counts.requests * job.request.worst_case_completion_tokens
-        bounds.append((60.0 * tokens / tpm, tpm_label))
-    if pilot is not None and pilot.mean_latency_ms is not None:
-        seconds = counts.requests * pilot.mean_latency_ms / 1000.0 / limits.concurrency
-        bounds.append((seconds, f"pilot latency x limits.concurrency = {limits.concurrency}"))
-    if not bounds:
-        return None, "unknown: limited by the API's headers (no requests/tokens_per_minute set)"
-    seconds, bound = max(bounds)
-    return float(math.ceil(seconds)), bound  # the text shows exactly what the JSON says
-
-
-def _limit(
-    configured: int | None, learned: int | None, unit: str, kept: KeptLimits
-) -> tuple[int | None, str]:
-    """The tighter of a configured and a learned limit, and how to name it."""
-    key = "requests_per_minute" if unit == "RPM" else "tokens_per_minute"
-    if learned and (not configured or learned < configured):
-        return learned, f"~{learned:,} {unit} learned from the API on {kept.learned_at}"
-    return configured, f"limits.{key} = {configured}"
-
-
 # ---------------------------------------------------------------- rendering
 
 
@@ -573,9 +538,9 @@ def _render(plan: Plan) -> Iterator[str]:
             yield f"  {label:<{width}}  {value:>{value_width}}  {note}".rstrip()
         if index == 0:
             yield from (f"      {reason}" for reason in plan.counts.invalid_reasons)
-    if (note := plan.pacing_note) is not None:
+    if (slow := plan.pacing_note) is not None:
         yield ""
-        yield f"  slow: {note}"
+        yield f"  slow: {slow}"
 
 
 Row = tuple[str, str, str]
@@ -627,7 +592,7 @@ def _cost_rows(plan: Plan) -> list[Row]:
         rows.append(("cost expected", _usd(plan.cost_expected), "low + pilot's mean completion"))
     rows.append(("cost high", _usd(plan.cost_high), "every request uses max_completion_tokens"))
     rows.append(_budget_row(plan))
-    rows.append(("time", "unknown" if seconds is None else _duration(seconds), _time_note(bound)))
+    rows.append(("time", "unknown" if seconds is None else duration(seconds), _time_note(bound)))
     return rows
 
 
@@ -662,11 +627,3 @@ def _pilot_rows(pilot: Pilot) -> list[Row]:
 
 def _usd(amount: float | None) -> str:
     return "unpriced" if amount is None else f"${amount:,.4f}"
-
-
-def _duration(seconds: float) -> str:
-    """Whole seconds as text: ``150`` -> "2 min 30 s", ``3_725`` -> "1 h 2 min 5 s"."""
-    hours, rest = divmod(math.ceil(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [(hours, "h"), (minutes, "min"), (secs, "s")]
-    return " ".join(f"{n} {unit}" for n, unit in parts if n) or "0 s"
