@@ -116,6 +116,8 @@ class Dispatcher:
         self.learned = LearnedLimits()
         # Said once per dispatcher: a slow pace that is the job's own doing.
         self.slow = ReservationWarning(job)
+        # A misconfigured job stops after its first answers (the Ray engine runs once a batch).
+        self.first = FirstAnswers()
         self.backoff = backoff or Backoff()
         self.rng = rng or random.Random()
         self._api_key = api_key
@@ -164,7 +166,8 @@ class _Run:
         self.sending: set[anyio.CancelScope] = set()
         self.stopped: Literal["budget"] | None = None
         self.fatal: FatalApiError | None = None
-        self.first = FirstAnswers()  # a misconfigured job stops after its first answers
+        self.first = dispatcher.first
+        self.first.new_run()
         self.slow = dispatcher.slow
         out, self.finished = anyio.create_memory_object_stream[Emitted](math.inf)
         self.out = out

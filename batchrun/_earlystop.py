@@ -2,7 +2,8 @@
 
 Some proxies (LiteLLM) answer an unknown model or a key they cannot check with
 HTTP 400, not 404/401, so every row fails alike; a 300,000-row job would send
-300,000 doomed requests. The rule, per run (``Dispatcher.run``):
+300,000 doomed requests. The rule, over a dispatcher's life (one run; a Ray
+worker's dispatcher runs once a batch):
 
 - while no row of the run has ended ok, each row that fails with a non-retryable
   error (a 4xx other than 429) of the same ``error_type`` and message counts;
@@ -49,6 +50,10 @@ class FirstAnswers:
         self.error, self.count = error, self.count + 1
         if self.count >= self.stop_after and self._hold is None:
             self._hold = anyio.Event()  # hold new sends until those in flight answer
+
+    def new_run(self) -> None:
+        """A new ``Dispatcher.run`` (a new event loop, maybe): no hold carries over."""
+        self._hold = None  # the next identical error holds again
 
     @property
     def holding(self) -> bool:

@@ -10,9 +10,12 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from conftest import review_rows, run_batchrun, write_job
 
-from batchrun._earlystop import STOP_AFTER
+from batchrun._earlystop import STOP_AFTER, FirstAnswers
+from batchrun._errors import FatalApiError
+from batchrun._types import Result
 
 CONCURRENCY = 8
 
@@ -56,3 +59,31 @@ def test_a_job_with_bad_rows_first_among_good_ones_finishes_every_row(
     assert run.returncode == 0, run.stderr
     assert statuses(job) == {"error": 30, "ok": 70}
     assert emu.ledger()["requests_received"] == 100
+
+
+def _error(message: str = "bad value") -> Result:
+    return Result(status="error", error_type="invalid_value", error_message=message)
+
+
+def test_the_rule_counts_only_identical_non_retryable_errors_before_any_ok() -> None:
+    watch = FirstAnswers(stop_after=3)
+    watch.finished(_error(), permanent=True)
+    watch.finished(_error("http 503"), permanent=False)  # retryable: neither counts nor disarms
+    watch.finished(_error(), permanent=True)
+    assert not watch.holding
+    watch.finished(_error(), permanent=True)
+    assert watch.holding
+    watch.verdict(in_flight=1)  # requests in flight: no verdict yet
+    with pytest.raises(FatalApiError, match="bad value"):
+        watch.verdict(in_flight=0)
+
+
+@pytest.mark.parametrize("other", [Result(status="ok"), _error("another message")])
+def test_an_ok_row_or_another_error_disarms_the_rule(other: Result) -> None:
+    watch = FirstAnswers(stop_after=3)
+    watch.finished(_error(), permanent=True)
+    watch.finished(other, permanent=True)
+    for _ in range(10):
+        watch.finished(_error(), permanent=True)
+    assert not watch.holding and not watch.armed
+    watch.verdict(in_flight=0)  # no stop
