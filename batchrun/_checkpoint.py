@@ -47,6 +47,7 @@ from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from batchrun._errors import JobError, LockedError
+from batchrun._keptlimits import KeptLimits, read_kept, write_kept
 from batchrun._types import Answer, Request, Result
 
 __all__ = ["COMMIT_INTERVAL_S", "COMMIT_ROWS", "MIGRATIONS", "Checkpoint", "CheckpointReader"]
@@ -402,6 +403,16 @@ class Checkpoint:
             rows = self._conn.execute("SELECT status, COUNT(*) FROM answers GROUP BY status")
             return dict(rows.fetchall())
 
+    def learned_limits(self) -> KeptLimits:
+        """The rate limits a run learned from the API's headers (``batchrun._keptlimits``)."""
+        with self._using("read the learned limits"):
+            return read_kept(self._conn)
+
+    def keep_learned_limits(self, rpm: int | None, tpm: int | None) -> None:
+        """Keep what this run learned, for the next run and ``plan``."""
+        with self._using("keep the learned limits"), _transaction(self._conn):
+            write_kept(self._conn, rpm, tpm)
+
     async def write_results(
         self,
         results: ObjectReceiveStream[ResultItem],
@@ -584,6 +595,11 @@ class CheckpointReader:
         with _translated(self.path, "sum the spend"):
             (total,) = self._conn.execute("SELECT TOTAL(cost_usd) FROM answers").fetchone()
         return float(total)
+
+    def learned_limits(self) -> KeptLimits:
+        """As ``Checkpoint.learned_limits``."""
+        with _translated(self.path, "read the learned limits"):
+            return read_kept(self._conn)
 
     def close(self) -> None:
         self._conn.close()

@@ -27,8 +27,10 @@ import anyio.lowlevel
 import httpx
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
+from batchrun._advice import ReservationWarning
 from batchrun._budget import Budget, result_cost
 from batchrun._config import Job
+from batchrun._earlystop import FirstAnswers
 from batchrun._errors import AttemptError, FatalApiError, PermanentError
 from batchrun._ratelimit import Backoff, LearnedLimits, Pacer, PauseGate, compute_backoff
 from batchrun._transport import Reply, Sender, completions_url, make_transport
@@ -113,6 +115,10 @@ class Dispatcher:
         self.budget = budget
         self.counters = counters if counters is not None else Counters()
         self.learned = LearnedLimits()
+        # Said once per dispatcher: a slow pace that is the job's own doing.
+        self.slow = ReservationWarning(job)
+        # A misconfigured job stops after its first answers (the Ray engine runs once a batch).
+        self.first = FirstAnswers()
         self.backoff = backoff or Backoff()
         self.rng = rng or random.Random()
         self._api_key = api_key
@@ -177,6 +183,9 @@ class _Run:
         if dispatcher.interrupted:
             self.stopped = "interrupted"
         self.fatal: FatalApiError | None = None
+        self.first = dispatcher.first
+        self.first.new_run()
+        self.slow = dispatcher.slow
         out, self.finished = anyio.create_memory_object_stream[Emitted](math.inf)
         self.out = out
 
@@ -211,6 +220,7 @@ class _Run:
                     except anyio.WouldBlock:
                         request = await requests.receive()
                     self._emit(out, (request, await self._row(request, scope)))
+                    self.first.verdict(self.counters.in_flight)
             except anyio.EndOfStream:
                 pass
             except _Stop:
@@ -261,10 +271,12 @@ class _Run:
                 result = await self._attempt(request, scope)
             except _AttemptFailed as failed:
                 exc = failed.error
-                if isinstance(exc, PermanentError) or attempt == max_attempts:
-                    return self._finished(_error_result(exc, attempt))
+                permanent = isinstance(exc, PermanentError)
+                if permanent or attempt == max_attempts:
+                    return self._finished(_error_result(exc, attempt), permanent=permanent)
                 if self.stopped:  # no retry after a stop: the row stays pending
                     raise _Stop from None
+                self.first.verdict(self.counters.in_flight)
                 await self._after_failure(request, failed, attempt)
             else:
                 result.attempts = attempt
@@ -272,7 +284,11 @@ class _Run:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, request: Request, scope: anyio.CancelScope) -> Result:
+        if self.slow.pending:
+            self.slow.check(self.d.limits, self.d.learned, request.est_prompt_tokens)
         await self._pace(request)
+        if self.first.holding:
+            await self.first.wait()
         # A stop may have come while we ran without yielding: never send after one.
         if self.stopped or self.fatal:
             await anyio.lowlevel.checkpoint()  # delivers a pending cancellation
@@ -327,6 +343,8 @@ class _Run:
 
     def _succeeded(self, request: Request, reply: Reply, reserved: float) -> Result:
         self.pacer.observe(reply.rate)
+        if self.slow.pending:  # say it when the limits are first learned
+            self.slow.check(self.d.limits, self.d.learned, request.est_prompt_tokens)
         self.pacer.reconcile(request.est_prompt_tokens, reply.result.prompt_tokens)
         self.pacer.succeeded()
         self.counters.rpm_limit = self.pacer.rpm_in_use
@@ -367,7 +385,9 @@ class _Run:
             self.pacer.throttled(sent_at)
             self.counters.rpm_limit = self.pacer.rpm_in_use
 
-    def _finished(self, result: Result) -> Result:
+    def _finished(self, result: Result, *, permanent: bool = False) -> Result:
+        if self.first.armed:
+            self.first.finished(result, permanent=permanent)
         counters = self.counters
         counters.done += 1
         if result.status == "ok":

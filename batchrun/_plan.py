@@ -24,13 +24,14 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
 
+from batchrun._advice import duration, lowest, reservation_note, wall_time
 from batchrun._budget import Budget, result_cost
 from batchrun._checkpoint import Checkpoint, CheckpointReader
 from batchrun._config import Job, Price
@@ -38,6 +39,7 @@ from batchrun._dispatch import EVENT_LOOP, Dispatcher, DispatchOutcome
 from batchrun._errors import JobError
 from batchrun._input import InputTable
 from batchrun._jobfile import load_job
+from batchrun._keptlimits import KeptLimits
 from batchrun._requests import RequestBuilder, built_batches
 from batchrun._runner import (
     EMULATOR_KEY,
@@ -120,6 +122,7 @@ class Plan:
     spent_usd: float
     checkpoint_exists: bool
     pilot: Pilot | None = None
+    learned: KeptLimits = field(default_factory=KeptLimits)  # earlier runs learned these
 
     @property
     def price(self) -> Price | None:
@@ -181,7 +184,20 @@ class Plan:
     @property
     def time(self) -> tuple[float | None, str]:
         """Estimated seconds and what bounds them; None when no limit is known."""
-        return _wall_time(self.job, self.counts, self.pilot)
+        latency = None if self.pilot is None else self.pilot.mean_latency_ms
+        counts = self.counts
+        return wall_time(self.job, counts.requests, counts.prompt_tokens, latency, self.learned)
+
+    @property
+    def pacing_note(self) -> str | None:
+        """Why the run will be slow, when an unset ``max_completion_tokens`` is the reason."""
+        limits, learned = self.job.limits, self.learned
+        return reservation_note(
+            rpm=lowest(limits.requests_per_minute, learned.rpm),
+            tpm=lowest(limits.tokens_per_minute, learned.tpm),
+            est_prompt_tokens=self.counts.prompt_tokens // max(self.counts.requests, 1),
+            max_completion_tokens=self.job.request.max_completion_tokens,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: counts, tokens, cost, budget, time and the pilot."""
@@ -211,7 +227,13 @@ class Plan:
                 "left_usd": self.budget_left,
                 "verdict": self.budget_verdict,
             },
-            "time": {"seconds": seconds, "bound_by": bound},
+            "time": {
+                "seconds": seconds,
+                "text": None if seconds is None else duration(seconds),
+                "bound_by": bound,
+                "note": self.pacing_note,
+            },
+            "learned_limits": asdict(self.learned) if self.learned.known else None,
             "pilot": None if self.pilot is None else _pilot_dict(self.pilot),
         }
 
@@ -284,7 +306,8 @@ def _dry_plan(job: Job, table: InputTable, builder: RequestBuilder) -> Plan:
         return Plan(job, _count(table, builder, None), 0.0, checkpoint_exists=False)
     with reader:
         counts = _count(table, builder, reader.lookup)
-        return Plan(job, counts, reader.spent_usd(), checkpoint_exists=True)
+        spent, learned = reader.spent_usd(), reader.learned_limits()
+        return Plan(job, counts, spent, checkpoint_exists=True, learned=learned)
 
 
 def _pilot_plan(
@@ -304,7 +327,8 @@ def _pilot_plan(
         _announce(job, len(sample), base_url, synthetic)
         stopped = _send(job, ckpt, sample, base_url, api_key)
         result = _pilot_result(job, sample, ckpt.lookup(_fingerprints(sample)), stopped, synthetic)
-    return Plan(job, counts, spent, checkpoint_exists=True, pilot=result)
+        learned = ckpt.learned_limits()
+    return Plan(job, counts, spent, checkpoint_exists=True, pilot=result, learned=learned)
 
 
 def _api_key(job: Job) -> str:
@@ -439,6 +463,8 @@ def _send(
     if job.limits.max_cost_usd is not None and job.price is not None:
         budget = Budget(job.limits.max_cost_usd, job.price, ckpt.spent_usd())
     dispatcher = Dispatcher(job, api_key=api_key, base_url=base_url, budget=budget)
+    kept = ckpt.learned_limits()
+    dispatcher.learned.rpm, dispatcher.learned.tpm = kept.rpm, kept.tpm
     batches: list[list[Request | Result]] = [list(sample)]
 
     async def answer() -> DispatchOutcome:
@@ -449,6 +475,8 @@ def _send(
         outcome = anyio.run(answer, backend_options=EVENT_LOOP)
     except BaseExceptionGroup as group:
         raise _first_batchrun_error(group) from None
+    finally:
+        ckpt.keep_learned_limits(dispatcher.learned.rpm, dispatcher.learned.tpm)
     return outcome.stopped
 
 
@@ -489,32 +517,6 @@ def _p95(ordered: Sequence[int]) -> int | None:
     return ordered[math.ceil(0.95 * len(ordered)) - 1]
 
 
-# ---------------------------------------------------------------- time
-
-
-def _wall_time(job: Job, counts: Counts, pilot: Pilot | None) -> tuple[float | None, str]:
-    """The slowest of the known bounds: the rate limits and, after a pilot, concurrency."""
-    limits = job.limits
-    bounds: list[tuple[float, str]] = []
-    if limits.requests_per_minute:
-        minutes = counts.requests / limits.requests_per_minute
-        bounds.append(
-            (60.0 * minutes, f"limits.requests_per_minute = {limits.requests_per_minute}")
-        )
-    if limits.tokens_per_minute:
-        # The limiter counts each request as its estimate plus max_completion_tokens.
-        tokens = counts.prompt_tokens + counts.requests * job.request.worst_case_completion_tokens
-        minutes = tokens / limits.tokens_per_minute
-        tpm = limits.tokens_per_minute
-        bounds.append((60.0 * minutes, f"limits.tokens_per_minute = {tpm}"))
-    if pilot is not None and pilot.mean_latency_ms is not None:
-        seconds = counts.requests * pilot.mean_latency_ms / 1000.0 / limits.concurrency
-        bounds.append((seconds, f"pilot latency x limits.concurrency = {limits.concurrency}"))
-    if not bounds:
-        return None, "unknown: limited by the API's headers (no requests/tokens_per_minute set)"
-    return max(bounds)
-
-
 # ---------------------------------------------------------------- rendering
 
 
@@ -536,6 +538,9 @@ def _render(plan: Plan) -> Iterator[str]:
             yield f"  {label:<{width}}  {value:>{value_width}}  {note}".rstrip()
         if index == 0:
             yield from (f"      {reason}" for reason in plan.counts.invalid_reasons)
+    if (slow := plan.pacing_note) is not None:
+        yield ""
+        yield f"  slow: {slow}"
 
 
 Row = tuple[str, str, str]
@@ -587,7 +592,7 @@ def _cost_rows(plan: Plan) -> list[Row]:
         rows.append(("cost expected", _usd(plan.cost_expected), "low + pilot's mean completion"))
     rows.append(("cost high", _usd(plan.cost_high), "every request uses max_completion_tokens"))
     rows.append(_budget_row(plan))
-    rows.append(("time", "unknown" if seconds is None else _duration(seconds), _time_note(bound)))
+    rows.append(("time", "unknown" if seconds is None else duration(seconds), _time_note(bound)))
     return rows
 
 
@@ -622,11 +627,3 @@ def _pilot_rows(pilot: Pilot) -> list[Row]:
 
 def _usd(amount: float | None) -> str:
     return "unpriced" if amount is None else f"${amount:,.4f}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{math.ceil(seconds)} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -258,7 +258,12 @@ class _Run:
             self.ckpt = ckpt
             dispatcher = self._dispatcher(api_key)
             self.progress.total = self._total(table)
-            self._dispatch_all(table, builder, dispatcher)
+            kept = ckpt.learned_limits()  # start at the limits an earlier run learned
+            dispatcher.learned.rpm, dispatcher.learned.tpm = kept.rpm, kept.tpm
+            try:
+                self._dispatch_all(table, builder, dispatcher)
+            finally:
+                ckpt.keep_learned_limits(dispatcher.learned.rpm, dispatcher.learned.tpm)
             if self.stopped == "interrupted":
                 log.warning(
                     "writing %s with unfinished rows as pending (interrupt again to skip it:"

@@ -127,6 +127,7 @@ class EmulatorApp:
                 raise denied
             body = _decode(raw)
             request = parse_chat_request(body)
+            _check_context(request, self.config.context_tokens)
         except ApiError as error:
             await self._error(send, error, [])
             return
@@ -216,6 +217,19 @@ class EmulatorApp:
     async def _error(self, send: Send, error: ApiError, headers: Headers) -> None:
         self.ledger.status_counts[error.status] += 1
         await _respond(send, error.status, error_body(error), _JSON + headers)
+
+
+def _check_context(request: ChatRequest, context_tokens: int | None) -> None:
+    # A bad row among good ones: its message names its own length, as OpenAI's does.
+    if context_tokens and request.prompt_tokens > context_tokens:
+        raise ApiError(
+            400,
+            f"This model's maximum context length is {context_tokens} tokens. However,"
+            f" your messages resulted in {request.prompt_tokens} tokens.",
+            type="invalid_request_error",
+            param="messages",
+            code="context_length_exceeded",
+        )
 
 
 def _model_not_found(model: str) -> ApiError:

@@ -28,6 +28,7 @@ class EmulatorConfig:
     stall_s: float = DEFAULT_STALL_S
     seed: int = 0
     tokens_per_second: float | None = None
+    context_tokens: int | None = None  # longer prompts get a 400, as a model's context window
     api_keys: tuple[str, ...] = ()  # empty: any key starting "sk-"
     allow_remote: bool = False
     parent_watch: bool = False  # exit when stdin reaches EOF (parent died)
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--latency-ms", type=_non_negative, default=0.0, help="delay before each answer")
     add("--jitter-ms", type=_non_negative, default=0.0, help="uniform +/- jitter on the delay")
     add("--tokens-per-second", type=_positive, help="stream pace (default unpaced)")
+    add("--context-tokens", type=_positive_int, help="400 for longer prompts (default none)")
     add("--stall-s", type=_non_negative, default=DEFAULT_STALL_S, help="how long a stall lasts")
     for name in ("fail", "drop", "stall", "truncate", "malformed"):
         add(f"--{name}-rate", type=_rate, default=0.0, help=f"fraction of {name} faults")
@@ -83,6 +85,7 @@ def parse_config(argv: Sequence[str]) -> EmulatorConfig:
         stall_s=args.stall_s,
         seed=args.seed,
         tokens_per_second=args.tokens_per_second,
+        context_tokens=args.context_tokens,
         api_keys=tuple(args.api_key),
         allow_remote=args.allow_remote,
         parent_watch=args.parent_watch,
