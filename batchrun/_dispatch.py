@@ -32,7 +32,7 @@ from batchrun._config import Job
 from batchrun._errors import AttemptError, FatalApiError, PermanentError
 from batchrun._ratelimit import Backoff, LearnedLimits, Pacer, PauseGate, compute_backoff
 from batchrun._transport import Reply, Sender, completions_url, make_transport
-from batchrun._types import Request, Result
+from batchrun._types import Charge, Request, Result
 
 retry_log = logging.getLogger("batchrun.retry")
 
@@ -70,7 +70,14 @@ class DispatchOutcome:
 
 
 class _Stop(Exception):
-    """The budget cannot cover the next attempt (or already could not): take no more work."""
+    """The budget cannot cover the next attempt (or already could not): take no more work.
+
+    ``unfinished`` carries a row abandoned after attempts that may have been billed
+    (a pending ``Result`` with their charges), so the checkpoint still records them."""
+
+    def __init__(self, unfinished: Emitted | None = None) -> None:
+        super().__init__()
+        self.unfinished = unfinished
 
 
 class _AttemptFailed(Exception):
@@ -109,6 +116,10 @@ class Dispatcher:
         self.gate = gate
         self.price = job.price
         self.url = completions_url(base_url or job.api.base_url)
+        # Without a cap, an unlimited budget still prices every attempt and keeps the
+        # worst case of those whose usage never came back (a later cap counts them).
+        if budget is None and job.price is not None:
+            budget = Budget(math.inf, job.price)
         self.budget = budget
         self.counters = counters if counters is not None else Counters()
         self.learned = LearnedLimits()
@@ -196,7 +207,9 @@ class _Run:
                     self._emit(out, (request, await self._row(request, scope)))
             except anyio.EndOfStream:
                 pass
-            except _Stop:
+            except _Stop as stop:
+                if stop.unfinished is not None:
+                    self._emit(out, stop.unfinished)
                 if self.fatal is None:
                     self._stop_taking_work()
             except FatalApiError as exc:
@@ -231,29 +244,41 @@ class _Run:
     async def _row(self, request: Request, scope: anyio.CancelScope) -> Result:
         """All attempts at one row; the result is ok or error (never raises Attempt errors)."""
         max_attempts = max(self.d.limits.max_attempts, 1)
+        charges: list[Charge] = []  # attempts that may have been billed
         for attempt in range(1, max_attempts + 1):
             try:
-                result = await self._attempt(request, scope)
+                result = await self._attempt(request, scope, charges)
             except _AttemptFailed as failed:
                 exc = failed.error
                 if isinstance(exc, PermanentError) or attempt == max_attempts:
-                    return self._finished(_error_result(exc, attempt))
+                    return self._finished(_error_result(exc, attempt), charges)
                 await self._after_failure(request, failed, attempt)
+            except _Stop:
+                unfinished = Result(status="pending", charges=tuple(charges))
+                raise _Stop((request, unfinished) if charges else None) from None
             else:
                 result.attempts = attempt
-                return self._finished(result)
+                return self._finished(result, charges)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, request: Request, scope: anyio.CancelScope) -> Result:
-        await self._pace(request)
-        # A stop may have come while we ran without yielding: never send after one.
-        if self.stopped or self.fatal:
-            await anyio.lowlevel.checkpoint()  # delivers a pending cancellation
-            raise _Stop
-        reserved = self._reserve(request)
+    async def _attempt(
+        self, request: Request, scope: anyio.CancelScope, charges: list[Charge]
+    ) -> Result:
+        # Money before pace: a send delayed by a wait for money would bunch sends the
+        # pacer spread out. The reservation is returned if nothing is sent.
+        reserved = await self._reserve(request)
+        try:
+            await self._pace(request)
+            # A stop may have come while we ran without yielding: never send after one.
+            if self.stopped or self.fatal:
+                await anyio.lowlevel.checkpoint()  # delivers a pending cancellation
+                raise _Stop
+        except BaseException:
+            self._release(reserved)
+            raise
         self.sending.add(scope)
         try:
-            return await self._send(request, reserved)
+            return await self._send(request, reserved, charges)
         except FatalApiError as exc:
             self._abort(exc)  # before this worker yields to any other
             raise
@@ -268,15 +293,21 @@ class _Run:
             if self.gate.is_open:
                 return
 
-    def _reserve(self, request: Request) -> float:
+    async def _reserve(self, request: Request) -> float:
+        """Stop on money, not on reservations: wait while requests in flight may still
+        free enough; ``_Stop`` only when it does not fit with none left to settle."""
         if self.d.budget is None:
             return 0.0
-        reserved = self.d.budget.try_reserve(request)
+        reserved = await self.d.budget.reserve(request)
         if reserved is None:
             raise _Stop
         return reserved
 
-    async def _send(self, request: Request, reserved: float) -> Result:
+    def _release(self, reserved: float) -> None:
+        if self.d.budget is not None:
+            self.d.budget.settle(reserved, 0.0)
+
+    async def _send(self, request: Request, reserved: float, charges: list[Charge]) -> Result:
         counters = self.counters
         counters.sent += 1
         counters.in_flight += 1
@@ -285,29 +316,49 @@ class _Run:
             reply = await self.sender.send(request)
         except AttemptError as exc:
             # An answer lost after the API did the work is billed: keep its worst case.
-            lost = exc.error_type in _MAYBE_BILLED
-            self._settle(reserved, reserved if lost else 0.0, priced=False)
+            if exc.error_type in _MAYBE_BILLED:
+                self._charge(reserved, reserved, charges, usage_known=False)
+            else:
+                self._release(reserved)
             if exc.error_type == "rate_limited":
                 counters.rate_limited += 1
             raise _AttemptFailed(exc, sent_at) from None
         finally:
             counters.in_flight -= 1
-        return self._succeeded(request, reply, reserved)
+        return self._succeeded(request, reply, reserved, charges)
 
-    def _succeeded(self, request: Request, reply: Reply, reserved: float) -> Result:
+    def _succeeded(
+        self, request: Request, reply: Reply, reserved: float, charges: list[Charge]
+    ) -> Result:
         self.pacer.observe(reply.rate)
         self.pacer.reconcile(request.est_prompt_tokens, reply.result.prompt_tokens)
         self.pacer.succeeded()
         self.counters.rpm_limit = self.pacer.rpm_in_use
         if (wait := reply.rate.exhausted_for_s()) is not None:
             self.gate.pause_for(wait)  # nothing left in this window: wait before the 429
-        self._settle(reserved, result_cost(self.d.price, reply.result) or 0.0)
+        self._price(request, reply.result, reserved, charges)
         return reply.result
 
-    def _settle(self, reserved: float, cost: float, *, priced: bool = True) -> None:
+    def _price(
+        self, request: Request, result: Result, reserved: float, charges: list[Charge]
+    ) -> None:
+        """The one place an answer is priced: from its usage, or (no usage came back)
+        at the worst case it reserved, which it keeps."""
+        if self.d.budget is None:
+            return  # unpriced model: nothing to charge
+        self.d.budget.learn(request, result.prompt_tokens)
+        cost = result_cost(self.d.price, result)
+        if cost is None:
+            self._charge(reserved, reserved, charges, usage_known=False)
+        else:
+            self._charge(reserved, cost, charges, usage_known=True)
+
+    def _charge(
+        self, reserved: float, cost: float, charges: list[Charge], *, usage_known: bool
+    ) -> None:
         if self.d.budget is not None:
             self.d.budget.settle(reserved, cost)
-        if priced:
+            charges.append(Charge(cost, usage_known, time.time()))
             self.counters.cost_usd += cost
 
     async def _after_failure(self, request: Request, failed: _AttemptFailed, attempt: int) -> None:
@@ -336,7 +387,9 @@ class _Run:
             self.pacer.throttled(sent_at)
             self.counters.rpm_limit = self.pacer.rpm_in_use
 
-    def _finished(self, result: Result) -> Result:
+    def _finished(self, result: Result, charges: list[Charge]) -> Result:
+        result.charges = tuple(charges)
+        result.cost_usd = _row_cost(charges, priced=self.d.budget is not None)
         counters = self.counters
         counters.done += 1
         if result.status == "ok":
@@ -345,6 +398,15 @@ class _Run:
             counters.failed += 1
         result.completed_at = datetime.now(UTC)
         return result
+
+
+def _row_cost(charges: list[Charge], *, priced: bool) -> float | None:
+    """What this run paid for a row, from the attempts whose usage came back; None when
+    unpriced or when every paid attempt's usage is unknown (0.0: nothing was billed)."""
+    known = [charge.cost_usd for charge in charges if charge.usage_known]
+    if not priced or (charges and not known):
+        return None
+    return sum(known)
 
 
 def _error_result(exc: AttemptError, attempts: int) -> Result:
