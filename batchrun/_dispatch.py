@@ -58,7 +58,7 @@ class Counters:
     retries: int = 0
     rate_limited: int = 0  # 429 answers
     in_flight: int = 0
-    cost_usd: float = 0.0  # settled, from real usage
+    cost_usd: float = 0.0  # this run's charges: real cost, or the worst case without usage
     rpm_limit: float | None = None  # requests per minute in use (configured or learned)
 
 
