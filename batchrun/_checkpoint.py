@@ -24,11 +24,7 @@ sqlite3 and OS errors are translated into ``batchrun._errors`` here and nowhere 
 
 from __future__ import annotations
 
-import fcntl
-import json
 import math
-import os
-import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -46,8 +42,16 @@ import anyio.to_thread
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from batchrun._errors import JobError, LockedError
+from batchrun._charges import (
+    INSERT_CHARGES_SQL,
+    ROW_COST_ON_REPLACE,
+    charge_rows,
+    m003_charges,
+    spent,
+)
+from batchrun._errors import JobError
 from batchrun._keptlimits import KeptLimits, read_kept, write_kept
+from batchrun._lock import JobLock
 from batchrun._types import Answer, Request, Result
 
 __all__ = ["COMMIT_INTERVAL_S", "COMMIT_ROWS", "MIGRATIONS", "Checkpoint", "CheckpointReader"]
@@ -63,7 +67,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 Row = tuple[Any, ...]
-ResultItem = tuple[Request, Result, float | None]
+ResultItem = tuple[Request, Result]  # a pending result: only its charges are stored
 
 # ---------------------------------------------------------------- schema
 
@@ -112,6 +116,9 @@ def m002_meta(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
+_migration(m003_charges)
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
     applied = {name for (name,) in conn.execute("SELECT name FROM _migrations")}
@@ -129,14 +136,17 @@ def _migrate(conn: sqlite3.Connection) -> None:
 # ---------------------------------------------------------------- rows
 
 # A Result is stored field by field, in its own field order, so reading one back
-# is a single positional constructor call (lookup cost matters at 1M rows).
-_RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result))
+# is a single positional constructor call (lookup cost matters at 1M rows). Its last
+# field, ``charges``, goes to the charges table instead.
+_RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result) if f.name != "charges")
 _TS = _RESULT_FIELDS.index("completed_at")
 _result_values = attrgetter(*_RESULT_FIELDS)
-_ROW_COLUMNS = ("fingerprint", "owner_key", "cost_usd", *_RESULT_FIELDS)
+_ROW_COLUMNS = ("fingerprint", "owner_key", *_RESULT_FIELDS)
+_REPLACED = ", ".join(f"{c} = excluded.{c}" for c in _ROW_COLUMNS[1:] if c != "cost_usd")
 _INSERT_SQL = (
-    f"INSERT OR REPLACE INTO answers ({', '.join(_ROW_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_ROW_COLUMNS))})"
+    f"INSERT INTO answers ({', '.join(_ROW_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_ROW_COLUMNS))}) "
+    f"ON CONFLICT (fingerprint) DO UPDATE SET {_REPLACED}, {ROW_COST_ON_REPLACE}"
 )
 
 
@@ -155,10 +165,10 @@ def _from_micros(micros: int | None) -> datetime | None:
 
 
 def _to_row(item: ResultItem) -> Row:
-    request, result, cost_usd = item
+    request, result = item
     values = list(_result_values(result))
     values[_TS] = _to_micros(values[_TS])
-    return (request.fingerprint, request.key, cost_usd, *values)
+    return (request.fingerprint, request.key, *values)
 
 
 def _to_answer(row: Row) -> Answer:
@@ -236,74 +246,33 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-# ---------------------------------------------------------------- lock
-
-
-@dataclass
-class _JobLock:
-    """An exclusive ``flock`` on ``<checkpoint>.lock``; the kernel drops it when we die."""
-
-    path: Path
-    fd: int
-
-    @classmethod
-    def acquire(cls, checkpoint: Path) -> _JobLock:
-        path = Path(f"{checkpoint}.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _describe_holder(fd)
-            os.close(fd)
-            raise LockedError(
-                f"another batchrun run of this job is running ({holder}): {checkpoint}"
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        _write_holder(fd)
-        return cls(path, fd)
-
-    def release(self) -> None:
-        # The file stays: unlinking it would let a waiting opener lock an orphaned inode.
-        os.close(self.fd)  # closing the last descriptor releases the flock
-
-
-def _write_holder(fd: int) -> None:
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now_iso()}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(holder).encode(), 0)
-
-
-def _describe_holder(fd: int) -> str:
-    try:
-        holder = json.loads(os.pread(fd, 4096, 0))
-        where = "" if holder["host"] == socket.gethostname() else f" on {holder['host']}"
-        return f"pid {holder['pid']}{where}, started {holder['started']}"
-    except (ValueError, KeyError, TypeError):
-        return "pid unknown: it has only just started"  # it locks before it writes
-
-
 # ---------------------------------------------------------------- writer batch
 
 
 @dataclass
 class _Pending:
-    """Answers received but not yet committed."""
+    """Answers (and charges) received but not yet committed."""
 
     rows: list[Row] = field(default_factory=list)
+    charges: list[Row] = field(default_factory=list)
+    fingerprints: list[str] = field(default_factory=list)
     deadline: float = math.inf
 
     def add(self, item: ResultItem) -> None:
-        if not self.rows:
+        if not self.fingerprints:
             self.deadline = anyio.current_time() + COMMIT_INTERVAL_S
-        self.rows.append(_to_row(item))
+        request, result = item
+        self.fingerprints.append(request.fingerprint)
+        if result.charges:
+            self.charges.extend(charge_rows(request, result))
+        if result.status != "pending":
+            self.rows.append(_to_row(item))
 
     def due(self) -> bool:
-        return len(self.rows) >= COMMIT_ROWS or anyio.current_time() >= self.deadline
+        return len(self.fingerprints) >= COMMIT_ROWS or anyio.current_time() >= self.deadline
 
     def clear(self) -> None:
-        self.rows = []
+        self.rows, self.charges, self.fingerprints = [], [], []
         self.deadline = math.inf
 
 
@@ -313,7 +282,7 @@ def _drain_buffered(
     """Take answers already sitting in a memory stream's buffer, without waiting."""
     if not isinstance(results, MemoryObjectReceiveStream):
         return
-    while len(pending.rows) < limit:
+    while len(pending.fingerprints) < limit:
         try:
             pending.add(results.receive_nowait())
         except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
@@ -332,10 +301,10 @@ class Checkpoint:
     guarded by a lock so only one thread uses it at a time.
     """
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, lock: _JobLock) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, lock: JobLock) -> None:
         self.path = path
         self._conn = conn
-        self._job_lock: _JobLock | None = lock
+        self._job_lock: JobLock | None = lock
         self._mutex = threading.Lock()
 
     @classmethod
@@ -350,7 +319,7 @@ class Checkpoint:
         with _translated(path, "create its directory"):
             path.parent.mkdir(parents=True, exist_ok=True)
         with _translated(path, "take the run lock"):
-            lock = _JobLock.acquire(path)
+            lock = JobLock.acquire(path)
         try:
             conn = cls._open_database(path, job_name=job_name, fresh=fresh)
         except BaseException:
@@ -392,10 +361,10 @@ class Checkpoint:
             return _select_answered(self._conn, fingerprints, include_failed)
 
     def spent_usd(self) -> float:
-        """Spend recorded in this checkpoint, over all runs since it was created."""
+        """Spend recorded in this checkpoint over all runs since it was created: every
+        charge, at its real cost or (usage unknown) the worst case it reserved."""
         with self._using("sum the spend"):
-            (total,) = self._conn.execute("SELECT TOTAL(cost_usd) FROM answers").fetchone()
-        return float(total)
+            return spent(self._conn)
 
     def counts(self) -> dict[str, int]:
         """Number of answers per status, e.g. ``{"ok": 950, "error": 3}``."""
@@ -418,7 +387,9 @@ class Checkpoint:
         results: ObjectReceiveStream[ResultItem],
         on_commit: Callable[[list[str]], None] | None = None,
     ) -> None:
-        """Store every ``(request, result, cost_usd)`` received, committing in batches.
+        """Store every ``(request, result)`` received, committing in batches: the answer
+        (its ``cost_usd`` as priced by the dispatcher, plus earlier runs' known charges
+        when it replaces a failed answer) and each of ``result.charges``.
 
         A batch commits when ``COMMIT_ROWS`` are pending or ``COMMIT_INTERVAL_S``
         after its first item, in a worker thread; ``on_commit(fingerprints)``
@@ -462,18 +433,19 @@ class Checkpoint:
     async def _commit(
         self, pending: _Pending, on_commit: Callable[[list[str]], None] | None
     ) -> None:
-        if not pending.rows:
+        fingerprints = pending.fingerprints
+        if not fingerprints:
             return
-        rows = pending.rows
-        await anyio.to_thread.run_sync(self._insert, rows)
-        # Cleared only once committed: a cancelled attempt is retried by the final
-        # commit, and replacing the same answers twice is harmless.
+        # The thread runs to its end even if we are cancelled, and nothing yields before
+        # the clear: charges are never appended twice.
+        await anyio.to_thread.run_sync(self._insert, pending.rows, pending.charges)
         pending.clear()
         if on_commit is not None:
-            on_commit([row[0] for row in rows])
+            on_commit(fingerprints)
 
-    def _insert(self, rows: list[Row]) -> None:
+    def _insert(self, rows: list[Row], charges: list[Row]) -> None:
         with self._using("write answers"), _transaction(self._conn):
+            self._conn.executemany(INSERT_CHARGES_SQL, charges)  # first: answers read them
             self._conn.executemany(_INSERT_SQL, rows)
 
     @contextmanager
@@ -593,8 +565,7 @@ class CheckpointReader:
     def spent_usd(self) -> float:
         """As ``Checkpoint.spent_usd``."""
         with _translated(self.path, "sum the spend"):
-            (total,) = self._conn.execute("SELECT TOTAL(cost_usd) FROM answers").fetchone()
-        return float(total)
+            return spent(self._conn)
 
     def learned_limits(self) -> KeptLimits:
         """As ``Checkpoint.learned_limits``."""

@@ -34,7 +34,7 @@ from batchrun._earlystop import FirstAnswers
 from batchrun._errors import AttemptError, FatalApiError, PermanentError
 from batchrun._ratelimit import Backoff, LearnedLimits, Pacer, PauseGate, compute_backoff
 from batchrun._transport import Reply, Sender, completions_url, make_transport
-from batchrun._types import Request, Result
+from batchrun._types import Charge, Request, Result
 
 retry_log = logging.getLogger("batchrun.retry")
 
@@ -61,7 +61,7 @@ class Counters:
     rate_limited: int = 0  # 429 answers
     in_flight: int = 0
     abandoned: int = 0  # sends cancelled by a signal's grace deadline (maybe billed, lost)
-    cost_usd: float = 0.0  # settled, from real usage
+    cost_usd: float = 0.0  # this run's charges: real cost, or the worst case without usage
     rpm_limit: float | None = None  # requests per minute in use (configured or learned)
 
 
@@ -73,7 +73,14 @@ class DispatchOutcome:
 
 
 class _Stop(Exception):
-    """The budget cannot cover the next attempt, or a signal came: take no more work."""
+    """The budget cannot cover the next attempt, or a signal came: take no more work.
+
+    ``unfinished`` carries a row abandoned after attempts that may have been billed
+    (a pending ``Result`` with their charges), so the checkpoint still records them."""
+
+    def __init__(self, unfinished: Emitted | None = None) -> None:
+        super().__init__()
+        self.unfinished = unfinished
 
 
 class _AttemptFailed(Exception):
@@ -112,6 +119,10 @@ class Dispatcher:
         self.gate = gate
         self.price = job.price
         self.url = completions_url(base_url or job.api.base_url)
+        # Without a cap, an unlimited budget still prices every attempt and keeps the
+        # worst case of those whose usage never came back (a later cap counts them).
+        if budget is None and job.price is not None:
+            budget = Budget(math.inf, job.price)
         self.budget = budget
         self.counters = counters if counters is not None else Counters()
         self.learned = LearnedLimits()
@@ -223,7 +234,9 @@ class _Run:
                     self.first.verdict(self.counters.in_flight)
             except anyio.EndOfStream:
                 pass
-            except _Stop:
+            except _Stop as stop:
+                if stop.unfinished is not None:
+                    self._emit(out, stop.unfinished)
                 if self.fatal is None:
                     self._stop_taking_work()
             except FatalApiError as exc:
@@ -266,37 +279,48 @@ class _Run:
     async def _row(self, request: Request, scope: anyio.CancelScope) -> Result:
         """All attempts at one row; the result is ok or error (never raises Attempt errors)."""
         max_attempts = max(self.d.limits.max_attempts, 1)
+        charges: list[Charge] = []  # attempts that may have been billed
         for attempt in range(1, max_attempts + 1):
             try:
-                result = await self._attempt(request, scope)
+                result = await self._attempt(request, scope, charges)
             except _AttemptFailed as failed:
                 exc = failed.error
                 permanent = isinstance(exc, PermanentError)
                 if permanent or attempt == max_attempts:
-                    return self._finished(_error_result(exc, attempt), permanent=permanent)
+                    return self._finished(_error_result(exc, attempt), charges, permanent)
                 if self.stopped:  # no retry after a stop: the row stays pending
-                    raise _Stop from None
+                    raise _Stop(_unfinished(request, charges)) from None
                 self.first.verdict(self.counters.in_flight)
                 await self._after_failure(request, failed, attempt)
+            except _Stop:
+                raise _Stop(_unfinished(request, charges)) from None
             else:
                 result.attempts = attempt
-                return self._finished(result)
+                return self._finished(result, charges)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, request: Request, scope: anyio.CancelScope) -> Result:
+    async def _attempt(
+        self, request: Request, scope: anyio.CancelScope, charges: list[Charge]
+    ) -> Result:
         if self.slow.pending:
             self.slow.check(self.d.limits, self.d.learned, request.est_prompt_tokens)
-        await self._pace(request)
-        if self.first.holding:
-            await self.first.wait()
-        # A stop may have come while we ran without yielding: never send after one.
-        if self.stopped or self.fatal:
-            await anyio.lowlevel.checkpoint()  # delivers a pending cancellation
-            raise _Stop
-        reserved = self._reserve(request)
+        # Money before pace: a send delayed by a wait for money would bunch sends the
+        # pacer spread out. The reservation is returned if nothing is sent.
+        reserved = await self._reserve(request)
+        try:
+            await self._pace(request)
+            if self.first.holding:
+                await self.first.wait()
+            # A stop may have come while we ran without yielding: never send after one.
+            if self.stopped or self.fatal:
+                await anyio.lowlevel.checkpoint()  # delivers a pending cancellation
+                raise _Stop
+        except BaseException:
+            self._release(reserved)
+            raise
         self.sending.add(scope)
         try:
-            return await self._send(request, reserved)
+            return await self._send(request, reserved, charges)
         except FatalApiError as exc:
             self._abort(exc)  # before this worker yields to any other
             raise
@@ -315,15 +339,21 @@ class _Run:
             if self.gate.is_open:
                 return
 
-    def _reserve(self, request: Request) -> float:
+    async def _reserve(self, request: Request) -> float:
+        """Stop on money, not on reservations: wait while requests in flight may still
+        free enough; ``_Stop`` only when it does not fit with none left to settle."""
         if self.d.budget is None:
             return 0.0
-        reserved = self.d.budget.try_reserve(request)
+        reserved = await self.d.budget.reserve(request)
         if reserved is None:
             raise _Stop
         return reserved
 
-    async def _send(self, request: Request, reserved: float) -> Result:
+    def _release(self, reserved: float) -> None:
+        if self.d.budget is not None:
+            self.d.budget.settle(reserved, 0.0)
+
+    async def _send(self, request: Request, reserved: float, charges: list[Charge]) -> Result:
         counters = self.counters
         counters.sent += 1
         counters.in_flight += 1
@@ -332,16 +362,20 @@ class _Run:
             reply = await self.sender.send(request)
         except AttemptError as exc:
             # An answer lost after the API did the work is billed: keep its worst case.
-            lost = exc.error_type in _MAYBE_BILLED
-            self._settle(reserved, reserved if lost else 0.0, priced=False)
+            if exc.error_type in _MAYBE_BILLED:
+                self._charge(reserved, reserved, charges, usage_known=False)
+            else:
+                self._release(reserved)
             if exc.error_type == "rate_limited":
                 counters.rate_limited += 1
             raise _AttemptFailed(exc, sent_at) from None
         finally:
             counters.in_flight -= 1
-        return self._succeeded(request, reply, reserved)
+        return self._succeeded(request, reply, reserved, charges)
 
-    def _succeeded(self, request: Request, reply: Reply, reserved: float) -> Result:
+    def _succeeded(
+        self, request: Request, reply: Reply, reserved: float, charges: list[Charge]
+    ) -> Result:
         self.pacer.observe(reply.rate)
         if self.slow.pending:  # say it when the limits are first learned
             self.slow.check(self.d.limits, self.d.learned, request.est_prompt_tokens)
@@ -350,13 +384,29 @@ class _Run:
         self.counters.rpm_limit = self.pacer.rpm_in_use
         if (wait := reply.rate.exhausted_for_s()) is not None:
             self.gate.pause_for(wait)  # nothing left in this window: wait before the 429
-        self._settle(reserved, result_cost(self.d.price, reply.result) or 0.0)
+        self._price(request, reply.result, reserved, charges)
         return reply.result
 
-    def _settle(self, reserved: float, cost: float, *, priced: bool = True) -> None:
+    def _price(
+        self, request: Request, result: Result, reserved: float, charges: list[Charge]
+    ) -> None:
+        """The one place an answer is priced: from its usage, or (no usage came back)
+        at the worst case it reserved, which it keeps."""
+        if self.d.budget is None:
+            return  # unpriced model: nothing to charge
+        self.d.budget.learn(request, result.prompt_tokens)
+        cost = result_cost(self.d.price, result)
+        if cost is None:
+            self._charge(reserved, reserved, charges, usage_known=False)
+        else:
+            self._charge(reserved, cost, charges, usage_known=True)
+
+    def _charge(
+        self, reserved: float, cost: float, charges: list[Charge], *, usage_known: bool
+    ) -> None:
         if self.d.budget is not None:
             self.d.budget.settle(reserved, cost)
-        if priced:
+            charges.append(Charge(cost, usage_known, time.time()))
             self.counters.cost_usd += cost
 
     async def _after_failure(self, request: Request, failed: _AttemptFailed, attempt: int) -> None:
@@ -385,9 +435,11 @@ class _Run:
             self.pacer.throttled(sent_at)
             self.counters.rpm_limit = self.pacer.rpm_in_use
 
-    def _finished(self, result: Result, *, permanent: bool = False) -> Result:
+    def _finished(self, result: Result, charges: list[Charge], permanent: bool = False) -> Result:
         if self.first.armed:
             self.first.finished(result, permanent=permanent)
+        result.charges = tuple(charges)
+        result.cost_usd = _row_cost(charges, priced=self.d.budget is not None)
         counters = self.counters
         counters.done += 1
         if result.status == "ok":
@@ -396,6 +448,20 @@ class _Run:
             counters.failed += 1
         result.completed_at = datetime.now(UTC)
         return result
+
+
+def _row_cost(charges: list[Charge], *, priced: bool) -> float | None:
+    """What this run paid for a row, from the attempts whose usage came back; None when
+    unpriced or when every paid attempt's usage is unknown (0.0: nothing was billed)."""
+    known = [charge.cost_usd for charge in charges if charge.usage_known]
+    if not priced or (charges and not known):
+        return None
+    return sum(known)
+
+
+def _unfinished(request: Request, charges: list[Charge]) -> Emitted | None:
+    """A row given up after attempts that may have been billed: pending, with its charges."""
+    return (request, Result(status="pending", charges=tuple(charges))) if charges else None
 
 
 def _error_result(exc: AttemptError, attempts: int) -> Result:

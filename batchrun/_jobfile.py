@@ -49,7 +49,7 @@ from ._config import (
 )
 from ._errors import JobError
 from ._template import Template
-from ._types import RESULT_COLUMNS
+from ._types import EXTRA_COLUMNS, RESULT_COLUMNS
 
 __all__ = ["load_job", "toml_literal", "validate_job"]
 
@@ -472,7 +472,7 @@ def _columns(key: str, value: Any) -> dict[str, str]:
                 f"{key}.{_dotted(name)}",
                 f"{_show(kind)} is not one of {', '.join(COLUMN_TYPES)}",
             )
-        if name in RESULT_COLUMNS:
+        if name in RESULT_COLUMNS or name in EXTRA_COLUMNS:
             _fail(f"{key}.{_dotted(name)}", "clashes with batchrun's own column of that name")
     return dict(value)
 

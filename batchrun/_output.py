@@ -27,7 +27,7 @@ from ._errors import JobError
 from ._input import InputTable
 from ._parse import ARROW_TYPES, parse_response
 from ._requests import RequestBuilder, Selector, built_batches
-from ._types import RESULT_COLUMNS, Answer, Request, Result
+from ._types import EXTRA_COLUMNS, RESULT_COLUMNS, Answer, Request, Result
 
 Lookup = Callable[[Sequence[str]], Mapping[str, Answer]]
 
@@ -47,8 +47,9 @@ RESULT_TYPES: Mapping[str, pa.DataType] = {
     "attempts": pa.int32(),
     "latency_ms": pa.float64(),
     "completed_at": pa.timestamp("us", tz="UTC"),
+    "shared": pa.bool_(),
 }
-"""SPEC's type of each column in ``RESULT_COLUMNS``."""
+"""SPEC's type of each column in ``RESULT_COLUMNS`` (and of ``EXTRA_COLUMNS``)."""
 
 ROW_GROUP_ROWS = 65_536
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -91,17 +92,19 @@ class OutputStats:
 
 
 def added_fields(job: Job) -> list[pa.Field]:
-    """The columns batchrun appends, prefixed, in order: result columns, then parsed."""
+    """The columns batchrun appends, prefixed, in order: result columns, parsed, extra."""
     prefix = job.output.prefix
     fields = [pa.field(prefix + name, RESULT_TYPES[name]) for name in RESULT_COLUMNS]
     for name, kind in _parsed_columns(job).items():
         fields.append(pa.field(prefix + name, ARROW_TYPES[kind]))
+    fields.extend(pa.field(prefix + name, RESULT_TYPES[name]) for name in EXTRA_COLUMNS)
     return fields
 
 
 def check_columns(job: Job, schema: pa.Schema) -> None:
     """Raise ``JobError`` when an added column's name is taken; call before sending."""
-    clashing = [name for name in _parsed_columns(job) if name in RESULT_COLUMNS]
+    own = (*RESULT_COLUMNS, *EXTRA_COLUMNS)
+    clashing = [name for name in _parsed_columns(job) if name in own]
     if clashing:
         raise JobError(
             f"output.columns: {', '.join(clashing)} clash with batchrun's own columns; "
@@ -167,29 +170,27 @@ class _Row:
 
 
 def _rows(job: Job, items: Sequence[Request | Result], answers: Mapping[str, Answer]) -> list[_Row]:
-    price = job.price
     rows = []
     for item in items:
         if isinstance(item, Result):  # invalid: never sent
-            result, parsed, shared = item, None, False
+            rows.append(_Row(item, None, None, False))
         elif (answer := answers.get(item.fingerprint)) is None:
-            result, parsed, shared = Result(status="pending"), None, False
+            rows.append(_Row(Result(status="pending"), None, None, False))
         else:
             result, parsed = _settle(job, answer.result)
             shared = answer.owner_key != item.key
-        rows.append(_Row(result, _cost(price, result, shared=shared), parsed, shared))
+            # The cost was priced once, when the answer arrived; a shared row paid nothing.
+            cost = (0.0 if shared else result.cost_usd) if job.price is not None else None
+            rows.append(_Row(result, cost, parsed, shared))
     return rows
 
 
-def _cost(price: Price | None, result: Result, *, shared: bool) -> float | None:
-    """Null for an unpriced model; 0.0 for a shared answer or a row without usage."""
-    if price is None:
+def _cost(price: Price | None, result: Result) -> float | None:
+    """What sending a shared row's request would have cost (dedupe's saving)."""
+    if price is None or result.prompt_tokens is None:
         return None
-    if shared:
-        return 0.0
-    return price.cost(
-        result.prompt_tokens or 0, result.cached_tokens or 0, result.completion_tokens or 0
-    )
+    cached, completion = result.cached_tokens or 0, result.completion_tokens or 0
+    return price.cost(result.prompt_tokens, cached, completion)
 
 
 # --- batches ---------------------------------------------------------------------
@@ -213,6 +214,7 @@ def _output_batch(
     for name, kind in _parsed_columns(job).items():
         values = [None if row.parsed is None else row.parsed[name] for row in rows]
         arrays.append(pa.array(values, type=ARROW_TYPES[kind]))
+    arrays.append(pa.array([row.shared for row in rows], type=pa.bool_()))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -232,7 +234,7 @@ def _count(stats: OutputStats, rows: Sequence[_Row], price: Price | None) -> Non
         stats.by_status[result.status] += 1
         if row.shared:
             stats.shared_rows += 1
-            stats.shared_cost_usd += _cost(price, result, shared=False) or 0.0
+            stats.shared_cost_usd += _cost(price, result) or 0.0
             continue
         for name in _TOKEN_FIELDS:
             setattr(stats, name, getattr(stats, name) + (getattr(result, name) or 0))

@@ -32,7 +32,7 @@ import anyio
 import numpy as np
 
 from batchrun._advice import duration, lowest, reservation_note, wall_time
-from batchrun._budget import Budget, result_cost
+from batchrun._budget import PRIOR_FACTORS, PROMPT_MARGIN, Budget, result_cost
 from batchrun._checkpoint import Checkpoint, CheckpointReader
 from batchrun._config import Job, Price
 from batchrun._dispatch import EVENT_LOOP, Dispatcher, DispatchOutcome
@@ -226,6 +226,8 @@ class Plan:
                 "spent_usd": self.spent_usd,
                 "left_usd": self.budget_left,
                 "verdict": self.budget_verdict,
+                # What each request reserves for its prompt: the estimate times this.
+                "prompt_factor": {"before_answers": PRIOR_FACTORS, "margin": PROMPT_MARGIN},
             },
             "time": {
                 "seconds": seconds,
@@ -592,8 +594,17 @@ def _cost_rows(plan: Plan) -> list[Row]:
         rows.append(("cost expected", _usd(plan.cost_expected), "low + pilot's mean completion"))
     rows.append(("cost high", _usd(plan.cost_high), "every request uses max_completion_tokens"))
     rows.append(_budget_row(plan))
+    if plan.job.limits.max_cost_usd is not None and plan.price is not None:
+        rows.append(("budget assumes", _FACTORS, _FACTORS_NOTE))
     rows.append(("time", "unknown" if seconds is None else duration(seconds), _time_note(bound)))
     return rows
+
+
+_FACTORS = "prompt x" + "/".join(f"{f:g}" for f in PRIOR_FACTORS.values())
+_FACTORS_NOTE = (
+    "prompt estimate x this for ASCII/mixed/wide (CJK) text until answers arrive,"
+    f" then x the highest real/estimated ratio seen x{PROMPT_MARGIN:g}"
+)
 
 
 def _budget_row(plan: Plan) -> Row:

@@ -10,9 +10,12 @@ than reading its few numeric columns. Latency percentiles are exact: the ok
 rows' ``latency_ms`` values are kept per group (8 bytes a row).
 
 Null handling: token sums treat null as 0 (pending and invalid rows have no
-usage). ``cost_usd`` sums the priced rows; a group where no row has a price is
-``NaN`` ("n/a" when rendered) rather than a misleading 0, and ``unpriced``
-counts ok rows whose model had no price, so an incomplete total is visible.
+usage). Token sums are billed tokens: a row that reused another row's answer
+(dedupe; ``shared`` true, or in outputs older than that column an ok row with
+``attempts = 0``) is counted in the ``shared`` column, not in the token sums.
+``cost_usd`` sums the priced rows; a group where no row has a price is ``NaN``
+("n/a" when rendered) rather than a misleading 0, and ``unpriced`` counts ok
+rows whose model had no price, so an incomplete total is visible.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchrun._errors import InputError, JobError
-from batchrun._types import RESULT_COLUMNS
+from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS
 
 __all__ = ["FORMATS", "ReportResult", "SkippedFile", "render", "report"]
 
@@ -49,6 +52,8 @@ TOTAL_LABEL = "TOTAL"
 # Metric columns every batchrun output has; a file lacking any of them is foreign.
 _TOKENS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
 _METRICS = ("status", *_TOKENS, "cost_usd", "latency_ms")
+_OPTIONAL = ("shared", "attempts")  # read when present (older outputs lack ``shared``)
+_OWN_COLUMNS = frozenset((*RESULT_COLUMNS, *EXTRA_COLUMNS))
 _BATCH_ROWS = 65_536
 _MAX_WORKERS = 8
 _PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
@@ -180,7 +185,7 @@ class _Source:
     def column(self, name: str) -> str | None:
         """Physical column for a report name, or None when the file lacks it."""
         names = self.schema.names
-        physical = self.prefix + name if name in RESULT_COLUMNS else name
+        physical = self.prefix + name if name in _OWN_COLUMNS else name
         return physical if physical in names else None
 
 
@@ -258,7 +263,7 @@ def _available(sources: Sequence[_Source]) -> list[str]:
     for s in sources:
         for name in [*s.schema.names, *s.partitions]:
             result_name = name.removeprefix(s.prefix)
-            names[result_name if result_name in RESULT_COLUMNS else name] = None
+            names[result_name if result_name in _OWN_COLUMNS else name] = None
     return list(names)
 
 
@@ -288,7 +293,7 @@ def _aggregate_file(source: _Source, keys: Sequence[str]) -> _Accumulator:
 
 def _read(source: _Source, keys: Sequence[str]) -> Iterator[pa.Table]:
     """The file's batches as narrow tables: by columns, then the metric columns."""
-    wanted = {name: source.column(name) for name in [*keys, *_METRICS]}
+    wanted = {name: source.column(name) for name in [*keys, *_METRICS, *_OPTIONAL]}
     physical = list(dict.fromkeys(c for c in wanted.values() if c is not None))
     with pq.ParquetFile(source.path) as file:
         for batch in file.iter_batches(batch_size=_BATCH_ROWS, columns=physical):
@@ -315,6 +320,7 @@ class _Group:
     """Running totals for one (by values, status) group."""
 
     rows: int = 0
+    shared: int = 0
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TOKENS, 0))
     cost: float = 0.0
     priced: int = 0
@@ -322,6 +328,7 @@ class _Group:
 
     def merge(self, other: _Group) -> None:
         self.rows += other.rows
+        self.shared += other.shared
         for name in _TOKENS:
             self.tokens[name] += other.tokens[name]
         self.cost += other.cost
@@ -342,8 +349,10 @@ class _Accumulator:
         table = table.set_column(
             table.schema.get_field_index("status"), "status", table["status"].cast(pa.string())
         )
+        table = _billed_tokens(table)
         aggs = [
             ([], "count_all"),
+            ("_shared", "sum"),
             *((name, "sum") for name in _TOKENS),
             ("cost_usd", "sum"),
             ("cost_usd", "count"),
@@ -371,11 +380,34 @@ class _Accumulator:
         return pd.DataFrame(rows, columns=[*self.keys, *_OUTPUT_COLUMNS])
 
 
+def _billed_tokens(table: pa.Table) -> pa.Table:
+    """Token columns zeroed on shared rows (counted once, on the row that paid), plus
+    ``_shared`` (1 for a shared row)."""
+    shared = _shared_mask(table)
+    for name in _TOKENS:
+        column = table[name].cast(pa.int64())
+        zeroed = pc.if_else(shared, pa.scalar(0, pa.int64()), column)
+        table = table.set_column(table.schema.get_field_index(name), name, zeroed)
+    return table.append_column("_shared", pc.cast(shared, pa.int64()))
+
+
+def _shared_mask(table: pa.Table) -> pa.ChunkedArray:
+    shared = table["shared"]
+    if shared.type == pa.bool_():
+        return pc.fill_null(shared, False)
+    attempts, status = table["attempts"], table["status"]
+    if attempts.type == pa.null():
+        return pa.chunked_array([pa.repeat(False, table.num_rows)])
+    # Outputs written before the column: an ok row that sent nothing reused an answer.
+    return pc.fill_null(pc.and_(pc.equal(status, "ok"), pc.equal(attempts, 0)), False)
+
+
 def _groups(grouped: pa.Table, keys: Sequence[str]) -> Iterator[tuple[tuple[Any, ...], _Group]]:
     key_values = [grouped[k].to_pylist() for k in keys]
     sums = {name: grouped[f"{name}_sum"].to_pylist() for name in _TOKENS}
     cost, priced = grouped["cost_usd_sum"].to_pylist(), grouped["cost_usd_count"].to_pylist()
     counts = grouped["count_all"].to_pylist()
+    shared = grouped["_shared_sum"].to_pylist()
     latencies = grouped["latency_ms_list"].combine_chunks()
     for i in range(grouped.num_rows):
         values = pc.drop_null(latencies[i].values).to_numpy(zero_copy_only=False)
@@ -383,6 +415,7 @@ def _groups(grouped: pa.Table, keys: Sequence[str]) -> Iterator[tuple[tuple[Any,
             tuple(col[i] for col in key_values),
             _Group(
                 rows=counts[i],
+                shared=int(shared[i] or 0),
                 tokens={name: int(sums[name][i] or 0) for name in _TOKENS},
                 cost=float(cost[i] or 0.0),
                 priced=priced[i],
@@ -394,6 +427,7 @@ def _groups(grouped: pa.Table, keys: Sequence[str]) -> Iterator[tuple[tuple[Any,
 _OUTPUT_COLUMNS = (
     "rows",
     *STATUSES,
+    "shared",
     *_TOKENS,
     "cost_usd",
     "unpriced",
@@ -404,12 +438,13 @@ _OUTPUT_COLUMNS = (
 
 
 def _new_row() -> dict[str, Any]:
-    counts = dict.fromkeys(("rows", *STATUSES, *_TOKENS, "priced", "unpriced"), 0)
+    counts = dict.fromkeys(("rows", *STATUSES, "shared", *_TOKENS, "priced", "unpriced"), 0)
     return {**counts, "cost": 0.0, "ok_latencies": []}
 
 
 def _fold(row: dict[str, Any], group: _Group, status: Any) -> None:
     row["rows"] += group.rows
+    row["shared"] += group.shared
     if status in STATUSES:
         row[status] += group.rows
     for name in _TOKENS:
@@ -428,7 +463,7 @@ def _finish(label: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     p50, p95 = np.percentile(latencies, [50, 95]) if latencies.size else (math.nan, math.nan)
     return {
         **label,
-        **{name: row[name] for name in ("rows", *STATUSES, *_TOKENS, "unpriced")},
+        **{name: row[name] for name in ("rows", *STATUSES, "shared", *_TOKENS, "unpriced")},
         "cost_usd": cost,
         "cost_per_1k_rows": cost * 1000 / row["rows"] if row["rows"] else math.nan,
         "latency_p50_ms": float(p50),
@@ -447,7 +482,7 @@ def _sorted(merged: dict[tuple[Any, ...], Any]) -> list[tuple[tuple[Any, ...], A
 
 # ---------------------------------------------------------------- rendering
 
-_INT_COLUMNS = frozenset({"rows", *STATUSES, *_TOKENS, "unpriced"})
+_INT_COLUMNS = frozenset({"rows", *STATUSES, "shared", *_TOKENS, "unpriced"})
 _COST_COLUMNS = frozenset({"cost_usd", "cost_per_1k_rows"})
 _LATENCY_COLUMNS = frozenset({"latency_p50_ms", "latency_p95_ms"})
 

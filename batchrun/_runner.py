@@ -27,7 +27,7 @@ import anyio.lowlevel
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from batchrun._budget import Budget, result_cost
+from batchrun._budget import Budget
 from batchrun._checkpoint import Checkpoint
 from batchrun._config import Job
 from batchrun._dispatch import EVENT_LOOP, Counters, Dispatcher, DispatchOutcome
@@ -47,7 +47,7 @@ SIGNAL_GRACE_S = 20.0
 COMMIT_GRACE_S = 5.0
 """After that, how long the checkpoint writer has to commit what came back."""
 Finished = tuple[Request, Result]
-Checkpointed = tuple[Request, Result, float | None]
+Checkpointed = tuple[Request, Result]  # priced by the dispatcher, parsed by Pipeline.finish
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class RunSummary:
     completion_tokens: int
     cached_tokens: int
     reasoning_tokens: int
-    cost_usd: float | None
+    cost_usd: float | None  # what the output's answers cost in all (every run)
     sent: int
     reused_from_checkpoint: int
     dedupe_saved_requests: int
@@ -118,6 +118,9 @@ class RunSummary:
     exit_code: int
     synthetic: bool = False
     error: str | None = None
+    # What this run spent: its charges, at the real cost or (no usage came back) the
+    # worst case, as the budget counts them. None for an unpriced model.
+    run_cost_usd: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,7 +135,8 @@ class RunSummary:
             f" dedupe saved {self.dedupe_saved_requests} requests (${self.dedupe_saved_usd:.4f})",
             f"  tokens: {self.prompt_tokens} prompt ({self.cached_tokens} cached),"
             f" {self.completion_tokens} completion ({self.reasoning_tokens} reasoning);"
-            f" cost {_usd(self.cost_usd)}; {self.wall_s:.1f}s",
+            f" this run spent {_usd(self.run_cost_usd)}, the output's answers cost"
+            f" {_usd(self.cost_usd)} in all; {self.wall_s:.1f}s",
         ]
         if self.stopped:
             lines.append(f"  stopped: {_STOP_REASONS[self.stopped]}")
@@ -435,6 +439,7 @@ class _Run:
             "stopped": self.stopped,
             "wall_s": round(time.monotonic() - self.started, 3),
             "synthetic": self.options.emulate,
+            "run_cost_usd": self._run_cost(),
         }
         return {
             "batchrun.job": job.name,
@@ -444,6 +449,9 @@ class _Run:
             "batchrun.prefix": job.output.prefix,
             "batchrun.summary": json.dumps(run, sort_keys=True),
         }
+
+    def _run_cost(self) -> float | None:
+        return None if self.job.price is None else self.progress.dispatch.cost_usd
 
     def _summary(self, stats: Any) -> RunSummary:
         by_status = dict(stats.by_status)
@@ -459,6 +467,7 @@ class _Run:
             cached_tokens=stats.cached_tokens,
             reasoning_tokens=stats.reasoning_tokens,
             cost_usd=stats.cost_usd,
+            run_cost_usd=self._run_cost(),
             sent=counters.sent,
             reused_from_checkpoint=self.progress.reused,
             dedupe_saved_requests=stats.shared_rows,
@@ -511,6 +520,8 @@ class Pipeline:
         self.progress = progress or Progress()
         self.on_progress = on_progress
         self.in_flight: set[str] = set()
+        # --retry-failed: requests that failed again in this run are not sent twice in it.
+        self.failed_again: set[str] = set()
         self.outcome: DispatchOutcome | None = None
         self._producing: anyio.CancelScope | None = None
         self._requests: MemoryObjectReceiveStream[Request] | None = None
@@ -568,7 +579,11 @@ class Pipeline:
         invalid = len(items) - len(requests)
         # Snapshot in-flight before asking the checkpoint: a fingerprint leaves
         # in_flight only after its answer is committed, so it is seen in one or the other.
-        in_flight = {r.fingerprint for r in requests if r.fingerprint in self.in_flight}
+        in_flight = {
+            r.fingerprint
+            for r in requests
+            if r.fingerprint in self.in_flight or r.fingerprint in self.failed_again
+        }
         done = self.ckpt.answered(
             [r.fingerprint for r in requests if r.fingerprint not in in_flight],
             include_failed=not self.retry_failed,
@@ -578,6 +593,7 @@ class Pipeline:
             if request.fingerprint in done:
                 self.progress.reused += 1
             elif request.fingerprint in in_flight or request.fingerprint in self.in_flight:
+                # Sent (or failed again) in this run: its answer is shared, not re-bought.
                 self.progress.deduped += 1
             else:
                 self.in_flight.add(request.fingerprint)
@@ -588,12 +604,17 @@ class Pipeline:
         return fresh
 
     def finish(self, item: Finished) -> Checkpointed:
-        """An answer as the checkpoint keeps it: parsed (``parse_error``) and priced."""
+        """An answer as the checkpoint keeps it: parsed (``parse_error``); the dispatcher
+        priced it already."""
         request, result = item
         result = parse_status(self.job, result)
-        return request, result, result_cost(self.job.price, result)
+        if self.retry_failed and result.status == "error":
+            self.failed_again.add(request.fingerprint)
+        return request, result
 
     def count(self, item: Checkpointed) -> None:
+        if item[1].status == "pending":
+            return  # a row abandoned by a stop: only its charges go to the checkpoint
         self.progress.finished += 1
         self.progress.failed += item[1].status != "ok"
         self._report_progress()

@@ -242,7 +242,7 @@ def parse_completion(data: dict[str, Any]) -> Result:
     message = choice["message"]
     return Result(
         status="ok",
-        response=message.get("content"),
+        response=message.get("content") or None,  # "" as null: a stream cannot tell them apart
         reasoning_content=message.get("reasoning_content"),
         tool_calls=_tool_calls_json(message.get("tool_calls")),
         finish_reason=choice.get("finish_reason"),
@@ -311,7 +311,7 @@ class StreamAssembler:
         calls = [self._calls[index] for index in sorted(self._calls)]
         return Result(
             status="ok",
-            response="".join(self._content) if self._content or not calls else None,
+            response="".join(self._content) or None,  # no content delta: null, as plain
             reasoning_content="".join(self._reasoning) if self._reasoning else None,
             tool_calls=_tool_calls_json(calls),
             finish_reason=self._finish,

@@ -5,7 +5,7 @@ job -> rows -> ``Request`` -> dispatcher -> ``Result`` -> checkpoint -> output -
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -49,11 +49,27 @@ class Result:
     total_tokens: int | None = None
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    # Everything paid for this request whose usage came back (all attempts, all runs);
+    # priced once, by the dispatcher, when the answer arrives. None: unpriced or unknown.
+    cost_usd: float | None = None
     error_type: str | None = None
     error_message: str | None = None
     attempts: int = 0
     latency_ms: float | None = None
     completed_at: datetime | None = None
+    # This run's paid attempts, for the checkpoint's record of charges (not stored with
+    # the answer; empty when read back). Must stay the last field: see _checkpoint.
+    charges: tuple[Charge, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One attempt the API may have billed: its real cost when its usage came back,
+    else the worst case the budget reserved for it (``usage_known = False``)."""
+
+    cost_usd: float
+    usage_known: bool
+    at: float = field(default=0.0, compare=False)  # time.time() when the attempt ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +105,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "completed_at",
 )
 """The columns batchrun adds after the input's, in order (parsed columns follow)."""
+
+EXTRA_COLUMNS: tuple[str, ...] = ("shared",)
+"""Columns beyond the SPEC's, after the parsed ones: ``shared`` is true when the row
+reused another row's answer (dedupe), so ``sum(tokens where not shared)`` is the bill."""

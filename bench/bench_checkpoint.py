@@ -5,7 +5,7 @@
 
 Each phase runs in its own subprocess so its peak RSS is its own. Phases:
 
-- ``synth``: building the synthetic (Request, Result, cost) items alone; the
+- ``synth``: building the synthetic (Request, Result) items alone; the
   write figures include this producer cost, so it is shown for subtraction.
 - ``write``: ``Checkpoint.open`` + ``write_results`` fed through an anyio memory
   stream, as the dispatcher feeds it; CPU counts the worker thread too.
@@ -34,12 +34,12 @@ from pathlib import Path
 import anyio
 
 from batchrun._checkpoint import _INSERT_SQL, COMMIT_ROWS, MIGRATIONS, Checkpoint, _to_row
-from batchrun._types import Request, Result
+from batchrun._types import Charge, Request, Result
 
 LOOKUP_BATCH = 4096
 BODY = {"model": "gpt-5.5", "messages": [{"role": "user", "content": "..."}]}
 START = datetime(2026, 11, 25, tzinfo=UTC)
-Item = tuple[Request, Result, float | None]
+Item = tuple[Request, Result]
 
 
 def fingerprint(i: int) -> str:
@@ -62,9 +62,11 @@ def item(i: int) -> Item:
         attempts=1,
         latency_ms=412.5,
         completed_at=START + timedelta(microseconds=i * 1000),
+        cost_usd=0.00036,
+        charges=(Charge(0.00036, usage_known=True, at=1.0),),  # as the dispatcher hands it
     )
     request = Request(str(i), BODY, fingerprint(i), 200, 64)
-    return request, result, 0.00036
+    return request, result
 
 
 def measure(fn: Callable[[], object]) -> dict[str, float]:
@@ -104,7 +106,8 @@ def phase_bare(rows: int, db: Path) -> dict[str, float]:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint=8000")  # the checkpoint's pragmas, all of them
-        MIGRATIONS[0](conn)  # the same answers table, nothing else
+        MIGRATIONS[0](conn)  # the same answers table
+        MIGRATIONS[2](conn)  # and the charges its upsert reads (none written here)
         batch: list[tuple[object, ...]] = []
         for i in range(rows):
             batch.append(_to_row(item(i)))

@@ -44,7 +44,7 @@ from batchrun._checkpoint import Checkpoint
 from batchrun._emulator import EmulatorProcess
 from batchrun._jobfile import load_job
 from batchrun._runner import RunOptions, prepare, run_job_file
-from batchrun._types import Request, Result
+from batchrun._types import Charge, Request, Result
 
 KEY = "sk-bench"
 LEFT_TO_DO = 1000
@@ -186,8 +186,8 @@ def live_run(source: Path, workdir: Path, rows: int) -> Figures:
     }
 
 
-def _answered(job_path: Path, rows: int) -> Iterator[tuple[Request, Result, float | None]]:
-    """(request, result, cost) for every row but the last ``LEFT_TO_DO``, as a run stores them."""
+def _answered(job_path: Path, rows: int) -> Iterator[tuple[Request, Result]]:
+    """(request, result) for every row but the last ``LEFT_TO_DO``, as a run stores them."""
     job = load_job(job_path)
     table, builder = prepare(job)
     now = datetime.now(UTC)
@@ -195,7 +195,7 @@ def _answered(job_path: Path, rows: int) -> Iterator[tuple[Request, Result, floa
     for batch in table.batches():
         for item in builder.build(batch, start):
             if isinstance(item, Request) and int(item.key[1:]) < rows - LEFT_TO_DO:
-                yield item, _result(now), 0.0001
+                yield item, _result(now)
         start += batch.num_rows
 
 
@@ -214,6 +214,8 @@ def _result(now: datetime) -> Result:
         attempts=1,
         latency_ms=120.0,
         completed_at=now,
+        cost_usd=0.0001,
+        charges=(Charge(0.0001, usage_known=True, at=now.timestamp()),),
     )
 
 

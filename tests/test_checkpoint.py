@@ -21,9 +21,9 @@ import pytest
 
 from batchrun._checkpoint import COMMIT_ROWS, MIGRATIONS, Checkpoint
 from batchrun._errors import JobError, LockedError
-from batchrun._types import Request, Result
+from batchrun._types import Charge, Request, Result
 
-Item = tuple[Request, Result, float | None]
+Item = tuple[Request, Result]
 
 
 @pytest.fixture
@@ -69,6 +69,11 @@ def full_result(**changes: object) -> Result:
     return replace(result, **changes)
 
 
+def paid(cost: float) -> Result:
+    """An answer as the dispatcher hands it over: priced, with this run's one charge."""
+    return full_result(cost_usd=cost, charges=(Charge(cost, usage_known=True, at=1.0),))
+
+
 def failed_result() -> Result:
     return Result(status="error", error_type="http_500", error_message="boom", attempts=6)
 
@@ -90,9 +95,10 @@ async def write_all(
 @pytest.mark.anyio
 async def test_a_result_round_trips_with_every_field(ckpt: Checkpoint) -> None:
     result = full_result(
-        completed_at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=2)))
+        completed_at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=2))),
+        cost_usd=0.00035,
     )
-    await write_all(ckpt, [(request("r1"), result, 0.00035)])
+    await write_all(ckpt, [(request("r1"), result)])
     answer = ckpt.lookup(["v1:r1"])["v1:r1"]
     assert answer.owner_key == "r1"
     assert answer.result == result
@@ -108,7 +114,7 @@ async def test_completed_at_round_trips_to_the_microsecond(ckpt: Checkpoint) -> 
         datetime(2199, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
         datetime(2030, 6, 1, 12, 0, 0, 1),  # naive is taken as UTC
     ]
-    items = [(request(f"t{i}"), full_result(completed_at=t), None) for i, t in enumerate(times)]
+    items = [(request(f"t{i}"), full_result(completed_at=t)) for i, t in enumerate(times)]
     await write_all(ckpt, items)
     found = ckpt.lookup([f"v1:t{i}" for i in range(len(times))])
     stored = [found[f"v1:t{i}"].result.completed_at for i in range(len(times))]
@@ -117,18 +123,18 @@ async def test_completed_at_round_trips_to_the_microsecond(ckpt: Checkpoint) -> 
 
 @pytest.mark.anyio
 async def test_a_result_with_only_defaults_round_trips(ckpt: Checkpoint) -> None:
-    await write_all(ckpt, [(request("r1"), failed_result(), None)])
+    await write_all(ckpt, [(request("r1"), failed_result())])
     assert ckpt.lookup(["v1:r1"])["v1:r1"].result == failed_result()
 
 
 def test_every_result_field_is_a_column(ckpt: Checkpoint, ckpt_path: Path) -> None:
     columns = {row[1] for row in sqlite3.connect(ckpt_path).execute("PRAGMA table_info(answers)")}
-    assert {f.name for f in fields(Result)} | {"fingerprint", "owner_key", "cost_usd"} <= columns
+    assert {f.name for f in fields(Result)} - {"charges"} | {"fingerprint", "owner_key"} <= columns
 
 
 @pytest.mark.anyio
 async def test_lookup_returns_only_answered_fingerprints(ckpt: Checkpoint) -> None:
-    await write_all(ckpt, [(request(f"r{i}"), full_result(), 0.1) for i in range(2000)])
+    await write_all(ckpt, [(request(f"r{i}"), paid(0.1)) for i in range(2000)])
     wanted = [f"v1:r{i}" for i in range(1990, 2010)] * 2  # spans chunks, with duplicates
     assert sorted(ckpt.lookup(wanted)) == sorted(f"v1:r{i}" for i in range(1990, 2000))
     assert len(ckpt.lookup([f"v1:r{i}" for i in range(2000)])) == 2000
@@ -136,17 +142,15 @@ async def test_lookup_returns_only_answered_fingerprints(ckpt: Checkpoint) -> No
 
 @pytest.mark.anyio
 async def test_include_failed_false_omits_errors(ckpt: Checkpoint) -> None:
-    await write_all(
-        ckpt, [(request("ok"), full_result(), 0.1), (request("bad"), failed_result(), None)]
-    )
+    await write_all(ckpt, [(request("ok"), paid(0.1)), (request("bad"), failed_result())])
     assert set(ckpt.lookup(["v1:ok", "v1:bad"])) == {"v1:ok", "v1:bad"}
     assert set(ckpt.lookup(["v1:ok", "v1:bad"], include_failed=False)) == {"v1:ok"}
 
 
 @pytest.mark.anyio
 async def test_a_new_answer_replaces_the_old_one(ckpt: Checkpoint) -> None:
-    await write_all(ckpt, [(request("r1"), failed_result(), None)])
-    await write_all(ckpt, [(request("r1"), full_result(), 0.2)])
+    await write_all(ckpt, [(request("r1"), failed_result())])
+    await write_all(ckpt, [(request("r1"), paid(0.2))])
     assert ckpt.lookup(["v1:r1"])["v1:r1"].result.status == "ok"
     assert ckpt.counts() == {"ok": 1}
 
@@ -155,11 +159,9 @@ async def test_a_new_answer_replaces_the_old_one(ckpt: Checkpoint) -> None:
 async def test_spent_usd_sums_every_answer_across_runs(ckpt_path: Path) -> None:
     with Checkpoint.open(ckpt_path, job_name="job") as first:
         assert first.spent_usd() == 0.0
-        await write_all(
-            first, [(request("a"), full_result(), 0.25), (request("b"), failed_result(), None)]
-        )
+        await write_all(first, [(request("a"), paid(0.25)), (request("b"), failed_result())])
     with Checkpoint.open(ckpt_path, job_name="job") as second:
-        await write_all(second, [(request("c"), full_result(), 0.5)])
+        await write_all(second, [(request("c"), paid(0.5))])
         assert second.spent_usd() == pytest.approx(0.75)
         assert second.counts() == {"ok": 2, "error": 1}
 
@@ -167,7 +169,7 @@ async def test_spent_usd_sums_every_answer_across_runs(ckpt_path: Path) -> None:
 @pytest.mark.anyio
 async def test_fresh_starts_over(ckpt_path: Path) -> None:
     with Checkpoint.open(ckpt_path, job_name="job") as first:
-        await write_all(first, [(request("a"), full_result(), 0.25)])
+        await write_all(first, [(request("a"), paid(0.25))])
     with Checkpoint.open(ckpt_path, job_name="job", fresh=True) as again:
         assert again.lookup(["v1:a"]) == {}
         assert again.spent_usd() == 0.0
@@ -226,7 +228,7 @@ async def test_an_answer_is_committed_within_a_second_while_the_stream_stays_ope
     async with anyio.create_task_group() as tg, send:
         tg.start_soon(ckpt.write_results, receive, lambda fps: committed.set())
         started = time.monotonic()
-        await send.send((request("r1"), full_result(), 0.1))
+        await send.send((request("r1"), paid(0.1)))
         with anyio.fail_after(1.0):
             await committed.wait()
         assert time.monotonic() - started >= 0.4  # it batched, rather than commit per row
@@ -240,7 +242,7 @@ async def test_a_full_batch_commits_at_once(ckpt: Checkpoint) -> None:
     async with anyio.create_task_group() as tg, send:
         tg.start_soon(ckpt.write_results, receive, batches.append)
         for i in range(COMMIT_ROWS):
-            await send.send((request(f"r{i}"), full_result(), 0.1))
+            await send.send((request(f"r{i}"), paid(0.1)))
         with anyio.fail_after(0.4):  # well before the interval is up
             while not batches:
                 await anyio.sleep(0.01)
@@ -251,9 +253,7 @@ async def test_a_full_batch_commits_at_once(ckpt: Checkpoint) -> None:
 async def test_closing_the_stream_commits_the_rest_at_once(ckpt: Checkpoint) -> None:
     committed: list[str] = []
     started = time.monotonic()
-    await write_all(
-        ckpt, [(request(f"r{i}"), full_result(), 0.1) for i in range(3)], committed.extend
-    )
+    await write_all(ckpt, [(request(f"r{i}"), paid(0.1)) for i in range(3)], committed.extend)
     assert time.monotonic() - started < 0.4
     assert committed == ["v1:r0", "v1:r1", "v1:r2"]
     assert len(ckpt.lookup(committed)) == 3
@@ -264,7 +264,7 @@ async def test_cancellation_commits_what_the_writer_holds(ckpt: Checkpoint) -> N
     send, receive = anyio.create_memory_object_stream[Item](0)  # send returns once received
     async with anyio.create_task_group() as tg:
         tg.start_soon(ckpt.write_results, receive)
-        await send.send((request("held"), full_result(), 0.1))
+        await send.send((request("held"), paid(0.1)))
         assert ckpt.lookup(["v1:held"]) == {}  # held, not yet committed
         tg.cancel_scope.cancel()
     assert "v1:held" in ckpt.lookup(["v1:held"])
@@ -275,7 +275,7 @@ async def test_cancellation_also_commits_answers_buffered_in_the_stream(ckpt: Ch
     send, receive = anyio.create_memory_object_stream[Item](100)
     async with anyio.create_task_group() as tg:
         for i in range(50):
-            send.send_nowait((request(f"r{i}"), full_result(), 0.1))
+            send.send_nowait((request(f"r{i}"), paid(0.1)))
         tg.start_soon(ckpt.write_results, receive)
         tg.cancel_scope.cancel()
     assert len(ckpt.lookup([f"v1:r{i}" for i in range(50)])) == 50
@@ -289,7 +289,7 @@ async def test_the_writer_closes_its_stream_so_producers_do_not_hang(ckpt: Check
         await anyio.sleep(0)
         tg.cancel_scope.cancel()
     with pytest.raises(anyio.BrokenResourceError):
-        await send.send((request("late"), full_result(), 0.1))
+        await send.send((request("late"), paid(0.1)))
 
 
 # ---------------------------------------------------------------- lock, in real processes
@@ -298,7 +298,7 @@ CHILD_PRELUDE = """
 import sys, time
 from pathlib import Path
 from batchrun._checkpoint import Checkpoint
-from batchrun._types import Request, Result
+from batchrun._types import Charge, Request, Result
 path = Path(sys.argv[1])
 """
 
@@ -382,7 +382,8 @@ def item(i):
     result = Result("ok", response=f"answer to {key} " * 50, model="m", prompt_tokens=i,
                     completion_tokens=1, total_tokens=i + 1, attempts=1, latency_ms=1.0,
                     completed_at=datetime.now(UTC))
-    return Request(key, {}, f"v1:{key}", 1, 1), result, 0.001
+    result.cost_usd = 0.001
+    return Request(key, {}, f"v1:{key}", 1, 1), result
 
 async def main():
     ckpt = Checkpoint.open(path, job_name="job")

@@ -43,6 +43,7 @@ RESULT_SCHEMA = [
     ("attempts", pa.int32()),
     ("latency_ms", pa.float64()),
     ("completed_at", pa.timestamp("us", tz="UTC")),
+    ("shared", pa.bool_()),  # after the SPEC's columns (and after parsed ones)
 ]
 
 
@@ -60,7 +61,10 @@ def ok(response: str = "fine", **usage: Any) -> Result:
     fields = {"prompt_tokens": 1000, "completion_tokens": 100, "cached_tokens": 200}
     fields.update(usage)
     total = fields["prompt_tokens"] + fields["completion_tokens"]
+    # Priced as the dispatcher prices it when the answer arrives; the output only reads it.
+    cost = PRICE.cost(fields["prompt_tokens"], fields["cached_tokens"], fields["completion_tokens"])
     return Result(
+        cost_usd=cost,
         status="ok",
         response=response,
         finish_reason="stop",
@@ -157,7 +161,7 @@ def test_cost_matches_hand_computed_value(csv_input: Path, tmp_path: Path) -> No
     # (1000 - 200) * 1.25 + 200 * 0.125 + 100 * 10 = 2025 micro-dollars
     assert table.column("cost_usd").to_pylist()[2] == pytest.approx(0.002025)
     assert stats.cost_usd == pytest.approx(0.002025)
-    assert table.column("cost_usd").to_pylist()[0] == 0.0  # pending: nothing spent
+    assert table.column("cost_usd").to_pylist()[:2] == [None, None]  # pending, invalid
 
 
 def test_unpriced_model_has_null_cost(csv_input: Path, tmp_path: Path) -> None:
@@ -180,7 +184,9 @@ def test_shared_answer_has_no_attempts_and_no_cost(csv_input: Path, tmp_path: Pa
 
 
 def test_error_answer_is_written_as_is(csv_input: Path, tmp_path: Path) -> None:
-    failed = Result(status="error", error_type="http_400", error_message="bad", attempts=1)
+    failed = Result(
+        status="error", error_type="http_400", error_message="bad", attempts=1, cost_usd=0.0
+    )
     table, _ = run(make_job(csv_input, tmp_path / "o.parquet"), {"a": Answer("a", failed)})
     row = table.to_pylist()[0]
     assert (row["status"], row["error_type"], row["error_message"]) == ("error", "http_400", "bad")
@@ -199,7 +205,7 @@ def test_parsed_columns_are_typed_and_filled(csv_input: Path, tmp_path: Path) ->
     job = parse_job(csv_input, tmp_path)
     answer = ok('{"label": "pos", "confidence": 1, "n": 3, "flag": true, "extra": 1}')
     table, _ = run(job, {"a": Answer("a", answer)})
-    assert [(f.name, f.type) for f in table.schema][-4:] == [
+    assert [(f.name, f.type) for f in table.schema][-5:-1] == [
         ("label", pa.string()),
         ("confidence", pa.float64()),
         ("n", pa.int32()),
@@ -260,11 +266,12 @@ def test_prefix_renames_every_added_column(csv_input: Path, tmp_path: Path) -> N
     job = parse_job(csv_input, tmp_path, prefix="llm_")
     table, _ = run(job, {})
     added = table.schema.names[2:]
-    assert added == [f"llm_{name}" for name, _ in RESULT_SCHEMA] + [
+    assert added == [f"llm_{name}" for name, _ in RESULT_SCHEMA[:-1]] + [
         "llm_label",
         "llm_confidence",
         "llm_n",
         "llm_flag",
+        "llm_shared",
     ]
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from batchrun._errors import InputError, JobError
 from batchrun._report import FORMATS, ReportResult, render, report
-from batchrun._types import RESULT_COLUMNS
+from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS
 
 MODELS = ("gpt-5.5", "glm-5.2", "unpriced-model")
 STATUSES = ("ok", "ok", "ok", "error", "invalid", "pending")
@@ -237,7 +237,7 @@ def test_nothing_but_needed_columns_is_read(
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
     report([str(p) for p in two_days])
     assert not {"response", "text", "review_id", "error_message"} & set(read_columns)
-    assert set(read_columns) <= set(RESULT_COLUMNS)
+    assert set(read_columns) <= {*RESULT_COLUMNS, *EXTRA_COLUMNS}
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -266,7 +266,7 @@ def test_markdown_is_a_pipe_table_with_a_header_row(two_days: list[Path]) -> Non
     table = report([str(p) for p in two_days]).table
     lines = render(table, "markdown").splitlines()
     assert lines[0].startswith(
-        "| model | status | rows | ok | error | invalid | pending | prompt |"
+        "| model | status | rows | ok | error | invalid | pending | shared | prompt |"
     )
     assert set(lines[1]) <= set("|-: ") and lines[1].count("|") == len(table.columns) + 1
     assert len(lines) == len(table) + 2 and lines[-1].startswith("| TOTAL |")

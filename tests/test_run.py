@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import billed_usd, review_rows, run_batchrun, write_job
 
-from batchrun._types import RESULT_COLUMNS
+from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS
 
 
 def statuses(job: Path) -> Counter[str]:
@@ -37,7 +37,7 @@ def test_a_finished_job_exits_0_with_the_input_columns_then_the_result_columns(
 
     assert run.returncode == 0, run.stderr
     table = pq.read_table(job.parent / "out.parquet")
-    assert table.column_names == ["id", "text", *RESULT_COLUMNS]
+    assert table.column_names == ["id", "text", *RESULT_COLUMNS, *EXTRA_COLUMNS]
     assert table.column("status").to_pylist() == ["ok"] * 50
 
 

@@ -165,7 +165,7 @@ class MemoryStore:
 
     async def write_results(self, results: Any, on_commit: Any = None) -> None:
         async with results:
-            async for request, _result, _cost in results:
+            async for request, _result in results:
                 self.written.append(request.key)
 
 

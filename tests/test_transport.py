@@ -313,3 +313,21 @@ def test_a_loopback_url_is_never_proxied(monkeypatch: pytest.MonkeyPatch) -> Non
         outcome, proxy = _send_through_env_proxy(emu.base_url + COMPLETIONS_PATH, monkeypatch)
     assert isinstance(outcome, Reply) and outcome.result.status == "ok"
     assert proxy.heads == []
+
+
+@pytest.mark.parametrize("content", [None, ""])
+def test_an_answer_without_content_is_the_same_row_plain_or_streamed(content: str | None) -> None:
+    message = {"role": "assistant", "content": content, "reasoning_content": "all of it"}
+    choice = {"index": 0, "message": message, "finish_reason": "length"}
+    plain_body = {**COMPLETION, "choices": [choice]}
+    events = [
+        _chunk({"role": "assistant", "content": ""}),
+        _chunk({"reasoning_content": "all of it"}),
+        _chunk({}, "length"),  # no content delta at all
+        {"id": "chatcmpl-1", "model": "gpt-5.5", "choices": [], "usage": COMPLETION["usage"]},
+    ]
+    plain = _send(_json(200, plain_body)).result
+    streamed = _send(lambda r: httpx.Response(200, content=_sse(events)), stream=True).result
+    plain.latency_ms = streamed.latency_ms = None
+    assert streamed == plain
+    assert plain.response is None  # "" and null cannot be told apart in a stream

@@ -185,12 +185,13 @@ class EmulatorApp:
         if answer.request.stream:
             await self._stream(send, answer, fault, headers)
         else:
-            await _send_body(send, completion_body(answer), fault, headers)
+            body = completion_body(answer, usage=fault is not Fault.NO_USAGE)
+            await _send_body(send, body, fault, headers)
 
     async def _stream(
         self, send: Send, answer: Answer, fault: Fault | None, headers: Headers
     ) -> None:
-        events = sse_events(answer)
+        events = sse_events(answer, usage=fault is not Fault.NO_USAGE)
         if fault is Fault.MALFORMED:
             events[1] = (malformed(events[1][0].rstrip(b"\n")) + b"\n\n", events[1][1])
         if fault is Fault.TRUNCATE:

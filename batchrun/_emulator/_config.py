@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--stall-s", type=_non_negative, default=DEFAULT_STALL_S, help="how long a stall lasts")
     for name in ("fail", "drop", "stall", "truncate", "malformed"):
         add(f"--{name}-rate", type=_rate, default=0.0, help=f"fraction of {name} faults")
+    add(
+        "--no-usage-rate",
+        type=_rate,
+        default=0.0,
+        help="fraction of answers sent without usage (plain and streamed), still billed",
+    )
     add("--parent-watch", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -68,7 +74,12 @@ def parse_config(argv: Sequence[str]) -> EmulatorConfig:
     parser = build_parser()
     args = parser.parse_args(list(argv))
     faults = FaultRates(
-        args.fail_rate, args.drop_rate, args.stall_rate, args.truncate_rate, args.malformed_rate
+        args.fail_rate,
+        args.drop_rate,
+        args.stall_rate,
+        args.truncate_rate,
+        args.malformed_rate,
+        args.no_usage_rate,
     )
     if sum(faults.as_tuple()) > 1.0:
         parser.error("the fault rates add up to more than 1")

@@ -18,6 +18,7 @@ class Fault(StrEnum):
     STALL = "stall"  # answer held back for --stall-s, after billing
     TRUNCATE = "truncate"  # body or SSE stream cut short, after billing
     MALFORMED = "malformed"  # 200 with a body that is not valid JSON, after billing
+    NO_USAGE = "no_usage"  # a whole answer without its usage (a proxy strips it), billed
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,7 @@ class FaultRates:
     stall: float = 0.0
     truncate: float = 0.0
     malformed: float = 0.0
+    no_usage: float = 0.0
 
     def thresholds(self) -> list[tuple[float, Fault]]:
         """Cumulative upper bounds, in Fault order."""
@@ -37,7 +39,7 @@ class FaultRates:
         return bounds
 
     def as_tuple(self) -> tuple[float, ...]:
-        return (self.fail, self.drop, self.stall, self.truncate, self.malformed)
+        return (self.fail, self.drop, self.stall, self.truncate, self.malformed, self.no_usage)
 
 
 FAIL_ANSWERS: tuple[tuple[int, str, str, str], ...] = (

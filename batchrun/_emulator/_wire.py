@@ -111,7 +111,7 @@ def model_body(model: str) -> bytes:
     return dumps({"id": model, "object": "model", "created": _MODELS_CREATED, "owned_by": owner})
 
 
-def completion_body(answer: Answer) -> bytes:
+def completion_body(answer: Answer, *, usage: bool = True) -> bytes:
     completion = answer.completion
     message: dict[str, Any] = {"role": "assistant", "content": completion.content}
     if completion.reasoning_content is not None:
@@ -125,14 +125,16 @@ def completion_body(answer: Answer) -> bytes:
     choice = b'{"index":0,"message":' + dumps(message) + b',"logprobs":null,"finish_reason":'
     choice += dumps(completion.finish_reason) + b"}"
     tail = b',"system_fingerprint":' + dumps(answer.fingerprint) + b"}"
-    return dumps(head)[:-1] + b',"choices":[' + choice + b'],"usage":' + answer.usage_json() + tail
+    usage_part = b',"usage":' + answer.usage_json() if usage else b""
+    return dumps(head)[:-1] + b',"choices":[' + choice + b"]" + usage_part + tail
 
 
-def sse_events(answer: Answer) -> list[tuple[bytes, int]]:
+def sse_events(answer: Answer, *, usage: bool = True) -> list[tuple[bytes, int]]:
     """The stream as (event bytes, tokens it carries) pairs, ``[DONE]`` last.
 
     Chunks follow OpenAI's order: role delta, reasoning deltas, content deltas,
-    a finish chunk, then a usage chunk with empty choices when asked for.
+    a finish chunk, then a usage chunk with empty choices when asked for (and not
+    stripped: ``usage=False``).
     """
     # Every chunk shares this prefix: the object minus its closing brace.
     head = dumps(
@@ -160,9 +162,9 @@ def sse_events(answer: Answer) -> list[tuple[bytes, int]]:
         events.append((delta(b"content", piece), _tokens(piece)))
     finish = b',"logprobs":null,"finish_reason":' + dumps(completion.finish_reason) + b"}]"
     events.append((open_ + b"{}" + finish + usage_null + b"}\n\n", 0))
-    if answer.request.include_usage:
-        usage = b',"usage":' + answer.usage_json()
-        events.append((b"data: " + head + b',"choices":[]' + usage + b"}\n\n", 0))
+    if answer.request.include_usage and usage:
+        usage_part = b',"usage":' + answer.usage_json()
+        events.append((b"data: " + head + b',"choices":[]' + usage_part + b"}\n\n", 0))
     events.append((b"data: [DONE]\n\n", 0))
     return events
 
