@@ -45,6 +45,9 @@ Emitted = tuple[Request, Result]
 _MAYBE_BILLED = frozenset(
     {"timeout", "connection_error", "broken_stream", "malformed_response", "stream_error"}
 )
+# 429s do not use up ``limits.max_attempts``: a paced run waits them out. This allowance
+# only ends a row that an API refuses for good (say, a spent quota) with status 429.
+RATE_LIMITED_ALLOWANCE = 100
 
 
 @dataclass(slots=True)
@@ -229,23 +232,36 @@ class _Run:
             scope.cancel()
 
     async def _row(self, request: Request, scope: anyio.CancelScope) -> Result:
-        """All attempts at one row; the result is ok or error (never raises Attempt errors)."""
+        """All attempts at one row; the result is ok or error (never raises Attempt errors).
+
+        ``max_attempts`` counts failures other than 429s; those have their own allowance.
+        """
         max_attempts = max(self.d.limits.max_attempts, 1)
-        for attempt in range(1, max_attempts + 1):
+        sent = failures = refusals = 0
+        while True:
             try:
                 result = await self._attempt(request, scope)
             except _AttemptFailed as failed:
                 exc = failed.error
-                if isinstance(exc, PermanentError) or attempt == max_attempts:
-                    return self._finished(_error_result(exc, attempt))
-                await self._after_failure(request, failed, attempt)
+                if exc.error_type == "too_large_for_limit":  # refused by the pacer, not sent
+                    return self._finished(_error_result(exc, sent))
+                sent += 1
+                if exc.error_type == "rate_limited" and refusals < RATE_LIMITED_ALLOWANCE:
+                    refusals += 1
+                else:
+                    failures += 1
+                if isinstance(exc, PermanentError) or failures == max_attempts:
+                    return self._finished(_error_result(exc, sent))
+                await self._after_failure(request, failed, max(failures, 1))
             else:
-                result.attempts = attempt
+                result.attempts = sent + 1
                 return self._finished(result)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, request: Request, scope: anyio.CancelScope) -> Result:
-        await self._pace(request)
+        try:
+            await self._pace(request)
+        except PermanentError as exc:  # too large for the tokens-per-minute limit
+            raise _AttemptFailed(exc, time.monotonic()) from None
         # A stop may have come while we ran without yielding: never send after one.
         if self.stopped or self.fatal:
             await anyio.lowlevel.checkpoint()  # delivers a pending cancellation
@@ -292,12 +308,12 @@ class _Run:
             raise _AttemptFailed(exc, sent_at) from None
         finally:
             counters.in_flight -= 1
-        return self._succeeded(request, reply, reserved)
+        return self._succeeded(request, reply, reserved, sent_at)
 
-    def _succeeded(self, request: Request, reply: Reply, reserved: float) -> Result:
+    def _succeeded(self, request: Request, reply: Reply, reserved: float, sent_at: float) -> Result:
         self.pacer.observe(reply.rate)
-        self.pacer.reconcile(request.est_prompt_tokens, reply.result.prompt_tokens)
-        self.pacer.succeeded()
+        self.pacer.reconcile(request, reply.result)
+        self.pacer.succeeded(sent_at)
         self.counters.rpm_limit = self.pacer.rpm_in_use
         if (wait := reply.rate.exhausted_for_s()) is not None:
             self.gate.pause_for(wait)  # nothing left in this window: wait before the 429
