@@ -35,7 +35,7 @@ SPAN_S = WINDOW_S + MARGIN_S
 BURST_S = 0.5
 # A 429 that says nothing pauses all sends PAUSE_S, doubling while 429s keep coming.
 PAUSE_S = 1.0
-MAX_PAUSE_S = 8.0
+MAX_PAUSE_S = 2.0
 # With no stated limit: the pace that drew a 429, a little lower, is the new estimate;
 # the pace restarts at CUT_FACTOR of it and climbs back over RECOVER_S.
 ESTIMATE_RATIO = 0.9
