@@ -47,6 +47,9 @@ Emitted = tuple[Request, Result]
 _MAYBE_BILLED = frozenset(
     {"timeout", "connection_error", "broken_stream", "malformed_response", "stream_error"}
 )
+# 429s do not use up ``limits.max_attempts``: a paced run waits them out. This allowance
+# only ends a row that an API refuses for good (say, a spent quota) with status 429.
+RATE_LIMITED_ALLOWANCE = 100
 
 
 @dataclass(slots=True)
@@ -277,27 +280,37 @@ class _Run:
             scope.cancel()
 
     async def _row(self, request: Request, scope: anyio.CancelScope) -> Result:
-        """All attempts at one row; the result is ok or error (never raises Attempt errors)."""
+        """All attempts at one row; the result is ok or error (never raises Attempt errors).
+
+        ``max_attempts`` counts failures other than 429s; those have their own allowance.
+        """
         max_attempts = max(self.d.limits.max_attempts, 1)
         charges: list[Charge] = []  # attempts that may have been billed
-        for attempt in range(1, max_attempts + 1):
+        sent = failures = refusals = 0
+        while True:
             try:
                 result = await self._attempt(request, scope, charges)
             except _AttemptFailed as failed:
                 exc = failed.error
+                if exc.error_type == "too_large_for_limit":  # refused by the pacer, not sent
+                    return self._finished(_error_result(exc, sent), charges)
+                sent += 1
+                if exc.error_type == "rate_limited" and refusals < RATE_LIMITED_ALLOWANCE:
+                    refusals += 1
+                else:
+                    failures += 1
                 permanent = isinstance(exc, PermanentError)
-                if permanent or attempt == max_attempts:
-                    return self._finished(_error_result(exc, attempt), charges, permanent)
+                if permanent or failures == max_attempts:
+                    return self._finished(_error_result(exc, sent), charges, permanent)
                 if self.stopped:  # no retry after a stop: the row stays pending
                     raise _Stop(_unfinished(request, charges)) from None
                 self.first.verdict(self.counters.in_flight)
-                await self._after_failure(request, failed, attempt)
+                await self._after_failure(request, failed, max(failures, 1))
             except _Stop:
                 raise _Stop(_unfinished(request, charges)) from None
             else:
-                result.attempts = attempt
+                result.attempts = sent + 1
                 return self._finished(result, charges)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(
         self, request: Request, scope: anyio.CancelScope, charges: list[Charge]
@@ -315,6 +328,9 @@ class _Run:
             if self.stopped or self.fatal:
                 await anyio.lowlevel.checkpoint()  # delivers a pending cancellation
                 raise _Stop
+        except PermanentError as exc:  # too large for the tokens-per-minute limit
+            self._release(reserved)
+            raise _AttemptFailed(exc, time.monotonic()) from None
         except BaseException:
             self._release(reserved)
             raise
@@ -371,16 +387,16 @@ class _Run:
             raise _AttemptFailed(exc, sent_at) from None
         finally:
             counters.in_flight -= 1
-        return self._succeeded(request, reply, reserved, charges)
+        return self._succeeded(request, reply, reserved, charges, sent_at)
 
     def _succeeded(
-        self, request: Request, reply: Reply, reserved: float, charges: list[Charge]
+        self, request: Request, reply: Reply, reserved: float, charges: list[Charge], sent_at: float
     ) -> Result:
         self.pacer.observe(reply.rate)
         if self.slow.pending:  # say it when the limits are first learned
             self.slow.check(self.d.limits, self.d.learned, request.est_prompt_tokens)
-        self.pacer.reconcile(request.est_prompt_tokens, reply.result.prompt_tokens)
-        self.pacer.succeeded()
+        self.pacer.reconcile(request, reply.result)
+        self.pacer.succeeded(sent_at)
         self.counters.rpm_limit = self.pacer.rpm_in_use
         if (wait := reply.rate.exhausted_for_s()) is not None:
             self.gate.pause_for(wait)  # nothing left in this window: wait before the 429

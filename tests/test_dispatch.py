@@ -297,3 +297,33 @@ def test_the_budget_stops_dispatch_before_crossing_it(emu: EmulatorProcess) -> N
     assert 0.001 + spent <= 0.004
     assert budget.spent_usd == pytest.approx(0.001 + spent)
     assert emu.ledger()["requests_billed"] == len(finished)  # nothing paid for was dropped
+
+
+def test_429s_do_not_use_up_max_attempts() -> None:
+    calls: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(time.perf_counter())
+        if len(calls) <= 5:  # five refusals, then an answer
+            return httpx.Response(429, headers={"retry-after-ms": "10"}, json={"error": {}})
+        return httpx.Response(200, json=_COMPLETION)
+
+    d = Dispatcher(
+        _job(concurrency=1, max_attempts=2), api_key=KEY, base_url="http://127.0.0.1:9",
+        transport=httpx.MockTransport(handler), backoff=FAST,
+    )  # fmt: skip
+    _outcome, finished = _run(d, _requests(1))
+    [(_, result)] = finished
+    assert (result.status, result.attempts) == ("ok", 6)
+
+
+def test_a_request_larger_than_the_tpm_fails_its_row_unsent(emu: EmulatorProcess) -> None:
+    big = _request(0)
+    huge = Request("huge", big.body, "v1:huge", 5_000, 32)
+    job = _job(concurrency=2, tokens_per_minute=4_000)
+    _outcome, finished = _run(_dispatcher(emu, job), [huge, _request(1)])
+    results = {r.key: res for r, res in finished}
+    assert (results["huge"].status, results["huge"].error_type) == ("error", "too_large_for_limit")
+    assert results["huge"].attempts == 0
+    assert results["1"].status == "ok"
+    assert emu.ledger()["requests_received"] == 1

@@ -30,7 +30,7 @@ from trio.testing import MockClock
 
 from batchrun._config import InputConfig, Job, Limits, OutputConfig, Price, RequestConfig
 from batchrun._dispatch import Dispatcher
-from batchrun._ratelimit import Backoff, PauseGate
+from batchrun._ratelimit import Backoff, Pacer, PauseGate
 from batchrun._requests import estimate_prompt_tokens
 from batchrun._runner import Pipeline
 from batchrun._types import Request
@@ -96,36 +96,15 @@ class Scenario:
     seed: int
 
 
-class VirtualPacer:
-    """Sends one request every ``interval_s`` on anyio's clock: the real ``Pacer``'s buckets
-    (aiolimiter) read asyncio's loop clock, which a trio MockClock does not drive."""
-
-    rpm_in_use = None
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self.next_at = -math.inf
-
-    async def acquire(self, tokens: int) -> float:
-        now = anyio.current_time()
-        at = self.next_at = max(now, self.next_at)
-        self.next_at += self.interval_s
-        await anyio.sleep(at - now)
-        return at
-
-    def observe(self, info: object) -> None: ...
-    def reconcile(self, estimated: int, actual: int | None) -> None: ...
-    def succeeded(self) -> None: ...
-    def throttled(self, sent_at: float) -> None: ...
-
-
 class PacedDispatcher(Dispatcher):
-    def __init__(self, job: Job, pacer: VirtualPacer, **kwargs: Any) -> None:
-        super().__init__(job, **kwargs)
-        self.virtual_pacer = pacer
+    """The real ``Pacer`` on anyio's clock (a trio MockClock here), one send per interval."""
 
-    def pacer(self) -> Any:
-        return self.virtual_pacer
+    def __init__(self, job: Job, interval_s: float, **kwargs: Any) -> None:
+        super().__init__(job, **kwargs)
+        self.rpm = max(round(60 / interval_s), 1)
+
+    def pacer(self) -> Pacer:  # made inside the event loop, whose clock it reads
+        return Pacer(self.rpm, None, clock=anyio.current_time)
 
 
 class FakeApi:
@@ -202,7 +181,7 @@ def _run_until_stopped(scenario: Scenario) -> tuple[FakeApi, MemoryStore, float]
         pricing={"gpt-5.5": PRICE},
     )
     dispatcher = PacedDispatcher(
-        job, VirtualPacer(scenario.interval_s), api_key="sk-test", base_url="http://127.0.0.1:9",
+        job, scenario.interval_s, api_key="sk-test", base_url="http://127.0.0.1:9",
         transport=httpx.MockTransport(api), backoff=Backoff(base_s=0.5, cap_s=8.0),
         rng=random.Random(scenario.seed), gate=PauseGate(clock=anyio.current_time),
     )  # fmt: skip

@@ -17,7 +17,7 @@ from ._cache import PrefixCache
 from ._config import EmulatorConfig
 from ._faults import Fault, FaultPlan
 from ._ledger import Ledger
-from ._limits import Headers, RateLimiter
+from ._limits import Headers, RateLimiter, TerseLimiter
 from ._schema import MODEL_IDS, ApiError, ChatRequest, parse_chat_request
 from ._synth import body_digests, synthesize
 from ._wire import (
@@ -48,7 +48,11 @@ class EmulatorApp:
         self.config = config
         self.ledger = Ledger()
         self._cache = PrefixCache()
-        self._limiter = RateLimiter(config.rpm, config.tpm)
+        self._limiter: RateLimiter | TerseLimiter = (
+            TerseLimiter(config.rpm, config.tpm, config.window_s, config.vendor_retry_after)
+            if config.terse_limits
+            else RateLimiter(config.rpm, config.tpm)
+        )
         self._plan = FaultPlan(config.faults, config.seed, config.latency_ms, config.jitter_ms)
         self._models = models_body()
         self._system_fingerprint = f"fp_emulator_{config.seed}"
@@ -74,7 +78,7 @@ class EmulatorApp:
             await self._model_list(scope, path, send)
         elif path == "/emulator/ledger" and method == "GET":
             full = b"full=1" in scope.get("query_string", b"")
-            await _respond(send, 200, dumps(self.ledger.snapshot(full=full)))
+            await _respond(send, 200, dumps(self._ledger_snapshot(full)))
         elif path == "/emulator/reset" and method == "POST":
             self.reset()
             await _respond(send, 200, b'{"ok":true}')
@@ -100,6 +104,15 @@ class EmulatorApp:
             await _respond(send, 200, model_body(model))
         else:
             await _respond(send, 404, error_body(_model_not_found(model)))
+
+    def _ledger_snapshot(self, full: bool) -> dict[str, Any]:
+        data = self.ledger.snapshot(full=full)
+        if isinstance(self._limiter, TerseLimiter):  # requests admitted per fixed window
+            windows = self._limiter.admitted_per_window
+            first = min(windows, default=0)
+            span = range(first, max(windows, default=-1) + 1)
+            data["admitted_per_window"] = [windows.get(k, 0) for k in span]
+        return data
 
     def _auth_error(self, scope: Scope) -> ApiError | None:
         for name, value in scope["headers"]:

@@ -22,6 +22,9 @@ class EmulatorConfig:
     port: int = DEFAULT_PORT
     rpm: int | None = None
     tpm: int | None = None
+    terse_limits: bool = False  # LiteLLM-proxy-like: fixed windows, bare 429s, no resets
+    window_s: float = 60.0  # the terse mode's fixed window (limits stay per minute)
+    vendor_retry_after: bool = False  # terse 429s carry llm_provider-retry-after
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
     faults: FaultRates = field(default_factory=FaultRates)
@@ -52,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="seed of answers, faults and jitter")
     add("--rpm", type=_positive_int, help="requests per rolling minute (default unlimited)")
     add("--tpm", type=_positive_int, help="tokens per rolling minute (default unlimited)")
+    add(
+        "--terse-limits",
+        action="store_true",
+        help="limit like the LiteLLM proxy: fixed windows counting refusals, no reset headers, "
+        "429s without Retry-After or x-ratelimit headers",
+    )
+    add("--window-s", type=_positive, default=60.0, help="--terse-limits window (default 60)")
+    add(
+        "--vendor-retry-after",
+        action="store_true",
+        help="--terse-limits 429s carry llm_provider-retry-after (the window, in seconds)",
+    )
     add("--latency-ms", type=_non_negative, default=0.0, help="delay before each answer")
     add("--jitter-ms", type=_non_negative, default=0.0, help="uniform +/- jitter on the delay")
     add("--tokens-per-second", type=_positive, help="stream pace (default unpaced)")
@@ -90,6 +105,9 @@ def parse_config(argv: Sequence[str]) -> EmulatorConfig:
         port=args.port,
         rpm=args.rpm,
         tpm=args.tpm,
+        terse_limits=args.terse_limits,
+        window_s=args.window_s,
+        vendor_retry_after=args.vendor_retry_after,
         latency_ms=args.latency_ms,
         jitter_ms=args.jitter_ms,
         faults=faults,

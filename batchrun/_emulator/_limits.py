@@ -169,3 +169,58 @@ def _limit_headers(kind: bytes, limit: int, remaining: int, reset: float) -> Hea
         (b"x-ratelimit-remaining-" + kind, str(max(remaining, 0)).encode()),
         (b"x-ratelimit-reset-" + kind, go_duration(reset).encode()),
     ]
+
+
+@dataclass
+class TerseLimiter:
+    """A server like the LiteLLM proxy: fixed windows, refusals count, terse headers.
+
+    Each ``window_s`` (aligned to multiples of it) allows ``rpm`` / ``tpm`` scaled to the
+    window; a refused request still counts against the window's requests. Answers carry
+    ``x-ratelimit-limit-*`` and ``-remaining-*`` (per minute) but no reset header; a 429
+    carries nothing, or only ``llm_provider-retry-after`` (the window) with ``vendor_retry``.
+    """
+
+    rpm: int | None
+    tpm: int | None
+    window_s: float = WINDOW_S
+    vendor_retry: bool = False
+    admitted_per_window: dict[int, int] = field(default_factory=dict)
+    _window: int = -1
+    _requests: int = 0
+    _tokens: int = 0
+
+    def reset(self) -> None:
+        self._window, self._requests, self._tokens = -1, 0, 0
+        self.admitted_per_window = {}
+
+    def admit(self, tokens: int, now: float) -> Verdict:
+        window = int(now // self.window_s)
+        if window != self._window:
+            self._window, self._requests, self._tokens = window, 0, 0
+        self._requests += 1
+        scale = self.window_s / WINDOW_S
+        if self.rpm is not None and self._requests > self.rpm * scale:
+            return self._refuse("requests", self.rpm)
+        if self.tpm is not None and self._tokens + tokens > self.tpm * scale:
+            return self._refuse("tokens", self.tpm)
+        self._tokens += tokens
+        self.admitted_per_window[window] = self.admitted_per_window.get(window, 0) + 1
+        return Verdict(True, self._headers(scale))
+
+    def _refuse(self, name: str, limit: int) -> Verdict:
+        headers: Headers = []
+        if self.vendor_retry:
+            headers.append((b"llm_provider-retry-after", str(math.ceil(self.window_s)).encode()))
+        message = f"Rate limit exceeded: {name} per minute limit {limit}."
+        return Verdict(False, headers, 0.0, name, message)
+
+    def _headers(self, scale: float) -> Headers:
+        headers: Headers = []
+        counts = ((b"requests", self.rpm, self._requests), (b"tokens", self.tpm, self._tokens))
+        for kind, limit, used in counts:
+            if limit is not None:
+                left = max(int(limit - used / scale), 0)
+                headers.append((b"x-ratelimit-limit-" + kind, str(limit).encode()))
+                headers.append((b"x-ratelimit-remaining-" + kind, str(left).encode()))
+        return headers
