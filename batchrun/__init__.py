@@ -30,13 +30,13 @@ from batchrun._errors import (
     JobError,
     LockedError,
 )
+from batchrun._version import __version__
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from batchrun._runner import RunSummary
 
-__version__ = "0.1.0"
 
 __all__ = [
     "ApiConfig",

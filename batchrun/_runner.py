@@ -678,7 +678,7 @@ def _first_batchrun_error(group: BaseExceptionGroup) -> BaseException:
 
 
 def _version() -> str:
-    from batchrun import __version__
+    from batchrun._version import __version__
 
     return __version__
 

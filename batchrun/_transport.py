@@ -23,6 +23,7 @@ from httpx_aiohttp import AiohttpTransport
 from batchrun._errors import FatalApiError, JobError, PermanentError, RetryableError
 from batchrun._ratelimit import RateInfo, parse_rate_info
 from batchrun._types import Request, Result
+from batchrun._version import __version__
 
 COMPLETIONS_PATH = "/v1/chat/completions"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -73,8 +74,6 @@ class Sender:
     def __init__(
         self, transport: httpx.AsyncBaseTransport, *, url: str, api_key: str, timeout_s: float
     ) -> None:
-        from batchrun import __version__  # the package is whole by the time one is made
-
         self._transport = transport
         self._url = httpx.URL(url)  # parsed once, not on every request
         self._secret = api_key

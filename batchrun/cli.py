@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from batchrun import __version__
+    from batchrun._version import __version__
 
     return __version__
 
