@@ -52,7 +52,7 @@ from batchrun._charges import (
 from batchrun._errors import JobError
 from batchrun._keptlimits import KeptLimits, read_kept, write_kept
 from batchrun._lock import JobLock
-from batchrun._types import Answer, Request, Result
+from batchrun._types import Answer, RequestResult, Result
 
 __all__ = ["COMMIT_INTERVAL_S", "COMMIT_ROWS", "MIGRATIONS", "Checkpoint", "CheckpointReader"]
 
@@ -67,7 +67,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 Row = tuple[Any, ...]
-ResultItem = tuple[Request, Result]  # a pending result: only its charges are stored
 
 # ---------------------------------------------------------------- schema
 
@@ -164,7 +163,7 @@ def _from_micros(micros: int | None) -> datetime | None:
     return None if micros is None else datetime.fromtimestamp(micros / 1e6, UTC)
 
 
-def _to_row(item: ResultItem) -> Row:
+def _to_row(item: RequestResult) -> Row:
     request, result = item
     values = list(_result_values(result))
     values[_TS] = _to_micros(values[_TS])
@@ -258,7 +257,7 @@ class _Pending:
     fingerprints: list[str] = field(default_factory=list)
     deadline: float = math.inf
 
-    def add(self, item: ResultItem) -> None:
+    def add(self, item: RequestResult) -> None:
         if not self.fingerprints:
             self.deadline = anyio.current_time() + COMMIT_INTERVAL_S
         request, result = item
@@ -277,7 +276,7 @@ class _Pending:
 
 
 def _drain_buffered(
-    results: ObjectReceiveStream[ResultItem], pending: _Pending, limit: float = math.inf
+    results: ObjectReceiveStream[RequestResult], pending: _Pending, limit: float = math.inf
 ) -> None:
     """Take answers already sitting in a memory stream's buffer, without waiting."""
     if not isinstance(results, MemoryObjectReceiveStream):
@@ -384,7 +383,7 @@ class Checkpoint:
 
     async def write_results(
         self,
-        results: ObjectReceiveStream[ResultItem],
+        results: ObjectReceiveStream[RequestResult],
         on_commit: Callable[[list[str]], None] | None = None,
     ) -> None:
         """Store every ``(request, result)`` received, committing in batches: the answer
@@ -456,7 +455,9 @@ class Checkpoint:
             yield
 
 
-async def _receive_until_due(results: ObjectReceiveStream[ResultItem], pending: _Pending) -> bool:
+async def _receive_until_due(
+    results: ObjectReceiveStream[RequestResult], pending: _Pending
+) -> bool:
     """Add the next item to ``pending`` unless its commit falls due first, then what
     else arrives within ``_GATHER_S``; False at the end of the stream."""
     with anyio.CancelScope(deadline=pending.deadline):

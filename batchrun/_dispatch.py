@@ -34,7 +34,7 @@ from batchrun._earlystop import FirstAnswers
 from batchrun._errors import AttemptError, FatalApiError, PermanentError
 from batchrun._ratelimit import Backoff, LearnedLimits, Pacer, PauseGate, compute_backoff
 from batchrun._transport import Reply, Sender, completions_url, make_transport
-from batchrun._types import Charge, Request, Result
+from batchrun._types import Charge, Request, RequestResult, Result
 
 retry_log = logging.getLogger("batchrun.retry")
 
@@ -42,7 +42,6 @@ retry_log = logging.getLogger("batchrun.retry")
 # about 6% off the dispatcher's CPU per request (8 paired rounds, 3,000 requests each).
 EVENT_LOOP: dict[str, bool] = {"use_uvloop": find_spec("uvloop") is not None}
 
-Emitted = tuple[Request, Result]
 # Attempts that may have been billed although no usage came back (drop, stall, cut, garbage).
 _MAYBE_BILLED = frozenset(
     {"timeout", "connection_error", "broken_stream", "malformed_response", "stream_error"}
@@ -81,7 +80,7 @@ class _Stop(Exception):
     ``unfinished`` carries a row abandoned after attempts that may have been billed
     (a pending ``Result`` with their charges), so the checkpoint still records them."""
 
-    def __init__(self, unfinished: Emitted | None = None) -> None:
+    def __init__(self, unfinished: RequestResult | None = None) -> None:
         super().__init__()
         self.unfinished = unfinished
 
@@ -154,7 +153,7 @@ class Dispatcher:
     async def run(
         self,
         requests: ObjectReceiveStream[Request],
-        results: ObjectSendStream[Emitted],
+        results: ObjectSendStream[RequestResult],
     ) -> DispatchOutcome:
         """Send everything ``requests`` yields; close ``results`` when done.
 
@@ -200,11 +199,11 @@ class _Run:
         self.first = dispatcher.first
         self.first.new_run()
         self.slow = dispatcher.slow
-        out, self.finished = anyio.create_memory_object_stream[Emitted](math.inf)
+        out, self.finished = anyio.create_memory_object_stream[RequestResult](math.inf)
         self.out = out
 
     async def run(
-        self, requests: ObjectReceiveStream[Request], results: ObjectSendStream[Emitted]
+        self, requests: ObjectReceiveStream[Request], results: ObjectSendStream[RequestResult]
     ) -> DispatchOutcome:
         self.results = results
         async with anyio.create_task_group() as tg:
@@ -216,14 +215,14 @@ class _Run:
             raise self.fatal
         return DispatchOutcome(stopped=self.stopped)
 
-    async def _forward(self, results: ObjectSendStream[Emitted]) -> None:
+    async def _forward(self, results: ObjectSendStream[RequestResult]) -> None:
         # The only task that may wait on the consumer; workers never do.
         async with self.finished:
             async for item in self.finished:
                 await results.send(item)
 
     async def _worker(
-        self, requests: ObjectReceiveStream[Request], out: ObjectSendStream[Emitted]
+        self, requests: ObjectReceiveStream[Request], out: ObjectSendStream[RequestResult]
     ) -> None:
         with out, anyio.CancelScope() as scope:
             self.worker_scopes.add(scope)
@@ -247,7 +246,7 @@ class _Run:
             finally:
                 self.worker_scopes.discard(scope)
 
-    def _emit(self, out: ObjectSendStream[Emitted], item: Emitted) -> None:
+    def _emit(self, out: ObjectSendStream[RequestResult], item: RequestResult) -> None:
         # Straight to the consumer when it has room (the usual case), else to the
         # forwarder's backlog; either way without waiting.
         if self.finished.statistics().current_buffer_used == 0:
@@ -475,7 +474,7 @@ def _row_cost(charges: list[Charge], *, priced: bool) -> float | None:
     return sum(known)
 
 
-def _unfinished(request: Request, charges: list[Charge]) -> Emitted | None:
+def _unfinished(request: Request, charges: list[Charge]) -> RequestResult | None:
     """A row given up after attempts that may have been billed: pending, with its charges."""
     return (request, Result(status="pending", charges=tuple(charges))) if charges else None
 

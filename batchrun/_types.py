@@ -72,6 +72,12 @@ class Charge:
     at: float = field(default=0.0, compare=False)  # time.time() when the attempt ended
 
 
+RequestResult = tuple[Request, Result]
+"""A request and what became of it: what the dispatcher emits, the pipeline parses and
+the checkpoint writer stores (a ``pending`` result: a row given up after paid attempts,
+of which only the charges are stored)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """A checkpointed result and the key of the row whose request earned it.
