@@ -19,7 +19,6 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.util import find_spec
 from typing import Literal
 
 import anyio
@@ -37,10 +36,6 @@ from batchrun._transport import Reply, Sender, completions_url, make_transport
 from batchrun._types import Charge, Request, RequestResult, Result
 
 retry_log = logging.getLogger("batchrun.retry")
-
-# For ``anyio.run``: uvloop (a dependency everywhere but Windows) takes
-# about 6% off the dispatcher's CPU per request (8 paired rounds, 3,000 requests each).
-EVENT_LOOP: dict[str, bool] = {"use_uvloop": find_spec("uvloop") is not None}
 
 # Attempts that may have been billed although no usage came back (drop, stall, cut, garbage).
 _MAYBE_BILLED = frozenset(

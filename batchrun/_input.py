@@ -72,7 +72,7 @@ class InputTable:
         for file in self.files:
             with _translating(file.path):
                 for batch in _read_file(file, schema.names, batch_size):
-                    yield _conform(batch, schema)
+                    yield conform(batch, schema)
 
     def count_rows(self) -> int:
         """Rows in all files: Parquet from the footer, CSV by streaming one column."""
@@ -263,7 +263,7 @@ def _read_csv(file: _File, names: Sequence[str], batch_size: int) -> Iterator[pa
     yield from reader
 
 
-def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     """Give a file's batch the unified schema: same columns, order and types."""
     if batch.schema.equals(schema, check_metadata=False):
         return pa.RecordBatch.from_arrays(batch.columns, schema=schema)

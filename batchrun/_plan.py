@@ -22,32 +22,32 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
 import numpy as np
 
 from batchrun._advice import duration, lowest, reservation_note, wall_time
-from batchrun._budget import PRIOR_FACTORS, PROMPT_MARGIN, Budget, result_cost
+from batchrun._budget import PRIOR_FACTORS, PROMPT_MARGIN, result_cost
 from batchrun._checkpoint import Checkpoint, CheckpointReader
 from batchrun._config import Job, Price
-from batchrun._dispatch import EVENT_LOOP, Dispatcher, DispatchOutcome
-from batchrun._errors import JobError
+from batchrun._dispatch import Dispatcher, DispatchOutcome
+from batchrun._engine import (
+    EMULATOR_KEY,
+    budget_for,
+    emulated_job,
+    learned_limits_kept,
+    prepare,
+    resolve_api_key,
+)
 from batchrun._input import InputTable
 from batchrun._jobfile import load_job
 from batchrun._keptlimits import KeptLimits
+from batchrun._loop import run_async
+from batchrun._pipeline import Pipeline
 from batchrun._requests import RequestBuilder, built_batches
-from batchrun._runner import (
-    EMULATOR_KEY,
-    Pipeline,
-    _first_batchrun_error,
-    emulated_job,
-    prepare,
-)
 from batchrun._types import Answer, Request, Result
 
 __all__ = ["Counts", "Pilot", "Plan", "plan_job", "plan_job_file"]
@@ -297,7 +297,8 @@ def plan_job(
         job = emulated_job(job)
         with EmulatorProcess([]) as emu:
             return _pilot_plan(job, table, builder, pilot, emu.base_url, EMULATOR_KEY, True)
-    key = api_key or _api_key(job)
+    why = " (a pilot sends real requests; plan without --pilot needs no key)"
+    key = resolve_api_key(job, api_key, why=why)
     return _pilot_plan(job, table, builder, pilot, base_url, key, False)
 
 
@@ -331,17 +332,6 @@ def _pilot_plan(
         result = _pilot_result(job, sample, ckpt.lookup(_fingerprints(sample)), stopped, synthetic)
         learned = ckpt.learned_limits()
     return Plan(job, counts, spent, checkpoint_exists=True, pilot=result, learned=learned)
-
-
-def _api_key(job: Job) -> str:
-    name = job.api.api_key_env
-    key = os.environ.get(name, "").strip()
-    if not key:
-        raise JobError(
-            f"api.api_key_env: environment variable {name} is not set or empty"
-            " (a pilot sends real requests; plan without --pilot needs no key)"
-        )
-    return key
 
 
 # ---------------------------------------------------------------- the counting pass
@@ -461,24 +451,16 @@ def _send(
     """Answer ``sample`` through the run's own pipeline; returns why it stopped, if it did."""
     if not sample:
         return None
-    budget = None
-    if job.limits.max_cost_usd is not None and job.price is not None:
-        budget = Budget(job.limits.max_cost_usd, job.price, ckpt.spent_usd())
+    budget = budget_for(job, ckpt.spent_usd())
     dispatcher = Dispatcher(job, api_key=api_key, base_url=base_url, budget=budget)
-    kept = ckpt.learned_limits()
-    dispatcher.learned.rpm, dispatcher.learned.tpm = kept.rpm, kept.tpm
     batches: list[list[Request | Result]] = [list(sample)]
 
     async def answer() -> DispatchOutcome:
         # Built inside the event loop: the pipeline may hold loop-bound state.
         return await Pipeline(job, ckpt, dispatcher).run(batches)
 
-    try:
-        outcome = anyio.run(answer, backend_options=EVENT_LOOP)
-    except BaseExceptionGroup as group:
-        raise _first_batchrun_error(group) from None
-    finally:
-        ckpt.keep_learned_limits(dispatcher.learned.rpm, dispatcher.learned.tpm)
+    with learned_limits_kept(ckpt, dispatcher):
+        outcome = run_async(answer)
     return outcome.stopped
 
 

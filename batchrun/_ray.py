@@ -45,9 +45,11 @@ import pyarrow.csv as pacsv
 from batchrun._budget import Budget
 from batchrun._checkpoint import Checkpoint, CheckpointReader
 from batchrun._config import Job
-from batchrun._dispatch import EVENT_LOOP, Dispatcher
+from batchrun._dispatch import Dispatcher
+from batchrun._engine import Run, RunSummary, prepare, shard_of
 from batchrun._errors import FatalApiError, JobError
-from batchrun._input import InputTable, _conform, row_keys
+from batchrun._input import InputTable, conform, row_keys
+from batchrun._loop import EVENT_LOOP
 from batchrun._output import (
     OutputStats,
     output_batch,
@@ -55,9 +57,9 @@ from batchrun._output import (
     stats_metadata,
     write_batches,
 )
+from batchrun._pipeline import Pipeline, Progress
 from batchrun._ratelimit import PauseGate
 from batchrun._requests import RequestBuilder
-from batchrun._runner import Pipeline, Progress, RunSummary, _Run, prepare, shard_of
 from batchrun._types import Answer, Request, Result
 
 log = logging.getLogger("batchrun")
@@ -75,7 +77,7 @@ LEASE_REQUESTS = 64
 # --- the driver ---------------------------------------------------------------------
 
 
-class RayRun(_Run):
+class RayRun(Run):
     """One run on Ray: the local run's checks, summary and metadata; Ray's dispatch."""
 
     def execute(self) -> RunSummary:
@@ -275,7 +277,7 @@ def read_input(ray: Any, table: InputTable) -> Any:
 
 
 def _conformed(part: pa.Table, schema: pa.Schema) -> pa.Table:
-    batches = [_conform(batch, schema) for batch in part.to_batches()]
+    batches = [conform(batch, schema) for batch in part.to_batches()]
     return pa.Table.from_batches(batches, schema=schema)
 
 
@@ -478,7 +480,7 @@ class _Worker:
         self.out_schema = output_schema(self.job, spec.schema)
 
     def __call__(self, part: pa.Table) -> pa.Table:
-        batch = _conform(part.combine_chunks().to_batches()[0], self.spec.schema)
+        batch = conform(part.combine_chunks().to_batches()[0], self.spec.schema)
         items = self.builder.build(batch, 0)
         divisor, stopped = self.ray.get(self.coordinator.state.remote())
         if stopped is None:

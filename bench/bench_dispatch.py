@@ -34,8 +34,9 @@ import pyarrow.csv as pacsv
 from httpx_aiohttp import AiohttpTransport
 
 from batchrun._config import InputConfig, Job, Limits, OutputConfig, Price, RequestConfig
-from batchrun._dispatch import EVENT_LOOP, Counters, Dispatcher
+from batchrun._dispatch import Counters, Dispatcher
 from batchrun._emulator import EmulatorProcess
+from batchrun._loop import EVENT_LOOP
 from batchrun._requests import estimate_prompt_tokens
 from batchrun._runner import RunOptions, run_job
 from batchrun._types import Request, Result

@@ -42,8 +42,9 @@ import pyarrow.parquet as pq
 from batchrun import _checkpoint
 from batchrun._checkpoint import Checkpoint
 from batchrun._emulator import EmulatorProcess
+from batchrun._engine import prepare
 from batchrun._jobfile import load_job
-from batchrun._runner import RunOptions, prepare, run_job_file
+from batchrun._runner import RunOptions, run_job_file
 from batchrun._types import Charge, Request, Result
 
 KEY = "sk-bench"

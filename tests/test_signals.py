@@ -30,9 +30,9 @@ from trio.testing import MockClock
 
 from batchrun._config import InputConfig, Job, Limits, OutputConfig, Price, RequestConfig
 from batchrun._dispatch import Dispatcher
+from batchrun._pipeline import Pipeline
 from batchrun._ratelimit import Backoff, Pacer, PauseGate
 from batchrun._requests import estimate_prompt_tokens
-from batchrun._runner import Pipeline
 from batchrun._types import Request
 
 # A signal may find the process between two event-loop turns: this is its allowance.

@@ -1,0 +1,149 @@
+"""The local engine: one job in this process, the pipeline fed every batch of the input.
+
+    prepare -> checkpoint (run lock) -> Pipeline over the selected rows (signals watched)
+        -> output from the input and the checkpoint -> summary
+
+The output is written afterwards from the input and the checkpoint, so a killed run
+loses nothing that was committed and a resumed run writes the same table.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Iterable, Iterator
+
+import anyio
+
+from batchrun._checkpoint import Checkpoint
+from batchrun._dispatch import Dispatcher
+from batchrun._engine import Run, RunSummary, budget_for, learned_limits_kept, prepare
+from batchrun._errors import FatalApiError
+from batchrun._input import InputTable
+from batchrun._loop import run_async
+from batchrun._pipeline import Pipeline
+from batchrun._requests import RequestBuilder, built_batches
+from batchrun._types import Request, Result
+
+__all__ = ["COMMIT_GRACE_S", "SIGNAL_GRACE_S", "LocalRun"]
+
+log = logging.getLogger("batchrun")
+
+SIGNAL_GRACE_S = 20.0
+"""Longest wait for requests in flight after SIGINT/SIGTERM (under Kubernetes' 30 s)."""
+COMMIT_GRACE_S = 5.0
+"""After that, how long the checkpoint writer has to commit what came back."""
+
+
+class LocalRun(Run):
+    """One run in this process; ``execute`` is the whole procedure as named steps."""
+
+    signalled: tuple[str, int] | None = None  # (signal name, requests on the wire)
+
+    def execute(self) -> RunSummary:
+        table, builder = prepare(self.job)
+        api_key = self._api_key()
+        with Checkpoint.open(
+            self.job.output.checkpoint_path, job_name=self.job.name, fresh=self.options.fresh
+        ) as ckpt:
+            dispatcher = Dispatcher(
+                self.job,
+                api_key=api_key,
+                base_url=self.options.base_url,
+                budget=budget_for(self.job, ckpt.spent_usd()),
+                counters=self.progress.dispatch,
+            )
+            self.progress.total = self._total(table)
+            with learned_limits_kept(ckpt, dispatcher):
+                self._dispatch_all(ckpt, self._selected_items(table, builder), dispatcher)
+            if self.stopped == "interrupted":
+                log.warning(
+                    "writing %s with unfinished rows as pending (interrupt again to skip it:"
+                    " every answer is in the checkpoint)",
+                    self.job.output.path,
+                )
+            stats = self._write_output(table, builder, ckpt.lookup)
+        return self._summary(stats)
+
+    def _selected_items(
+        self, table: InputTable, builder: RequestBuilder
+    ) -> Iterator[list[Request | Result]]:
+        for _, items in built_batches(table, builder, select=self._selector()):
+            if items:
+                yield items
+
+    # --- the async pipeline -----------------------------------------------------
+
+    def _dispatch_all(
+        self, ckpt: Checkpoint, items: Iterable[list[Request | Result]], dispatcher: Dispatcher
+    ) -> None:
+        pipeline = Pipeline(
+            self.job,
+            ckpt,
+            dispatcher,
+            retry_failed=self.options.retry_failed,
+            progress=self.progress,
+            on_progress=self.on_progress,
+        )
+        handlers = [(sig, signal.getsignal(sig)) for sig in (signal.SIGINT, signal.SIGTERM)]
+        try:
+            run_async(self._main, pipeline, items)
+        except FatalApiError as exc:
+            # The output is still written (unfinished rows as pending) before exit 4.
+            log.error("%s", exc)
+            self.stopped, self.fatal_message = "fatal", str(exc)
+        finally:
+            # asyncio resets the handlers it borrowed to the defaults, not to the caller's.
+            for sig, handler in handlers:
+                if handler is not None:
+                    signal.signal(sig, handler)
+        if self.stopped is None and pipeline.outcome is not None:
+            self.stopped = pipeline.outcome.stopped
+        self._log_stopped()
+
+    async def _main(self, pipeline: Pipeline, batches: Iterable[list[Request | Result]]) -> None:
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._watch_signals, outer.cancel_scope, pipeline)
+            await pipeline.run(batches)
+            outer.cancel_scope.cancel()
+
+    async def _watch_signals(self, scope: anyio.CancelScope, pipeline: Pipeline) -> None:
+        # The first signal sends nothing more but lets requests in flight finish: the API
+        # bills them whether or not we wait, and a rerun would pay for them again. The
+        # grace deadline cancels those sends, not the checkpoint writer, which still
+        # commits every answer that came back. The second signal stops at once.
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if self.stopped == "interrupted":
+                    log.warning("%s again: stopping now, saving what finished", name)
+                    scope.cancel()
+                    return
+                grace = min(self.job.limits.timeout_s, SIGNAL_GRACE_S)
+                self.stopped = "interrupted"
+                on_the_wire = pipeline.stop_sending(grace)
+                self.signalled = (name, on_the_wire)
+                log.warning(
+                    "%s: sending nothing more; waiting up to %.0f s for %d %s in flight"
+                    " (signal again to stop at once)",
+                    *(name, grace, on_the_wire, _requests_word(on_the_wire)),
+                )
+                # A backstop only: the sends end by the grace deadline, then the writer commits.
+                scope.deadline = anyio.current_time() + grace + COMMIT_GRACE_S
+
+    def _log_stopped(self) -> None:
+        """After a signal, what became of the requests that were on the wire."""
+        if self.signalled is None:
+            return
+        name, on_the_wire = self.signalled
+        abandoned = self.progress.dispatch.abandoned
+        log.warning(
+            "%s: stopped; %d of %d %s in flight came back and %s saved, %d abandoned at the"
+            " deadline (perhaps billed, sent again by a rerun)",
+            *(name, on_the_wire - abandoned, on_the_wire, _requests_word(on_the_wire)),
+            *("is" if on_the_wire - abandoned == 1 else "are", abandoned),
+        )
+
+
+def _requests_word(count: int) -> str:
+    return "request" if count == 1 else "requests"
