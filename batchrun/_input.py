@@ -30,8 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ._config import Job
-from ._errors import InputError
+from batchrun._config import Job
+from batchrun._errors import InputError
 
 SUFFIXES = (".csv", ".parquet")
 DEFAULT_BATCH_SIZE = 4096

@@ -22,12 +22,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._config import Job, Price
-from ._errors import JobError
-from ._input import InputTable
-from ._parse import ARROW_TYPES, parse_response
-from ._requests import RequestBuilder, Selector, built_batches
-from ._types import EXTRA_COLUMNS, RESULT_COLUMNS, Answer, Request, Result
+from batchrun._config import Job, Price
+from batchrun._errors import JobError
+from batchrun._input import InputTable
+from batchrun._parse import ARROW_TYPES, parse_response
+from batchrun._requests import RequestBuilder, Selector, built_batches
+from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS, Answer, Request, Result
 
 Lookup = Callable[[Sequence[str]], Mapping[str, Answer]]
 

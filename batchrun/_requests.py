@@ -17,11 +17,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from ._config import MAX_IMAGE_URLS, Job
-from ._errors import JobError
-from ._input import InputTable, row_keys
-from ._template import Template
-from ._types import Request, Result
+from batchrun._config import MAX_IMAGE_URLS, Job
+from batchrun._errors import JobError
+from batchrun._input import InputTable, row_keys
+from batchrun._template import Template
+from batchrun._types import Request, Result
 
 FINGERPRINT_VERSION = "v1"
 IMAGE_TOKENS: Mapping[str | None, int] = {"low": 85, "high": 765, "auto": 425, None: 425}

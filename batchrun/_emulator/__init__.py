@@ -6,9 +6,9 @@ with EmulatorProcess(["--rpm", "600"]) as emu:
     emu.reset()       # POST /emulator/reset
 """
 
-from ._app import EmulatorApp
-from ._config import EmulatorConfig
-from ._process import EmulatorProcess
-from ._server import main
+from batchrun._emulator._app import EmulatorApp
+from batchrun._emulator._config import EmulatorConfig
+from batchrun._emulator._process import EmulatorProcess
+from batchrun._emulator._server import main
 
 __all__ = ["EmulatorApp", "EmulatorConfig", "EmulatorProcess", "main"]

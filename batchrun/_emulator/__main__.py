@@ -2,6 +2,6 @@
 
 import sys
 
-from ._server import main
+from batchrun._emulator._server import main
 
 sys.exit(main())

@@ -13,14 +13,14 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ._cache import PrefixCache
-from ._config import EmulatorConfig
-from ._faults import Fault, FaultPlan
-from ._ledger import Ledger
-from ._limits import Headers, RateLimiter, TerseLimiter
-from ._schema import MODEL_IDS, ApiError, ChatRequest, parse_chat_request
-from ._synth import body_digests, synthesize
-from ._wire import (
+from batchrun._emulator._cache import PrefixCache
+from batchrun._emulator._config import EmulatorConfig
+from batchrun._emulator._faults import Fault, FaultPlan
+from batchrun._emulator._ledger import Ledger
+from batchrun._emulator._limits import Headers, RateLimiter, TerseLimiter
+from batchrun._emulator._schema import MODEL_IDS, ApiError, ChatRequest, parse_chat_request
+from batchrun._emulator._synth import body_digests, synthesize
+from batchrun._emulator._wire import (
     Answer,
     completion_body,
     dumps,

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
-from ._schema import CHARS_PER_TOKEN
+from batchrun._emulator._schema import CHARS_PER_TOKEN
 
 MIN_CACHED_TOKENS = 1024
 CACHE_STEP_TOKENS = 128

@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ._faults import FaultRates
+from batchrun._emulator._faults import FaultRates
 
 DEFAULT_PORT = 8000
 DEFAULT_STALL_S = 30.0

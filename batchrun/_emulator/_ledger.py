@@ -11,8 +11,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from ._faults import Fault
-from ._limits import RollingCount
+from batchrun._emulator._faults import Fault
+from batchrun._emulator._limits import RollingCount
 
 TOKEN_KINDS = ("prompt", "cached", "completion", "reasoning", "image")
 

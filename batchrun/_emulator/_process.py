@@ -20,7 +20,7 @@ from typing import Any, Self
 
 import httpx
 
-from ._config import READY_PREFIX
+from batchrun._emulator._config import READY_PREFIX
 
 _PROBE_KEY = "sk-emulator-probe"
 

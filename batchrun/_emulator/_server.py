@@ -13,8 +13,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from ._app import EmulatorApp
-from ._config import READY_PREFIX, EmulatorConfig, parse_config
+from batchrun._emulator._app import EmulatorApp
+from batchrun._emulator._config import READY_PREFIX, EmulatorConfig, parse_config
 
 _BACKLOG = 2048
 

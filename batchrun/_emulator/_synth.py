@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._schema import CHARS_PER_TOKEN, ChatRequest
+from batchrun._emulator._schema import CHARS_PER_TOKEN, ChatRequest
 
 # Reasoning tokens drawn per effort: (low, high) inclusive.
 REASONING_RANGES = {"low": (0, 64), "medium": (64, 256), "high": (256, 1024), "xhigh": (1024, 4096)}

@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ._schema import CHARS_PER_TOKEN, MODELS, ApiError, ChatRequest
-from ._synth import Completion
+from batchrun._emulator._schema import CHARS_PER_TOKEN, MODELS, ApiError, ChatRequest
+from batchrun._emulator._synth import Completion
 
 _MODELS_CREATED = 1_767_225_600  # 2026-01-01, fixed so /v1/models is stable
 # Split between whitespace and a following word, so the pieces join back exactly.
