@@ -186,7 +186,7 @@ def _pairs(values: Mapping[str, Any] | Sequence[str], *, toml: bool = False) -> 
         return list(values)
     if not toml:
         return [f"{name}={value}" for name, value in values.items()]
-    from batchrun._jobfile import toml_literal
+    from batchrun._tomldoc import toml_literal
 
     return [f"{name}={toml_literal(value)}" for name, value in values.items()]
 

@@ -1,9 +1,9 @@
 """Load a job file, ``--set`` overrides and ``--var`` values into one validated ``Job``.
 
     load_job(path, sets=..., variables=...)
-      _read_toml        file -> raw dict (JobError with TOML's line and column)
-      _apply_set        each ``--set a.b=value`` onto the raw dict, tables made as needed
-      _substitute       ``${NAME}`` in every string value (``$${`` is a literal ``${``)
+      read_toml         file -> raw dict (JobError with TOML's line and column)  [_tomldoc]
+      apply_set         each ``--set a.b=value`` onto the raw dict, tables made as needed
+      substitute        ``${NAME}`` in every string value (``$${`` is a literal ``${``)
       _build_job        every key checked against ``_SCHEMA`` -> frozen value objects
       _check_job        the rules that span keys
       _config_hash      ``"v1:" + sha256`` of the resolved config's canonical JSON
@@ -21,16 +21,14 @@ import hashlib
 import ipaddress
 import json
 import math
-import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from ._config import (
+from batchrun._config import (
     COLUMN_TYPES,
     IMAGE_DETAILS,
     MAX_COMPLETION_TOKENS_LIMIT,
@@ -47,16 +45,24 @@ from ._config import (
     Price,
     RequestConfig,
 )
-from ._errors import JobError
-from ._template import Template
-from ._types import EXTRA_COLUMNS, RESULT_COLUMNS
+from batchrun._errors import JobError
+from batchrun._template import Template
+from batchrun._tomldoc import (
+    NAME,
+    PRICE_KEYS,
+    InvalidKey,
+    annotate,
+    apply_set,
+    dotted,
+    read_toml,
+    read_variables,
+    substitute,
+    toml_literal,
+)
+from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS
 
 __all__ = ["load_job", "toml_literal", "validate_job"]
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_VAR_REF = re.compile(r"\$(\$?)\{([^{}]*)\}")
-_PRICE_KEYS = ("input", "cached_input", "output")
 # Names people reach for when they try to put the key itself in the file.
 _SECRET_KEYS = frozenset({"api_key", "key", "apikey", "token", "api_token", "secret"})
 # Body fields batchrun builds itself; letting ``extra`` replace them would
@@ -70,14 +76,6 @@ _RESERVED_EXTRA = {
 }
 
 
-class _Invalid(JobError):
-    """A violation at one dotted key; ``load_job`` re-raises it as a plain JobError."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
 def load_job(path: str | Path, *, sets: Sequence[str] = (), variables: Sequence[str] = ()) -> Job:
     """Read, override, fill and validate a job file.
 
@@ -85,14 +83,14 @@ def load_job(path: str | Path, *, sets: Sequence[str] = (), variables: Sequence[
     >>> job.request.model  # doctest: +SKIP
     'glm-5.2'
     """
-    raw = _read_toml(Path(path))
-    values = _variables(variables, datetime.now(UTC))
-    set_keys = [_apply_set(raw, item) for item in sets]
+    raw = read_toml(Path(path))
+    values = read_variables(variables, datetime.now(UTC))
+    set_keys = [apply_set(raw, item, _is_text_key) for item in sets]
     try:
-        job = _build_job(_substitute(raw, values, ()))
+        job = _build_job(substitute(raw, values, ()))
         _check_job(job)
-    except _Invalid as exc:
-        raise JobError(_annotate(exc, set_keys)) from None
+    except InvalidKey as exc:
+        raise JobError(annotate(exc, set_keys)) from None
     return replace(job, config_hash=_config_hash(job))
 
 
@@ -105,33 +103,9 @@ def validate_job(job: Job) -> Job:
     try:
         checked = _build_job(raw)
         _check_job(checked)
-    except _Invalid as exc:
+    except InvalidKey as exc:
         raise JobError(str(exc)) from None
     return replace(checked, config_hash=_config_hash(checked))
-
-
-def toml_literal(value: Any) -> str:
-    """``value`` written so that ``--set key=<literal>`` reads it back unchanged.
-
-    >>> toml_literal({"temperature": 0.2, "stop": ["END"]})
-    '{temperature = 0.2, stop = ["END"]}'
-    """
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)  # TOML spells inf, -inf and nan as Python does
-    if isinstance(value, str):
-        # JSON strings are TOML basic strings, except that TOML also escapes DEL.
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, Mapping):
-        return (
-            "{"
-            + ", ".join(f"{_dotted(str(k))} = {toml_literal(v)}" for k, v in value.items())
-            + "}"
-        )
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
-    raise JobError(f"{value!r} has no TOML form (TOML has no null; leave the key out instead)")
 
 
 def _present(table: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,134 +113,9 @@ def _present(table: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in table.items() if value is not None}
 
 
-# --- reading, --set and --var ----------------------------------------------------
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    """The file's TOML as a dict; any failure is a JobError naming the file."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise JobError(f"job file not found: {path}") from None
-    except OSError as exc:
-        raise JobError(f"{path}: cannot read job file: {exc.strerror}") from None
-    try:
-        # utf-8-sig: editors on Windows like to start files with a BOM.
-        return tomllib.loads(data.decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        raise JobError(f"{path}: not UTF-8 text (a TOML file must be UTF-8)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise JobError(f"{path}: invalid TOML: {exc}") from None
-
-
-def _variables(assignments: Sequence[str], now: datetime) -> dict[str, str]:
-    """Built-in dates, then ``NAME=VALUE`` assignments (which may override them)."""
-    today = now.astimezone(UTC).date()
-    values = {"today": today.isoformat(), "yesterday": (today - timedelta(days=1)).isoformat()}
-    for item in assignments:
-        name, sep, value = item.partition("=")
-        if not sep or not _NAME.fullmatch(name.strip()):
-            raise JobError(f"--var {item!r}: expected NAME=VALUE (NAME: letters, digits, _)")
-        values[name.strip()] = value
-    return values
-
-
-def _apply_set(raw: dict[str, Any], item: str) -> str:
-    """Put one ``KEY=VALUE`` into the raw dict; returns the dotted key it set."""
-    key, sep, text = item.partition("=")
-    if not sep:
-        raise JobError(f"--set {item!r}: expected KEY=VALUE, e.g. request.model=glm-5.2")
-    path = _set_path(key.strip())
-    node = raw
-    for depth, part in enumerate(path[:-1], start=1):
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise JobError(f"--set {key.strip()}: {_dotted(*path[:depth])} is not a table")
-    node[path[-1]] = _set_value(path, text)
-    return _dotted(*path)
-
-
-def _set_path(key: str) -> tuple[str, ...]:
-    """A dotted key in TOML syntax (quoted parts allowed) as its parts."""
-    try:
-        node: Any = tomllib.loads(f"{key} = 0")
-    except tomllib.TOMLDecodeError:
-        node = None
-    parts: list[str] = []
-    while isinstance(node, dict) and len(node) == 1:
-        (part, node), *_ = node.items()
-        parts.append(part)
-    if not parts or node != 0:
-        raise JobError(f"--set {key!r}: not a dotted key such as request.model")
-    if parts[0] == "pricing" and len(parts) > 2:
-        parts = _pricing_path(parts)
-    return tuple(parts)
-
-
-def _pricing_path(parts: list[str]) -> list[str]:
-    """Model names hold dots (``pricing.gpt-5.5.input``): rejoin what lies between."""
-    if parts[-1] in _PRICE_KEYS and len(parts) > 3:
-        return ["pricing", ".".join(parts[1:-1]), parts[-1]]
-    if parts[-1] not in _PRICE_KEYS:
-        return ["pricing", ".".join(parts[1:])]
-    return parts
-
-
-def _set_value(path: tuple[str, ...], text: str) -> Any:
-    """The value typed by TOML syntax; bare words, dates and text keys stay strings."""
-    try:
-        parsed = tomllib.loads(f"v = {text}")
-    except tomllib.TOMLDecodeError:
-        return text
-    value = parsed.get("v")
-    if len(parsed) != 1 or isinstance(value, date | time):
-        return text  # no key takes a date, and `2026-11-25` as a name should stay as typed
-    if _is_text_key(path) and not isinstance(value, str | dict | list):
-        return text  # `--set job.name=2026` means the name "2026"
-    return value
-
-
 def _is_text_key(path: tuple[str, ...]) -> bool:
     section = _SCHEMA.get(path[0], {})
     return len(path) == 2 and path[1] in section and section[path[1]].text
-
-
-def _substitute(node: Any, values: Mapping[str, str], path: tuple[str, ...]) -> Any:
-    """``node`` with ``${NAME}`` filled in every string, at any depth."""
-    if isinstance(node, str):
-        return _fill(node, values, _dotted(*path))
-    if isinstance(node, dict):
-        return {k: _substitute(v, values, (*path, k)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [
-            _substitute(v, values, (*path[:-1], f"{path[-1]}[{i}]")) for i, v in enumerate(node)
-        ]
-    return node
-
-
-def _fill(text: str, values: Mapping[str, str], key: str) -> str:
-    """One string with its variables filled; unknown or malformed references fail."""
-
-    def one(match: re.Match[str]) -> str:
-        escaped, name = match.group(1), match.group(2)
-        if escaped:
-            return "${" + name + "}"
-        if not _NAME.fullmatch(name):
-            raise _Invalid(key, f"{key}: '${{{name}}}' is not a variable (write $${{ for ${{)")
-        if name not in values:
-            raise _Invalid(
-                key, f"{key}: variable ${{{name}}} is not defined; pass --var {name}=..."
-            )
-        return values[name]
-
-    return _VAR_REF.sub(one, text)
-
-
-def _annotate(exc: _Invalid, set_keys: Sequence[str]) -> str:
-    """Say so when the offending value came from ``--set`` rather than the file."""
-    if any(exc.key == key or exc.key.startswith(key + ".") for key in set_keys):
-        return f"{exc} (from --set)"
-    return str(exc)
 
 
 # --- value checks: each takes the dotted key and the raw value, returns the clean value
@@ -276,7 +125,7 @@ Check = Callable[[str, Any], Any]
 
 
 def _fail(key: str, detail: str) -> NoReturn:
-    raise _Invalid(key, f"{key}: {detail}")
+    raise InvalidKey(key, f"{key}: {detail}")
 
 
 def _show(value: Any) -> str:
@@ -401,7 +250,7 @@ def _optional_template(key: str, value: Any) -> str | None:
 
 def _env_name(key: str, value: Any) -> str:
     # The value is not shown: people paste the key itself here.
-    if not isinstance(value, str) or not _NAME.fullmatch(value):
+    if not isinstance(value, str) or not NAME.fullmatch(value):
         _fail(
             key,
             "must be the NAME of an environment variable (letters, digits, _), e.g. "
@@ -457,7 +306,7 @@ def _json_only(key: str, value: Any) -> None:
         _fail(key, f"{_show(value)} cannot be sent as JSON")
     if isinstance(value, dict):
         for name, item in value.items():
-            _json_only(f"{key}.{_dotted(name)}", item)
+            _json_only(f"{key}.{dotted(name)}", item)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _json_only(f"{key}[{index}]", item)
@@ -469,11 +318,11 @@ def _columns(key: str, value: Any) -> dict[str, str]:
     for name, kind in value.items():
         if kind not in COLUMN_TYPES:
             _fail(
-                f"{key}.{_dotted(name)}",
+                f"{key}.{dotted(name)}",
                 f"{_show(kind)} is not one of {', '.join(COLUMN_TYPES)}",
             )
         if name in RESULT_COLUMNS or name in EXTRA_COLUMNS:
-            _fail(f"{key}.{_dotted(name)}", "clashes with batchrun's own column of that name")
+            _fail(f"{key}.{dotted(name)}", "clashes with batchrun's own column of that name")
     return dict(value)
 
 
@@ -557,10 +406,10 @@ def _check_sections(raw: Mapping[str, Any]) -> None:
         if isinstance(value, dict):
             hint = _did_you_mean(name, known, lambda s: f"[{s}]")
             hint = hint or f" (sections: {', '.join(known)})"
-            raise _Invalid(name, f"unknown section [{name}]{hint}")
+            raise InvalidKey(name, f"unknown section [{name}]{hint}")
         homes = [f"{section}.{name}" for section, keys in _SCHEMA.items() if name in keys]
         hint = f" (did you mean {homes[0]}?)" if homes else f" (sections: {', '.join(known)})"
-        raise _Invalid(name, f"unknown key {name}{hint}")
+        raise InvalidKey(name, f"unknown key {name}{hint}")
 
 
 def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -583,17 +432,17 @@ def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 def _unknown_key(section: str, key: str, allowed: list[str]) -> NoReturn:
     """``section`` is already a dotted key; suggest the closest allowed key."""
-    dotted = f"{section}.{_dotted(key)}"
+    full_key = f"{section}.{dotted(key)}"
     if section == "api" and key.lower() in _SECRET_KEYS:
         _fail(
-            dotted,
+            full_key,
             "the API key never comes from the job file; export it and name the "
             "variable with api.api_key_env (default MODELSTREAM_API_KEY)",
         )
     hint = _did_you_mean(key, allowed, lambda k: f"{section}.{k}")
     if not hint:
         hint = f" (keys of [{section}]: {', '.join(allowed)})"
-    raise _Invalid(dotted, f"unknown key {dotted}{hint}")
+    raise InvalidKey(full_key, f"unknown key {full_key}{hint}")
 
 
 def _did_you_mean(word: str, choices: Sequence[str], show: Callable[[str], str]) -> str:
@@ -607,12 +456,12 @@ def _pricing(table: Mapping[str, Any]) -> dict[str, Price]:
 
 
 def _price_entry(model: str, entry: Any) -> Price:
-    key = _dotted("pricing", model)
+    key = dotted("pricing", model)
     if not isinstance(entry, dict):
-        _fail(key, f"must be a table of {', '.join(_PRICE_KEYS)}, got {_show(entry)}")
+        _fail(key, f"must be a table of {', '.join(PRICE_KEYS)}, got {_show(entry)}")
     for name in entry:
-        if name not in _PRICE_KEYS:
-            _unknown_key(key, name, list(_PRICE_KEYS))
+        if name not in PRICE_KEYS:
+            _unknown_key(key, name, list(PRICE_KEYS))
     for name in ("input", "output"):
         if name not in entry:
             _fail(f"{key}.{name}", "missing; it is required")
@@ -646,7 +495,7 @@ def _check_limits(job: Job) -> None:
         _fail(
             "limits.max_cost_usd",
             f"needs a price for model {model!r}: add "
-            f"[{_dotted('pricing', model)}] with input and output (USD per million tokens)",
+            f"[{dotted('pricing', model)}] with input and output (USD per million tokens)",
         )
     worst = job.request.worst_case_completion_tokens
     if limits.tokens_per_minute is not None and limits.tokens_per_minute < worst:
@@ -674,8 +523,3 @@ def _config_hash(job: Job) -> str:
     del data["config_hash"]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "v1:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _dotted(*parts: str) -> str:
-    """A TOML dotted key, quoting parts that are not bare keys (``pricing."gpt-5.5"``)."""
-    return ".".join(p if _BARE_KEY.fullmatch(p) else json.dumps(p) for p in parts)
