@@ -51,7 +51,6 @@ class Counters:
     """Live numbers for a progress display; the dispatcher updates them in place."""
 
     sent: int = 0  # HTTP requests sent (attempts, not rows)
-    done: int = 0  # rows finished (ok + failed)
     ok: int = 0
     failed: int = 0
     retries: int = 0
@@ -60,6 +59,12 @@ class Counters:
     abandoned: int = 0  # sends cancelled by a signal's grace deadline (maybe billed, lost)
     cost_usd: float = 0.0  # this run's charges: real cost, or the worst case without usage
     rpm_limit: float | None = None  # requests per minute in use (configured or learned)
+
+    @property
+    def rows_sent(self) -> int:
+        """Rows this dispatcher finished (ok + failed); ``Progress.finished`` also counts
+        the rows a run took from the checkpoint, shared or found invalid."""
+        return self.ok + self.failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +137,7 @@ class Dispatcher:
         self._api_key = api_key
         self._transport = transport
         self._pacer: tuple[tuple[object, ...], Pacer] | None = None
-        self._run: _Run | None = None
+        self._run: _DispatchRun | None = None
         self.interrupted = False
 
     def pacer(self) -> Pacer:
@@ -160,7 +165,7 @@ class Dispatcher:
             sender = Sender(
                 transport, url=self.url, api_key=self._api_key, timeout_s=self.limits.timeout_s
             )
-            self._run = _Run(self, sender)
+            self._run = _DispatchRun(self, sender)
             try:
                 return await self._run.run(requests, results)
             finally:
@@ -175,7 +180,7 @@ class Dispatcher:
         return self._run.stop_sending(grace_s) if self._run is not None else 0
 
 
-class _Run:
+class _DispatchRun:
     """The state of one ``Dispatcher.run``: pacing, pause, workers, and how it stops."""
 
     def __init__(self, dispatcher: Dispatcher, sender: Sender) -> None:
@@ -451,7 +456,6 @@ class _Run:
         result.charges = tuple(charges)
         result.cost_usd = _row_cost(charges, priced=self.d.budget is not None)
         counters = self.counters
-        counters.done += 1
         if result.status == "ok":
             counters.ok += 1
         else:

@@ -129,16 +129,17 @@ def _parsed_columns(job: Job) -> Mapping[str, str]:
     return job.output.columns if job.output.parse == "json" else {}
 
 
-# --- settling one row ------------------------------------------------------------
+# --- parsing one row ------------------------------------------------------------
 
 
 def parse_status(job: Job, result: Result) -> Result:
     """``result``, or a copy with ``status="error", error_type="parse_error"`` when it is
     ok but its response does not parse into the job's declared columns."""
-    return _settle(job, result)[0]
+    return _parsed(job, result)[0]
 
 
-def _settle(job: Job, result: Result) -> tuple[Result, dict[str, Any] | None]:
+def _parsed(job: Job, result: Result) -> tuple[Result, dict[str, Any] | None]:
+    """The result (with ``parse_error`` when it does not parse) and its parsed values."""
     columns = _parsed_columns(job)
     if not columns or result.status != "ok":
         return result, None
@@ -177,7 +178,7 @@ def _rows(job: Job, items: Sequence[Request | Result], answers: Mapping[str, Ans
         elif (answer := answers.get(item.fingerprint)) is None:
             rows.append(_Row(Result(status="pending"), None, None, False))
         else:
-            result, parsed = _settle(job, answer.result)
+            result, parsed = _parsed(job, answer.result)
             shared = answer.owner_key != item.key
             # The cost was priced once, when the answer arrived; a shared row paid nothing.
             cost = (0.0 if shared else result.cost_usd) if job.price is not None else None

@@ -333,7 +333,7 @@ class _ProgressDisplay:
         The window opens at the first answer: the rate bucket's initial burst (half a
         second's worth, sent at once) has gone out by then and is left out, or the
         first half minute would read over 100%."""
-        if not counters.dispatch.done:
+        if not counters.dispatch.rows_sent:
             return None
         now = time.monotonic()
         self._sent.append((now, counters.sent))

@@ -133,7 +133,7 @@ def test_every_request_is_answered_with_concurrency_never_exceeded() -> None:
     assert sorted(int(r.key) for r, _ in finished) == list(range(60))
     assert all(res.status == "ok" and res.attempts == 1 for _, res in finished)
     assert transport.most == 6
-    assert (counters.sent, counters.done, counters.ok, counters.in_flight) == (60, 60, 60, 0)
+    assert (counters.sent, counters.rows_sent, counters.ok, counters.in_flight) == (60, 60, 60, 0)
     assert counters.cost_usd == pytest.approx(sum(result_cost(PRICE, r) or 0 for _, r in finished))
 
 
