@@ -17,14 +17,15 @@ import logging
 import math
 import random
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 import anyio
 import anyio.lowlevel
 import httpx
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batchrun._advice import ReservationWarning
 from batchrun._budget import Budget, result_cost
@@ -65,6 +66,17 @@ class Counters:
         """Rows this dispatcher finished (ok + failed); ``Progress.finished`` also counts
         the rows a run took from the checkpoint, shared or found invalid."""
         return self.ok + self.failed
+
+
+class ResultSink(Protocol):
+    """Where ``Dispatcher.run`` puts finished rows, without waiting when it has room: a
+    memory object stream, or the pipeline's parsing stream in front of one."""
+
+    def send_nowait(self, item: RequestResult, /) -> None: ...
+
+    async def send(self, item: RequestResult, /) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +164,8 @@ class Dispatcher:
 
     async def run(
         self,
-        requests: ObjectReceiveStream[Request],
-        results: ObjectSendStream[RequestResult],
+        requests: MemoryObjectReceiveStream[Request],
+        results: ResultSink,
     ) -> DispatchOutcome:
         """Send everything ``requests`` yields; close ``results`` when done.
 
@@ -161,7 +173,7 @@ class Dispatcher:
         with ``stopped="budget"``; raises ``FatalApiError`` on 401/403/unknown model.
         """
         transport = self._transport or make_transport(self.limits.concurrency, self.url)
-        async with transport, results:
+        async with transport, aclosing(results):
             sender = Sender(
                 transport, url=self.url, api_key=self._api_key, timeout_s=self.limits.timeout_s
             )
@@ -203,7 +215,7 @@ class _DispatchRun:
         self.out = out
 
     async def run(
-        self, requests: ObjectReceiveStream[Request], results: ObjectSendStream[RequestResult]
+        self, requests: MemoryObjectReceiveStream[Request], results: ResultSink
     ) -> DispatchOutcome:
         self.results = results
         async with anyio.create_task_group() as tg:
@@ -215,14 +227,16 @@ class _DispatchRun:
             raise self.fatal
         return DispatchOutcome(stopped=self.stopped)
 
-    async def _forward(self, results: ObjectSendStream[RequestResult]) -> None:
+    async def _forward(self, results: ResultSink) -> None:
         # The only task that may wait on the consumer; workers never do.
         async with self.finished:
             async for item in self.finished:
                 await results.send(item)
 
     async def _worker(
-        self, requests: ObjectReceiveStream[Request], out: ObjectSendStream[RequestResult]
+        self,
+        requests: MemoryObjectReceiveStream[Request],
+        out: MemoryObjectSendStream[RequestResult],
     ) -> None:
         with out, anyio.CancelScope() as scope:
             self.worker_scopes.add(scope)
@@ -246,7 +260,7 @@ class _DispatchRun:
             finally:
                 self.worker_scopes.discard(scope)
 
-    def _emit(self, out: ObjectSendStream[RequestResult], item: RequestResult) -> None:
+    def _emit(self, out: MemoryObjectSendStream[RequestResult], item: RequestResult) -> None:
         # Straight to the consumer when it has room (the usual case), else to the
         # forwarder's backlog; either way without waiting.
         if self.finished.statistics().current_buffer_used == 0:

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -125,7 +126,7 @@ def row_keys(batch: pa.RecordBatch, job: Job, start: int) -> list[str]:
     if column.null_count:
         first = pc.index(pc.is_null(column), True).as_py()
         raise InputError(f"row {start + first} has a null id in column {id_column!r}")
-    return pc.cast(column, pa.string()).to_pylist()
+    return cast(list[str], pc.cast(column, pa.string()).to_pylist())  # no nulls: see above
 
 
 def validate_keys(table: InputTable, job: Job, batch_size: int = 65536) -> None:

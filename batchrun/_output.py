@@ -91,7 +91,7 @@ class OutputStats:
 # --- columns -------------------------------------------------------------------------
 
 
-def added_fields(job: Job) -> list[pa.Field]:
+def added_fields(job: Job) -> list[pa.Field[Any]]:
     """The columns batchrun appends, prefixed, in order: result columns, parsed, extra."""
     prefix = job.output.prefix
     fields = [pa.field(prefix + name, RESULT_TYPES[name]) for name in RESULT_COLUMNS]
@@ -201,7 +201,7 @@ def _output_batch(
     job: Job, batch: pa.RecordBatch, rows: Sequence[_Row], schema: pa.Schema
 ) -> pa.RecordBatch:
     results = [row.result for row in rows]
-    arrays: list[pa.Array] = list(batch.columns)
+    arrays: list[pa.Array[Any]] = list(batch.columns)
     for name in RESULT_COLUMNS:
         if name == "cost_usd":
             values: list[Any] = [row.cost for row in rows]

@@ -118,12 +118,12 @@ class Pipeline:
             async with anyio.create_task_group() as feed, req_recv, results:
                 self._producing, self._requests = anyio.CancelScope(), req_recv
                 feed.start_soon(self._produce, batches, req_send)
-                self.outcome = await self.dispatcher.run(req_recv, results)
+                self.outcome = outcome = await self.dispatcher.run(req_recv, results)
                 feed.cancel_scope.cancel()
-        return self.outcome
+        return outcome
 
     async def _produce(
-        self, batches: Iterable[list[Request | Result]], send: ObjectSendStream[Request]
+        self, batches: Iterable[list[Request | Result]], send: MemoryObjectSendStream[Request]
     ) -> None:
         async with send:
             with self._producing or anyio.CancelScope():

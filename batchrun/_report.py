@@ -303,7 +303,7 @@ def _read(source: _Source, keys: Sequence[str]) -> Iterator[pa.Table]:
 def _narrow(
     batch: pa.RecordBatch, wanted: dict[str, str | None], partitions: dict[str, Any]
 ) -> pa.Table:
-    columns: dict[str, pa.Array] = {}
+    columns: dict[str, pa.Array[Any]] = {}
     for name, physical in wanted.items():
         if physical is not None:
             columns[name] = batch.column(physical)
@@ -350,7 +350,7 @@ class _Accumulator:
             table.schema.get_field_index("status"), "status", table["status"].cast(pa.string())
         )
         table = _billed_tokens(table)
-        aggs = [
+        aggs: list[Any] = [  # pyarrow-stubs type each function name as a Literal
             ([], "count_all"),
             ("_shared", "sum"),
             *((name, "sum") for name in _TOKENS),
@@ -391,15 +391,16 @@ def _billed_tokens(table: pa.Table) -> pa.Table:
     return table.append_column("_shared", pc.cast(shared, pa.int64()))
 
 
-def _shared_mask(table: pa.Table) -> pa.ChunkedArray:
+def _shared_mask(table: pa.Table) -> pa.ChunkedArray[Any] | pa.Array[Any]:
     shared = table["shared"]
     if shared.type == pa.bool_():
-        return pc.fill_null(shared, False)
+        return shared.fill_null(pa.scalar(False))
     attempts, status = table["attempts"], table["status"]
     if attempts.type == pa.null():
         return pa.chunked_array([pa.repeat(False, table.num_rows)])
     # Outputs written before the column: an ok row that sent nothing reused an answer.
-    return pc.fill_null(pc.and_(pc.equal(status, "ok"), pc.equal(attempts, 0)), False)
+    ok, unsent = pc.equal(status, pa.scalar("ok")), pc.equal(attempts, pa.scalar(0))
+    return pc.and_(ok, unsent).fill_null(False)
 
 
 def _groups(grouped: pa.Table, keys: Sequence[str]) -> Iterator[tuple[tuple[Any, ...], _Group]]:
@@ -414,11 +415,11 @@ def _groups(grouped: pa.Table, keys: Sequence[str]) -> Iterator[tuple[tuple[Any,
         yield (
             tuple(col[i] for col in key_values),
             _Group(
-                rows=counts[i],
+                rows=int(counts[i] or 0),
                 shared=int(shared[i] or 0),
                 tokens={name: int(sums[name][i] or 0) for name in _TOKENS},
                 cost=float(cost[i] or 0.0),
-                priced=priced[i],
+                priced=int(priced[i] or 0),
                 latencies=[values.astype(np.float64, copy=False)],
             ),
         )

@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from json.encoder import encode_basestring
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 
@@ -303,11 +303,11 @@ def _render(template: Template, texts: Mapping[str, list[str]], n: int) -> list[
     return ["".join(row) for row in zip(*pieces, strict=True)]
 
 
-def _column_text(column: pa.Array) -> list[str]:
+def _column_text(column: pa.Array[Any]) -> list[str]:
     values = column.to_pylist()
     if _is_text(column.type) or pa.types.is_dictionary(column.type):
         if column.null_count == 0:
-            return values
+            return cast(list[str], values)  # text without nulls
         return ["" if v is None else v for v in values]
     return ["" if v is None else str(v) for v in values]
 

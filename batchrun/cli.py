@@ -344,7 +344,7 @@ class _ProgressDisplay:
         if not counters.rpm_limit or elapsed < 3.0:
             return None
         per_minute = (counters.sent - self._sent[0][1]) * 60.0 / elapsed
-        return per_minute / counters.rpm_limit
+        return float(per_minute / counters.rpm_limit)
 
 
 def _postfix(counters: Any) -> str:

@@ -271,7 +271,7 @@ def _decode(raw: bytes) -> Any:
 
 async def _read_body(receive: Receive) -> bytes:
     message = await receive()
-    body = message.get("body", b"")
+    body: bytes = message.get("body", b"")
     if not message.get("more_body"):
         return body
     chunks = [body]
