@@ -15,7 +15,7 @@ import pandas as pd
 
 from batchrun._errors import JobError
 
-__all__ = ["FORMATS", "STATUSES", "cells", "headers", "render"]
+__all__ = ["FORMATS", "STATUSES", "cells", "headers", "is_numeric", "render"]
 
 FORMATS: tuple[str, ...] = ("table", "csv", "json", "markdown")
 STATUSES: tuple[str, ...] = ("ok", "error", "invalid", "pending")
@@ -77,7 +77,7 @@ def _cell(column: str, value: Any, *, null: str = "(null)") -> str:
     return str(value)
 
 
-def _is_numeric(column: str) -> bool:
+def is_numeric(column: str) -> bool:
     return column in _INT_COLUMNS | _COST_COLUMNS | _LATENCY_COLUMNS
 
 
@@ -96,7 +96,7 @@ def _render_text(df: pd.DataFrame) -> str:
 
     def line(cells: Iterable[str]) -> str:
         parts = zip(cells, widths, df.columns, strict=True)
-        return "  ".join(c.rjust(w) if _is_numeric(n) else c.ljust(w) for c, w, n in parts).rstrip()
+        return "  ".join(c.rjust(w) if is_numeric(n) else c.ljust(w) for c, w, n in parts).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     lines = [line(header), rule, *map(line, body[:-1]), rule, line(body[-1])]
@@ -107,7 +107,7 @@ def _render_markdown(df: pd.DataFrame) -> str:
     def line(cells: Iterable[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    align = ["---:" if _is_numeric(c) else "---" for c in df.columns]
+    align = ["---:" if is_numeric(c) else "---" for c in df.columns]
     rows = [line(headers(df)), "|" + "|".join(align) + "|", *map(line, cells(df))]
     return "\n".join(rows) + "\n"
 
