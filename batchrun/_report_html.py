@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from batchrun._report import ReportResult
+from batchrun._report import TOTAL_LABEL, ReportResult
 from batchrun._report_render import STATUSES, cells, headers, is_numeric
 from batchrun._report_select import DAY
 
@@ -28,8 +28,9 @@ __all__ = ["Chart", "charts", "format_value", "render_html"]
 
 # Okabe-Ito: told apart with the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#8C8C8C")
-WIDTH = 440  # viewBox units; text is 13 units, ~10 px on a phone and 13 px on a laptop
-LABEL_W, VALUE_W = 132, 78
+WIDTH = 420  # viewBox units; text is 14 units: 11 px on a 390 px phone, 14 px on a laptop
+LABEL_W, VALUE_W = 140, 80
+LABEL_CHARS = 17  # what fits in LABEL_W at 14 units; longer labels are cut (full on hover)
 BAR_H, GAP = 16, 8
 NULL_LABEL = "(null)"
 
@@ -73,7 +74,7 @@ def charts(result: ReportResult) -> list[Chart]:
         _cost_per_1k(result),
     ]
     if result.repriced:
-        title = "Re-priced cost per day, by model (--pricing)"
+        title = "Re-priced cost per day, by model"
         found.insert(1, _cost_per_day(result, "repriced_usd", "repriced", title))
     return found
 
@@ -86,6 +87,8 @@ def _cost_per_day(result: ReportResult, column: str, key: str, title: str) -> Ch
     grid = {(d, m): float(v) for d, m, v in zip(days, models, table[column], strict=True)}
     values = [tuple(grid.get((d, m), math.nan) for m in series) for d in cats]
     note = "Day: the date= partition, else the UTC day of completed_at. Unpriced rows left out."
+    if column == "repriced_usd":
+        note = "At the --pricing file's prices, from each row's billed tokens. " + note
     return _drop_empty(
         Chart(f"{key}-per-day", title, note, "usd", tuple(series), (), ()),
         cats,
@@ -137,7 +140,8 @@ def _latency(table: pd.DataFrame) -> Chart:
 def _cost_per_1k(result: ReportResult) -> Chart:
     table = result.table
     keys = list(result.by)
-    cats = [" · ".join(_label(v) for v in row if v is not None) for row in table[keys].to_numpy()]
+    columns_of_labels = [_labels(_groups(table)[k]) for k in keys]
+    cats = [*(" · ".join(parts) for parts in zip(*columns_of_labels, strict=True)), TOTAL_LABEL]
     columns = ["cost_per_1k_rows", *(["repriced_per_1k_rows"] if result.repriced else [])]
     series = ("recorded", "re-priced")[: len(columns)]
     values = [tuple(float(v) for v in row) for row in table[columns].to_numpy()]
@@ -209,7 +213,7 @@ def _row_max(row: Sequence[float]) -> float:
 
 
 def _row_label(text: str, middle: float) -> str:
-    short = text if len(text) <= 19 else text[:18] + "…"
+    short = text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…"
     return (
         f'<text x="{LABEL_W - 6}" y="{middle:.1f}" class="cat">'
         f"<title>{_e(text)}</title>{_e(short)}</text>"
@@ -331,18 +335,18 @@ _CSS = """
 *{box-sizing:border-box}
 body{margin:0;font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
 color:#1d1d1f;background:#f4f5f7}
-header,main{max-width:1180px;margin:0 auto;padding:12px}
+header,main{max-width:1320px;margin:0 auto;padding:12px}
 h1{font-size:1.4em;margin:8px 0}
 h2{font-size:1em;margin:0 0 8px}
-.facts{display:flex;flex-wrap:wrap;gap:8px;margin:0}
-.facts div{background:#fff;border-radius:8px;padding:8px 12px;min-width:120px}
+.facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:8px;margin:0}
+.facts div{background:#fff;border-radius:8px;padding:8px 12px}
 .facts dt{font-size:.8em;color:#555}.facts dd{margin:0;font-size:1.2em;font-weight:600}
-.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,470px),1fr));gap:12px}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,400px),1fr));gap:12px}
 .card{background:#fff;border-radius:8px;padding:12px;min-width:0}
 .wide{margin-top:12px}
-svg{display:block;max-width:100%;height:auto;font-size:13px}
+svg{display:block;max-width:100%;height:auto;font-size:14px}
 svg text{fill:#1d1d1f;dominant-baseline:central}
-svg .cat{text-anchor:end}svg .val{font-size:12px;fill:#444}
+svg .cat{text-anchor:end}svg .val{font-size:13px;fill:#444}
 svg .axis{stroke:#999;stroke-width:1}
 svg rect:hover{opacity:.8}
 .legend{list-style:none;margin:0 0 6px;padding:0;display:flex;flex-wrap:wrap;gap:4px 12px;
