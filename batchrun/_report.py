@@ -206,8 +206,8 @@ class _Source:
 
 def _open_sources(files: Sequence[str], days: DayRange) -> list[_Source]:
     # Pruned on hive keys alone, before anything is opened.
-    parts = _typed_partitions(files)
-    kept = [(f, p) for f, p in zip(files, parts, strict=True) if days.admits_partitions(p)]
+    typed = _typed_partitions(files)
+    kept = [(f, p) for f, p in zip(files, typed, strict=True) if days.admits_partitions(p)]
     sources = [_open(f) for f, _ in kept]
     for source, (_, parts) in zip(sources, kept, strict=True):
         source.partitions = parts
@@ -382,7 +382,7 @@ class _Accumulator:
             table.schema.get_field_index("status"), "status", table["status"].cast(pa.string())
         )
         table = _billed_tokens(table)
-        repriced = pa.nulls(table.num_rows, pa.float64())
+        repriced: pa.Array = pa.nulls(table.num_rows, pa.float64())
         if self.pricing is not None:
             repriced = reprice(table, self.pricing)
         table = table.append_column("_repriced", repriced)

@@ -284,7 +284,7 @@ def _facts(result: ReportResult) -> str:
             "billed tokens",
             format_value("count", float(t["prompt_tokens"] + t["completion_tokens"])),
         ),
-        ("days", f"{days[0]} – {days[-1]}" if days else "n/a"),
+        ("days", " – ".join(dict.fromkeys([days[0], days[-1]])) if days else "n/a"),
         ("files", f"{len(result.files):,}"),
     ]
     items = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in figures)
@@ -293,7 +293,7 @@ def _facts(result: ReportResult) -> str:
 
 def _section(chart: Chart) -> str:
     legend = ""
-    if len(chart.series) > 1:
+    if len(chart.series) > 1 or chart.stacked:  # stacked: the series are models; name even one
         items = "".join(
             f'<li><span style="background:{PALETTE[j % len(PALETTE)]}"></span>{_e(s)}</li>'
             for j, s in enumerate(chart.series)

@@ -77,7 +77,7 @@ class DayRange:
         if not self.active:
             return table
         days = table[DAY].cast(pa.date32())
-        keep = pa.scalar(True)
+        keep: Any = pa.scalar(True)
         if self.since is not None:
             keep = pc.and_(keep, pc.greater_equal(days, pa.scalar(self.since, pa.date32())))
         if self.until is not None:
@@ -135,7 +135,8 @@ def reprice(table: pa.Table, pricing: Mapping[str, Price]) -> pa.Array:
     """Each row's cost at ``pricing`` from its (billed) token columns; null if unpriced."""
     models = [m for m in pricing if m != WILDCARD]
     prices = [pricing[m] for m in models]
-    index = pc.index_in(table["model"].cast(pa.string()), value_set=pa.array(models, pa.string()))
+    names = table["model"].cast(pa.string())
+    index: Any = pc.index_in(names, value_set=pa.array(models, pa.string()))
     if WILDCARD in pricing:
         prices.append(pricing[WILDCARD])
         index = pc.fill_null(index, len(models))
@@ -144,12 +145,14 @@ def reprice(table: pa.Table, pricing: Mapping[str, Price]) -> pa.Array:
         return pc.take(pa.array([get(p) for p in prices], pa.float64()), index)
 
     cached_rate = rate(lambda p: p.input if p.cached_input is None else p.cached_input)
-    prompt, cached = table["prompt_tokens"], pc.fill_null(table["cached_tokens"], 0)
-    micro = pc.add(
-        pc.add(
-            pc.multiply(pc.subtract(prompt, cached), rate(lambda p: p.input)),
-            pc.multiply(cached, cached_rate),
-        ),
-        pc.multiply(pc.fill_null(table["completion_tokens"], 0), rate(lambda p: p.output)),
+    # Typed Any: pyarrow's stubs do not follow fill_null's result through the arithmetic.
+    prompt: Any = table["prompt_tokens"]
+    zero = pa.scalar(0, pa.int64())
+    cached: Any = pc.fill_null(table["cached_tokens"], zero)
+    completion: Any = pc.fill_null(table["completion_tokens"], zero)
+    uncached = pc.multiply(pc.subtract(prompt, cached), rate(lambda p: p.input))
+    micro: Any = pc.add(
+        pc.add(uncached, pc.multiply(cached, cached_rate)),
+        pc.multiply(completion, rate(lambda p: p.output)),
     )
     return pc.divide(micro, 1_000_000.0)
