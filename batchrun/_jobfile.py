@@ -391,7 +391,7 @@ def _build_job(raw: Mapping[str, Any]) -> Job:
         output=OutputConfig(**given["output"]),
         api=ApiConfig(**given["api"]),
         limits=Limits(**given["limits"]),
-        pricing=_pricing(raw.get("pricing", {})),
+        pricing=pricing_tables(raw.get("pricing", {})),
     )
 
 
@@ -450,7 +450,7 @@ def _did_you_mean(word: str, choices: Sequence[str], show: Callable[[str], str])
     return f" (did you mean {show(match[0])}?)" if match else ""
 
 
-def _pricing(table: Mapping[str, Any]) -> dict[str, Price]:
+def pricing_tables(table: Mapping[str, Any]) -> dict[str, Price]:
     """``[pricing."MODEL"]`` tables: input and output required, cached_input optional."""
     return {model: _price_entry(model, entry) for model, entry in table.items()}
 

@@ -21,11 +21,10 @@ rows whose model had no price, so an incomplete total is visible.
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -39,20 +38,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batchrun._config import Price
 from batchrun._errors import InputError, JobError
+from batchrun._report_render import FORMATS, STATUSES, render
+from batchrun._report_select import DAY, DayRange, reprice, with_day
 from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS
 
 __all__ = ["FORMATS", "ReportResult", "SkippedFile", "render", "report"]
 
-FORMATS: tuple[str, ...] = ("table", "csv", "json", "markdown")
-STATUSES: tuple[str, ...] = ("ok", "error", "invalid", "pending")
 PREFIX_METADATA_KEY = b"batchrun.prefix"
 TOTAL_LABEL = "TOTAL"
 
 # Metric columns every batchrun output has; a file lacking any of them is foreign.
 _TOKENS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
 _METRICS = ("status", *_TOKENS, "cost_usd", "latency_ms")
-_OPTIONAL = ("shared", "attempts")  # read when present (older outputs lack ``shared``)
+_OPTIONAL = ("shared", "attempts", "completed_at")  # read when present
+# Every report also groups by these inside, so the HTML charts are roll-ups of one pass.
+_CHART_KEYS = ("status", "model", DAY, "error_type")
 _OWN_COLUMNS = frozenset((*RESULT_COLUMNS, *EXTRA_COLUMNS))
 _BATCH_ROWS = 65_536
 _MAX_WORKERS = 8
@@ -77,60 +79,73 @@ class ReportResult:
     """The report table plus what was read and what was skipped.
 
     ``table`` has the ``by`` columns, then ``rows``, one count per status,
-    token sums, ``cost_usd``, ``unpriced``, ``cost_per_1k_rows``,
-    ``latency_p50_ms`` and ``latency_p95_ms``; its last row is the total.
+    token sums, ``cost_usd`` (and ``repriced_usd`` with a pricing), ``unpriced``,
+    ``cost_per_1k_rows`` (and ``repriced_per_1k_rows``), ``latency_p50_ms`` and
+    ``latency_p95_ms``; its last row is the total. ``table_by(keys)`` is the same
+    table grouped by any of ``by``, ``status``, ``model``, ``day``, ``error_type``.
     """
 
     table: pd.DataFrame
     files: tuple[str, ...]
     skipped: tuple[SkippedFile, ...] = ()
+    by: tuple[str, ...] = ()
+    repriced: bool = False
+    days: DayRange = field(default_factory=DayRange)
+    accumulator: _Accumulator | None = field(default=None, repr=False, compare=False)
+
+    def table_by(self, keys: Sequence[str]) -> pd.DataFrame:
+        """The report grouped by ``keys`` (each one of the groups read), from the same pass."""
+        if self.accumulator is None:
+            raise JobError("this report holds no groups to regroup")
+        return self.accumulator.table(list(dict.fromkeys(keys)))
 
 
 # ---------------------------------------------------------------- public API
 
 
-def report(paths: Sequence[str], *, by: Sequence[str] = ("model", "status")) -> ReportResult:
+def report(
+    paths: Sequence[str],
+    *,
+    by: Sequence[str] = ("model", "status"),
+    days: DayRange | None = None,
+    pricing: Mapping[str, Price] | None = None,
+) -> ReportResult:
     """Aggregate batchrun output files by ``by`` columns, with a TOTAL row.
 
     ``paths`` are Parquet files, directories (searched recursively) or globs;
     ``key=value`` directories in a path (hive partitions such as
     ``date=2026-11-25/``) become columns that can be grouped on. ``by`` names
     batchrun's result columns without any ``output.prefix``, input columns or
-    partition keys.
+    partition keys, or ``day`` (the ``date=`` partition, else the day of
+    ``completed_at``). ``days`` keeps the rows of those days; files in a
+    ``date=`` partition outside it are not opened. ``pricing`` re-prices every
+    row from its token columns (``repriced_usd``).
 
         >>> result = report(["out/date=*/"], by=["date"])  # doctest: +SKIP
         >>> print(render(result.table, "table"))  # doctest: +SKIP
 
     Raises ``InputError`` when nothing matches, when no file is a batchrun
-    output, or when a ``by`` column exists in none of the files.
+    output, when a ``by`` column exists in none of the files, or when the
+    selection has no rows.
     """
     keys = list(dict.fromkeys(by))
-    sources = _open_sources(_expand(paths))
+    days = days or DayRange()
+    sources = _open_sources(_expand(paths), days)
     outputs = [s for s in sources if not s.missing]
     skipped = tuple(SkippedFile(s.path, s.missing) for s in sources if s.missing)
     if not outputs:
-        raise InputError(_no_outputs_message(skipped))
+        raise InputError(_no_outputs_message(skipped, days))
     _check_by(keys, outputs)
-    table = _aggregate(outputs, keys)
-    return ReportResult(table, tuple(s.path for s in outputs), skipped)
+    acc = _aggregate(outputs, keys, days, pricing)
+    table = acc.table(keys)
+    if not table["rows"].iloc[-1]:
+        raise InputError(f"no rows to report in {len(outputs)} file(s)" + _range_note(days))
+    files = tuple(s.path for s in outputs)
+    return ReportResult(table, files, skipped, tuple(keys), pricing is not None, days, acc)
 
 
-def render(df: pd.DataFrame, fmt: str) -> str:
-    """Render a report table as ``table`` (aligned text), ``csv``, ``json`` or ``markdown``.
-
-    ``csv`` and ``json`` keep full-precision numbers (NaN becomes empty / null);
-    ``table`` and ``markdown`` show thousands separators, cost with 4 decimals
-    and "n/a" where a value does not exist.
-    """
-    if fmt == "csv":
-        return str(df.to_csv(index=False))
-    if fmt == "json":
-        return json.dumps([_json_record(r) for r in df.to_dict(orient="records")], indent=2)
-    if fmt == "table":
-        return _render_text(df)
-    if fmt == "markdown":
-        return _render_markdown(df)
-    raise JobError(f"unknown report format {fmt!r}; allowed: {', '.join(FORMATS)}")
+def _range_note(days: DayRange) -> str:
+    return f" from {days.describe()}" if days.active else ""
 
 
 # ------------------------------------------------------------ finding files
@@ -189,9 +204,12 @@ class _Source:
         return physical if physical in names else None
 
 
-def _open_sources(files: Sequence[str]) -> list[_Source]:
-    sources = [_open(f) for f in files]
-    for source, parts in zip(sources, _typed_partitions(files), strict=True):
+def _open_sources(files: Sequence[str], days: DayRange) -> list[_Source]:
+    # Pruned on hive keys alone, before anything is opened.
+    typed = _typed_partitions(files)
+    kept = [(f, p) for f, p in zip(files, typed, strict=True) if days.admits_partitions(p)]
+    sources = [_open(f) for f, _ in kept]
+    for source, (_, parts) in zip(sources, kept, strict=True):
         source.partitions = parts
     return sources
 
@@ -243,7 +261,9 @@ def _is_int(value: str | None) -> bool:
     return value is None or _INT_RE.fullmatch(value) is not None
 
 
-def _no_outputs_message(skipped: Sequence[SkippedFile]) -> str:
+def _no_outputs_message(skipped: Sequence[SkippedFile], days: DayRange) -> str:
+    if not skipped:
+        return "no file to report on" + _range_note(days)
     if len(skipped) == 1:
         return str(skipped[0])
     return f"none of the {len(skipped)} files is a batchrun output; first: {skipped[0]}"
@@ -252,14 +272,14 @@ def _no_outputs_message(skipped: Sequence[SkippedFile]) -> str:
 def _check_by(keys: Sequence[str], sources: Sequence[_Source]) -> None:
     """A by column must exist in at least one file; in the others it is null."""
     for key in keys:
-        if not any(s.column(key) or key in s.partitions for s in sources):
+        if key != DAY and not any(s.column(key) or key in s.partitions for s in sources):
             raise InputError(
                 f"--by column {key!r} not found; available: {', '.join(_available(sources))}"
             )
 
 
 def _available(sources: Sequence[_Source]) -> list[str]:
-    names: dict[str, None] = {}
+    names: dict[str, None] = {DAY: None}
     for s in sources:
         for name in [*s.schema.names, *s.partitions]:
             result_name = name.removeprefix(s.prefix)
@@ -270,34 +290,40 @@ def _available(sources: Sequence[_Source]) -> list[str]:
 # ---------------------------------------------------------------- reading
 
 
-def _aggregate(sources: Sequence[_Source], keys: Sequence[str]) -> pd.DataFrame:
+def _aggregate(
+    sources: Sequence[_Source],
+    keys: Sequence[str],
+    days: DayRange,
+    pricing: Mapping[str, Price] | None,
+) -> _Accumulator:
     # Parquet decoding and Arrow's group-by release the GIL, so each worker
     # folds whole files into its own accumulator; merging them is cheap.
-    total = _Accumulator(keys)
+    total = _Accumulator(keys, pricing)
     workers = max(1, min(os.cpu_count() or 1, len(sources), _MAX_WORKERS))
     with ThreadPoolExecutor(workers) as pool:
-        for partial in pool.map(lambda s: _aggregate_file(s, keys), sources):
+        for partial in pool.map(lambda s: _aggregate_file(s, total, days), sources):
             total.merge(partial)
-    return total.table()
+    return total
 
 
-def _aggregate_file(source: _Source, keys: Sequence[str]) -> _Accumulator:
-    acc = _Accumulator(keys)
+def _aggregate_file(source: _Source, like: _Accumulator, days: DayRange) -> _Accumulator:
+    acc = _Accumulator(like.keys, like.pricing)
     try:
-        for batch in _read(source, keys):
-            acc.add(batch)
+        for batch in _read(source, acc.group_keys):
+            acc.add(days.select(batch))
     except (OSError, pa.ArrowException) as exc:  # the pyarrow boundary
         raise InputError(f"cannot report on {source.path}: {exc}") from exc
     return acc
 
 
 def _read(source: _Source, keys: Sequence[str]) -> Iterator[pa.Table]:
-    """The file's batches as narrow tables: by columns, then the metric columns."""
-    wanted = {name: source.column(name) for name in [*keys, *_METRICS, *_OPTIONAL]}
+    """The file's batches as narrow tables: by columns, the metric columns, ``day``."""
+    names = [k for k in dict.fromkeys([*keys, *_METRICS, *_OPTIONAL]) if k != DAY]
+    wanted = {name: source.column(name) for name in names}
     physical = list(dict.fromkeys(c for c in wanted.values() if c is not None))
     with pq.ParquetFile(source.path) as file:
         for batch in file.iter_batches(batch_size=_BATCH_ROWS, columns=physical):
-            yield _narrow(batch, wanted, source.partitions)
+            yield with_day(_narrow(batch, wanted, source.partitions), source.partitions)
 
 
 def _narrow(
@@ -317,13 +343,15 @@ def _narrow(
 
 @dataclass(slots=True)
 class _Group:
-    """Running totals for one (by values, status) group."""
+    """Running totals for one group of the finest grouping (by values and chart keys)."""
 
     rows: int = 0
     shared: int = 0
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TOKENS, 0))
     cost: float = 0.0
     priced: int = 0
+    repriced: float = 0.0
+    repriced_rows: int = 0
     latencies: list[np.ndarray] = field(default_factory=list)
 
     def merge(self, other: _Group) -> None:
@@ -333,16 +361,20 @@ class _Group:
             self.tokens[name] += other.tokens[name]
         self.cost += other.cost
         self.priced += other.priced
+        self.repriced += other.repriced
+        self.repriced_rows += other.repriced_rows
         self.latencies.extend(other.latencies)
 
 
 class _Accumulator:
-    """Per-batch group-by, folded into one ``_Group`` per (by values, status)."""
+    """Per-batch group-by, folded into one ``_Group`` per (by values, chart keys)."""
 
-    def __init__(self, keys: Sequence[str]) -> None:
+    def __init__(self, keys: Sequence[str], pricing: Mapping[str, Price] | None) -> None:
         self.keys = list(keys)
-        # status is always a grouping key inside, so counts per status fall out.
-        self.group_keys = [*self.keys, "status"] if "status" not in keys else self.keys
+        self.pricing = pricing
+        # status is always a grouping key inside, so counts per status fall out; the
+        # other chart keys let table() roll the same pass up any other way.
+        self.group_keys = list(dict.fromkeys([*self.keys, *_CHART_KEYS]))
         self.groups: dict[tuple[Any, ...], _Group] = {}
 
     def add(self, table: pa.Table) -> None:
@@ -350,12 +382,18 @@ class _Accumulator:
             table.schema.get_field_index("status"), "status", table["status"].cast(pa.string())
         )
         table = _billed_tokens(table)
+        repriced: pa.Array[Any] = pa.nulls(table.num_rows, pa.float64())
+        if self.pricing is not None:
+            repriced = reprice(table, self.pricing)
+        table = table.append_column("_repriced", repriced)
         aggs: list[Any] = [  # pyarrow-stubs type each function name as a Literal
             ([], "count_all"),
             ("_shared", "sum"),
             *((name, "sum") for name in _TOKENS),
             ("cost_usd", "sum"),
             ("cost_usd", "count"),
+            ("_repriced", "sum"),
+            ("_repriced", "count"),
             ("latency_ms", "list"),
         ]
         grouped = table.group_by(self.group_keys, use_threads=False).aggregate(aggs)
@@ -366,18 +404,20 @@ class _Accumulator:
         for key, group in other.groups.items():
             self.groups.setdefault(key, _Group()).merge(group)
 
-    def table(self) -> pd.DataFrame:
+    def table(self, keys: Sequence[str]) -> pd.DataFrame:
+        """Groups rolled up to ``keys`` (a subset of the group keys), then TOTAL."""
+        at = [self.group_keys.index(k) for k in keys]
         status_at = self.group_keys.index("status")
         merged: dict[tuple[Any, ...], dict[str, Any]] = {}
         total = _new_row()
         for key, group in self.groups.items():
-            by_key = key if "status" in self.keys else key[:status_at] + key[status_at + 1 :]
-            _fold(merged.setdefault(by_key, _new_row()), group, key[status_at])
+            _fold(merged.setdefault(tuple(key[i] for i in at), _new_row()), group, key[status_at])
             _fold(total, group, key[status_at])
-        rows = [_finish(dict(zip(self.keys, k, strict=True)), v) for k, v in _sorted(merged)]
-        label = dict.fromkeys(self.keys, None) | ({self.keys[0]: TOTAL_LABEL} if self.keys else {})
+        rows = [_finish(dict(zip(keys, k, strict=True)), v) for k, v in _sorted(merged)]
+        label = dict.fromkeys(keys, None) | ({keys[0]: TOTAL_LABEL} if keys else {})
         rows.append(_finish(label, total))
-        return pd.DataFrame(rows, columns=[*self.keys, *_OUTPUT_COLUMNS])
+        columns = [c for c in _OUTPUT_COLUMNS if self.pricing is not None or "repriced" not in c]
+        return pd.DataFrame(rows, columns=[*keys, *columns])
 
 
 def _billed_tokens(table: pa.Table) -> pa.Table:
@@ -409,6 +449,7 @@ def _groups(grouped: pa.Table, keys: Sequence[str]) -> Iterator[tuple[tuple[Any,
     cost, priced = grouped["cost_usd_sum"].to_pylist(), grouped["cost_usd_count"].to_pylist()
     counts = grouped["count_all"].to_pylist()
     shared = grouped["_shared_sum"].to_pylist()
+    repriced, repriced_rows = grouped["_repriced_sum"].to_pylist(), grouped["_repriced_count"]
     latencies = grouped["latency_ms_list"].combine_chunks()
     for i in range(grouped.num_rows):
         values = pc.drop_null(latencies[i].values).to_numpy(zero_copy_only=False)
@@ -420,6 +461,8 @@ def _groups(grouped: pa.Table, keys: Sequence[str]) -> Iterator[tuple[tuple[Any,
                 tokens={name: int(sums[name][i] or 0) for name in _TOKENS},
                 cost=float(cost[i] or 0.0),
                 priced=int(priced[i] or 0),
+                repriced=float(repriced[i] or 0.0),
+                repriced_rows=repriced_rows[i].as_py(),
                 latencies=[values.astype(np.float64, copy=False)],
             ),
         )
@@ -431,16 +474,18 @@ _OUTPUT_COLUMNS = (
     "shared",
     *_TOKENS,
     "cost_usd",
+    "repriced_usd",
     "unpriced",
     "cost_per_1k_rows",
+    "repriced_per_1k_rows",
     "latency_p50_ms",
     "latency_p95_ms",
 )
 
 
 def _new_row() -> dict[str, Any]:
-    counts = dict.fromkeys(("rows", *STATUSES, "shared", *_TOKENS, "priced", "unpriced"), 0)
-    return {**counts, "cost": 0.0, "ok_latencies": []}
+    names = ("rows", *STATUSES, "shared", *_TOKENS, "priced", "unpriced", "repriced_rows")
+    return {**dict.fromkeys(names, 0), "cost": 0.0, "repriced": 0.0, "ok_latencies": []}
 
 
 def _fold(row: dict[str, Any], group: _Group, status: Any) -> None:
@@ -452,6 +497,8 @@ def _fold(row: dict[str, Any], group: _Group, status: Any) -> None:
         row[name] += group.tokens[name]
     row["cost"] += group.cost
     row["priced"] += group.priced
+    row["repriced"] += group.repriced
+    row["repriced_rows"] += group.repriced_rows
     if status == "ok":
         # Percentiles describe successful calls; an error's latency is a timeout or a retry.
         row["unpriced"] += group.rows - group.priced
@@ -460,13 +507,16 @@ def _fold(row: dict[str, Any], group: _Group, status: Any) -> None:
 
 def _finish(label: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     cost = row["cost"] if row["priced"] else math.nan
+    repriced = row["repriced"] if row["repriced_rows"] else math.nan
     latencies = np.concatenate(row["ok_latencies"]) if row["ok_latencies"] else np.empty(0)
     p50, p95 = np.percentile(latencies, [50, 95]) if latencies.size else (math.nan, math.nan)
     return {
         **label,
         **{name: row[name] for name in ("rows", *STATUSES, "shared", *_TOKENS, "unpriced")},
         "cost_usd": cost,
+        "repriced_usd": repriced,
         "cost_per_1k_rows": cost * 1000 / row["rows"] if row["rows"] else math.nan,
+        "repriced_per_1k_rows": repriced * 1000 / row["rows"] if row["rows"] else math.nan,
         "latency_p50_ms": float(p50),
         "latency_p95_ms": float(p95),
     }
@@ -479,88 +529,3 @@ def _sorted(merged: dict[tuple[Any, ...], Any]) -> list[tuple[tuple[Any, ...], A
         return tuple((v is None, type(v).__name__, v) for v in item[0])
 
     return sorted(merged.items(), key=sort_key)
-
-
-# ---------------------------------------------------------------- rendering
-
-_INT_COLUMNS = frozenset({"rows", *STATUSES, "shared", *_TOKENS, "unpriced"})
-_COST_COLUMNS = frozenset({"cost_usd", "cost_per_1k_rows"})
-_LATENCY_COLUMNS = frozenset({"latency_p50_ms", "latency_p95_ms"})
-
-
-# Short headers for the human formats; csv and json keep the column names.
-_LABELS = {
-    "prompt_tokens": "prompt",
-    "cached_tokens": "cached",
-    "completion_tokens": "completion",
-    "reasoning_tokens": "reasoning",
-    "cost_per_1k_rows": "usd/1k rows",
-    "latency_p50_ms": "p50 ms",
-    "latency_p95_ms": "p95 ms",
-}
-
-
-def _headers(df: pd.DataFrame) -> list[str]:
-    return [_LABELS.get(str(c), str(c)) for c in df.columns]
-
-
-def _cell(column: str, value: Any, *, null: str = "(null)") -> str:
-    """One value as people read it: separators, 4-decimal cost, n/a for missing."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a" if column in _COST_COLUMNS | _LATENCY_COLUMNS else null
-    if column in _COST_COLUMNS:
-        return f"{value:,.4f}"
-    if column in _LATENCY_COLUMNS:
-        return f"{value:,.1f}"
-    if column in _INT_COLUMNS:
-        return f"{int(value):,}"
-    return str(value)
-
-
-def _is_numeric(column: str) -> bool:
-    return column in _INT_COLUMNS | _COST_COLUMNS | _LATENCY_COLUMNS
-
-
-def _cells(df: pd.DataFrame) -> list[list[str]]:
-    columns, rows = list(df.columns), list(df.to_numpy())
-    # A null group key is data ("(null)": pending rows have no model); the
-    # TOTAL row's other key cells are merely unused, so they stay blank.
-    cells = [[_cell(c, v) for c, v in zip(columns, row, strict=True)] for row in rows[:-1]]
-    last = [_cell(c, v, null="") for c, v in zip(columns, rows[-1], strict=True)] if rows else []
-    return [*cells, last] if rows else cells
-
-
-def _render_text(df: pd.DataFrame) -> str:
-    header, body = _headers(df), _cells(df)
-    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
-
-    def line(cells: Iterable[str]) -> str:
-        parts = zip(cells, widths, df.columns, strict=True)
-        return "  ".join(c.rjust(w) if _is_numeric(n) else c.ljust(w) for c, w, n in parts).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    lines = [line(header), rule, *map(line, body[:-1]), rule, line(body[-1])]
-    return "\n".join(lines) + "\n"
-
-
-def _render_markdown(df: pd.DataFrame) -> str:
-    def line(cells: Iterable[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-    align = ["---:" if _is_numeric(c) else "---" for c in df.columns]
-    rows = [line(_headers(df)), "|" + "|".join(align) + "|", *map(line, _cells(df))]
-    return "\n".join(rows) + "\n"
-
-
-def _json_record(record: dict[Any, Any]) -> dict[str, Any]:
-    return {str(k): _json_value(v) for k, v in record.items()}
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)  # dates and other partition values

@@ -157,7 +157,15 @@ def _add_report(sub: Any) -> None:
     cmd = sub.add_parser("report", help="aggregate usage and cost over output Parquet files")
     cmd.add_argument("paths", nargs="+", metavar="PATH", help="files, directories or globs")
     cmd.add_argument("--by", default="model,status", help="columns to group by (comma-separated)")
-    cmd.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
+    cmd.add_argument(
+        "--format", choices=("table", "csv", "json", "markdown", "html"), default="table"
+    )
+    cmd.add_argument("--output", metavar="FILE", help="write the report here, not to stdout")
+    cmd.add_argument(
+        "--pricing", metavar="FILE.toml", help='re-price every row with [pricing."MODEL"] tables'
+    )
+    cmd.add_argument("--since", metavar="DATE", help="first day to include (ISO date, UTC)")
+    cmd.add_argument("--until", metavar="DATE", help="last day to include (ISO date, UTC)")
     cmd.set_defaults(handler=_cmd_report)
 
 
@@ -261,13 +269,32 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from batchrun._report import render, report
+    from batchrun._report_select import DayRange, load_pricing, parse_day
 
     by = [col.strip() for col in args.by.split(",") if col.strip()]
-    result = report(args.paths, by=by)
+    days = DayRange(parse_day(args.since, "--since"), parse_day(args.until, "--until"))
+    pricing = load_pricing(args.pricing) if args.pricing else None
+    result = report(args.paths, by=by, days=days, pricing=pricing)
     for skipped in result.skipped:
         print(f"batchrun: skipped {skipped}", file=sys.stderr)
-    sys.stdout.write(render(result.table, args.format))
+    if args.format == "html":
+        from batchrun._report_html import render_html
+
+        text = render_html(result)
+    else:
+        text = render(result.table, args.format)
+    if args.output:
+        _write_text(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
     return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise JobError(f"--output: cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
