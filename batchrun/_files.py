@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-REMOTE_SCHEMES = ("s3", "gs", "gcs")
+from ._config import is_store_uri
+
 IGNORED_PREFIXES = (".", "_")
 _GLOB_CHARS = frozenset("*?[")
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
@@ -59,7 +60,7 @@ class Found:
 
 def is_remote(location: str) -> bool:
     """Whether ``location`` is an object-store URI (``s3://``, ``gs://``)."""
-    return urlsplit(location).scheme.lower() in REMOTE_SCHEMES and "://" in location
+    return is_store_uri(location)
 
 
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
@@ -79,7 +80,6 @@ def _local() -> pafs.FileSystem:
     return pafs.LocalFileSystem()
 
 
-@functools.cache
 def _s3(bucket: str) -> pafs.FileSystem:
     options: dict[str, Any] = {}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -105,7 +105,6 @@ def _bucket_region(bucket: str) -> str:
         return "us-east-1"  # the later call names the real cause
 
 
-@functools.cache
 def _gcs() -> pafs.FileSystem:
     # Credentials: GOOGLE_APPLICATION_CREDENTIALS or the default chain of the GCS client.
     return pafs.GcsFileSystem()

@@ -34,7 +34,14 @@ from batchrun._dispatch import EVENT_LOOP, Counters, Dispatcher, DispatchOutcome
 from batchrun._errors import FatalApiError, JobError
 from batchrun._input import InputTable, open_input, validate_keys
 from batchrun._jobfile import load_job
-from batchrun._output import Lookup, OutputStats, check_columns, parse_status, write_output
+from batchrun._output import (
+    Lookup,
+    OutputStats,
+    check_columns,
+    check_replaceable,
+    parse_status,
+    write_output,
+)
 from batchrun._requests import RequestBuilder, built_batches
 from batchrun._types import Request, Result
 
@@ -64,6 +71,7 @@ class RunOptions:
     engine: str = "local"  # "local" | "ray" (batchrun[ray]; see batchrun._ray)
     ray_address: str | None = None  # None: start a local Ray instance
     ray_workers: int | None = None  # None: one per CPU of the Ray cluster
+    overwrite: bool = False  # replace an output.path file that is not this job's output
 
 
 @dataclass
@@ -234,8 +242,9 @@ def shard_output_path(path: str, shard: tuple[int, int]) -> str:
     >>> shard_output_path("out/x.parquet", (1, 4))
     'out/x.shard-1-of-4.parquet'
     """
-    out = Path(path)
-    return str(out.with_name(f"{out.stem}.shard-{shard[0]}-of-{shard[1]}{out.suffix}"))
+    head, sep, name = path.rpartition("/")  # string parts: a URI is no local Path
+    out = Path(name)
+    return f"{head}{sep}{out.stem}.shard-{shard[0]}-of-{shard[1]}{out.suffix}"
 
 
 class _Run:
@@ -288,7 +297,9 @@ class _Run:
     # --- preparation: everything that can fail before a request is sent -----
 
     def _prepare(self) -> tuple[InputTable, RequestBuilder]:
-        return prepare(self.job)
+        prepared = prepare(self.job)
+        check_replaceable(self.job, overwrite=self.options.overwrite)
+        return prepared
 
     def _api_key(self) -> str:
         if self.options.api_key:
