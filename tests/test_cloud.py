@@ -165,7 +165,8 @@ def test_report_over_a_hive_prefix_types_the_keys(store: dict[str, Any], tmp_pat
     upload(store, "out/hour=2/_SUCCESS", tmp_path / "2.parquet")  # a marker: skipped
     prefix = f"s3://{store['bucket']}/out/"
     assert list(report([prefix], by=["hour"]).table["hour"]) == [2, 10, "TOTAL"]
-    done = batchrun(tmp_path, store, "report", f"{prefix}hour=*/", "--by", "hour", "--format", "csv")
+    args = ["report", f"{prefix}hour=*/", "--by", "hour", "--format", "csv"]
+    done = batchrun(tmp_path, store, *args)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1].startswith("2,10,")
 
