@@ -7,10 +7,13 @@ the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_BASE_URL = "https://api.modelstream.ai"
 DEFAULT_API_KEY_ENV = "MODELSTREAM_API_KEY"
@@ -81,11 +84,34 @@ class OutputConfig:
 
     @property
     def checkpoint_path(self) -> Path:
-        """Where answers are checkpointed: beside the output unless the job says otherwise."""
+        """Where answers are checkpointed: beside the output unless the job says otherwise.
+
+        SQLite needs a local (or mounted) filesystem: an output on an object store keeps
+        its checkpoint under ``state_dir()``, in a directory named after the output and
+        a hash of its URI (``reviews-3f2a9c01b7de/ckpt.sqlite``)."""
         if self.checkpoint:
             return Path(self.checkpoint)
+        if is_store_uri(self.path):
+            digest = hashlib.sha256(self.path.encode("utf-8")).hexdigest()[:12]
+            stem = Path(urlsplit(self.path).path).stem or "output"
+            return state_dir() / f"{stem}-{digest}" / "ckpt.sqlite"
         out = Path(self.path)
         return out.with_name(out.name + ".ckpt.sqlite")
+
+
+STORE_SCHEMES = ("s3", "gs", "gcs")
+
+
+def is_store_uri(location: str) -> bool:
+    """Whether ``location`` is an object-store URI (``s3://``, ``gs://``)."""
+    return "://" in location and urlsplit(location).scheme.lower() in STORE_SCHEMES
+
+
+def state_dir() -> Path:
+    """batchrun's local state: ``$XDG_STATE_HOME/batchrun``, by default
+    ``~/.local/state/batchrun`` (checkpoints of outputs on object stores)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "batchrun"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,13 @@ from batchrun._config import Job
 from batchrun._dispatch import Dispatcher
 from batchrun._errors import JobError
 from batchrun._input import InputTable, open_input, validate_keys
-from batchrun._output import Lookup, OutputStats, check_columns, write_output
+from batchrun._output import (
+    Lookup,
+    OutputStats,
+    check_columns,
+    check_replaceable,
+    write_output,
+)
 from batchrun._pipeline import Progress
 from batchrun._requests import RequestBuilder, Selector
 from batchrun._version import __version__
@@ -67,6 +73,7 @@ class RunOptions:
     engine: str = "local"  # "local" | "ray" (batchrun[ray]; see batchrun._ray)
     ray_address: str | None = None  # None: start a local Ray instance
     ray_workers: int | None = None  # None: one per CPU of the Ray cluster
+    overwrite: bool = False  # replace an output.path file that is not this job's output
 
 
 @dataclass
@@ -214,6 +221,12 @@ class Run:
 
     def execute(self) -> RunSummary:
         raise NotImplementedError
+
+    def _prepare(self) -> tuple[InputTable, RequestBuilder]:
+        """``prepare``, and refuse to replace a file that is not this job's output."""
+        prepared = prepare(self.job)
+        check_replaceable(self.job, overwrite=self.options.overwrite)
+        return prepared
 
     def _api_key(self) -> str:
         return resolve_api_key(self.job, self.options.api_key)

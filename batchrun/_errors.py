@@ -2,7 +2,8 @@
 
     BatchrunError                 base; ``exit_code`` is what the CLI exits with
     ├── JobError          (2)     bad job file, bad option, bad argument
-    │   └── InputError    (2)     missing/corrupt/undecodable input, missing column, duplicate id
+    │   ├── InputError    (2)     missing/corrupt/undecodable input, missing column, duplicate id
+    │   └── OutputError   (2)     output not writable there, or someone else's file (no --overwrite)
     ├── LockedError       (2)     another run of the same job holds the checkpoint
     └── FatalApiError     (4)     401/403 or unknown model: the whole job stops
 
@@ -31,6 +32,10 @@ class JobError(BatchrunError):
 
 class InputError(JobError):
     """The input table cannot be read or does not fit the job."""
+
+
+class OutputError(JobError):
+    """The output cannot be written where the job says, or must not be replaced there."""
 
 
 class LockedError(BatchrunError):

@@ -17,7 +17,7 @@ import anyio
 
 from batchrun._checkpoint import Checkpoint
 from batchrun._dispatch import Dispatcher
-from batchrun._engine import Run, RunSummary, budget_for, learned_limits_kept, prepare
+from batchrun._engine import Run, RunSummary, budget_for, learned_limits_kept
 from batchrun._errors import FatalApiError
 from batchrun._input import InputTable
 from batchrun._loop import run_async
@@ -41,7 +41,7 @@ class LocalRun(Run):
     signalled: tuple[str, int] | None = None  # (signal name, requests on the wire)
 
     def execute(self) -> RunSummary:
-        table, builder = prepare(self.job)
+        table, builder = self._prepare()
         api_key = self._api_key()
         with Checkpoint.open(
             self.job.output.checkpoint_path, job_name=self.job.name, fresh=self.options.fresh

@@ -2,8 +2,14 @@
 
 ``write_output`` streams the input again, rebuilds each row's request (cheap, and
 it yields the fingerprint the checkpoint keys answers by), looks the answers up
-batch by batch and writes through a temp file beside the output, which
-``os.replace`` swaps in: a reader sees the old file or the new one, never half.
+batch by batch and writes through a temp file beside the output (a dot-name that
+discovery skips), which is swapped in only once complete: ``os.replace`` locally,
+a server-side copy on an object store (S3 CopyObject, GCS rewrite: the new object
+appears whole). A reader sees the old file or the new one, never half. Temp files a
+killed run left beside the output are removed by the next successful write.
+
+``check_replaceable`` refuses, before anything is sent, to replace a file that is not
+an earlier output of the same job (``batchrun.job`` in its Parquet metadata).
 """
 
 from __future__ import annotations
@@ -11,19 +17,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batchrun._config import Job, Price
-from batchrun._errors import JobError
+from batchrun._errors import JobError, OutputError
+from batchrun._files import describe, is_remote, resolve
 from batchrun._input import InputTable
 from batchrun._parse import ARROW_TYPES, parse_response
 from batchrun._requests import RequestBuilder, Selector, built_batches
@@ -70,7 +80,7 @@ class OutputStats:
     was paid for). ``shared_rows`` took the answer of another row with the identical
     request; ``shared_cost_usd`` is what sending them would have cost (0.0 unpriced)."""
 
-    path: Path
+    path: Path | str  # a local Path, or the object's URI
     rows: int = 0
     by_status: Counter[str] = field(default_factory=Counter)
     shared_rows: int = 0
@@ -266,7 +276,7 @@ def write_output(
     added under ``batchrun.output_stats``.
     """
     schema = output_schema(job, table.schema).with_metadata(dict(metadata))
-    path = Path(job.output.path)
+    path = job.output.path if is_remote(job.output.path) else Path(job.output.path)
     stats = OutputStats(path=path, cost_usd=None if job.price is None else 0.0)
     batches = _output_batches(job, table, builder, lookup, schema, stats, select, batch_size)
     write_batches(path, schema, batches, lambda: stats_metadata(stats))
@@ -290,7 +300,7 @@ def output_batch(
 
 
 def write_batches(
-    path: Path,
+    path: Path | str,
     schema: pa.Schema,
     batches: Iterable[pa.RecordBatch],
     footer: Callable[[], Mapping[str, str]],
@@ -331,14 +341,90 @@ def _output_batches(
 
 
 @contextmanager
-def _atomic_writer(path: Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
-    """A writer on a temp file in ``path``'s directory, swapped in only on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A dot-name, so globs like out/*.parquet never pick up a half-written file.
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _atomic_writer(location: Path | str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A writer on a temp file beside ``location`` (a path or a URI), swapped in only on
+    success; stale temp files of killed runs are removed after a successful swap."""
+    location = str(location)
+    fs, path = resolve(location)
+    if not is_remote(location):
+        path = os.path.abspath(path)
+    directory, _, name = path.rpartition("/")
+    # A dot-name, so globs and discovery never pick up a half-written file.
+    temp = f"{directory}/.{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with pq.ParquetWriter(temp, schema) as writer:
-            yield writer
-        os.replace(temp, path)
+        with _translating(location):
+            if not is_remote(location):  # a store has no directories to make
+                fs.create_dir(directory, recursive=True)
+            with fs.open_output_stream(temp) as sink, pq.ParquetWriter(sink, schema) as writer:
+                yield writer
+            _swap(fs, temp, path, remote=is_remote(location))
+        _remove_stale_temps(fs, directory, name)
     finally:
-        temp.unlink(missing_ok=True)
+        _delete_quietly(fs, temp)
+
+
+def _swap(fs: pafs.FileSystem, temp: str, path: str, *, remote: bool) -> None:
+    if remote:
+        # One server-side copy: the object at ``path`` is the old one until it is the new.
+        fs.copy_file(temp, path)
+    else:
+        os.replace(temp, path)
+
+
+def _remove_stale_temps(fs: pafs.FileSystem, directory: str, name: str) -> None:
+    """Temp files of runs killed while writing this output (any pid): not ours to keep."""
+    stale = re.compile(rf"\.{re.escape(name)}\.[0-9]+(-[0-9a-f]+)?\.tmp")
+    selector = pafs.FileSelector(directory, allow_not_found=True)
+    for info in fs.get_file_info(selector):
+        if stale.fullmatch(info.base_name):
+            _delete_quietly(fs, info.path)
+
+
+def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
+    with suppress(OSError):  # already gone (swapped in or never made)
+        fs.delete_file(path)
+
+
+@contextmanager
+def _translating(location: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if not is_remote(location):
+            raise
+        raise OutputError(f"output.path: {describe(location, exc)}") from None
+
+
+# --- never replace someone else's file ------------------------------------------------
+
+
+def check_replaceable(job: Job, *, overwrite: bool = False) -> None:
+    """Raise ``OutputError`` (exit 2) when ``job.output.path`` holds a file that is not
+    an output of ``job.name``: a typo must not destroy someone's data. ``overwrite``
+    (``--overwrite``) allows it."""
+    location = job.output.path
+    owner = _owner(location)
+    if overwrite or owner is None or owner == job.name:
+        return
+    whose = "not a batchrun output" if owner == "" else f"the output of job {owner!r}"
+    raise OutputError(
+        f"output.path: {location} exists and is {whose}; refusing to replace it"
+        " (pass --overwrite to replace it, or choose another output.path)"
+    )
+
+
+def _owner(location: str) -> str | None:
+    """None when nothing is at ``location``; else the ``batchrun.job`` in its Parquet
+    metadata, or "" when it has none (or is no Parquet file)."""
+    fs, path = resolve(location)
+    with _translating(location):
+        info = fs.get_file_info(path if is_remote(location) else os.path.abspath(path))
+        if info.type == pafs.FileType.NotFound:
+            return None
+        if info.type != pafs.FileType.File:
+            return ""
+    try:
+        metadata = pq.read_schema(info.path, filesystem=fs).metadata or {}
+    except (OSError, pa.ArrowException):
+        return ""
+    return metadata.get(b"batchrun.job", b"").decode("utf-8", "replace")

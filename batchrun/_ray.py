@@ -46,7 +46,7 @@ from batchrun._budget import Budget
 from batchrun._checkpoint import Checkpoint, CheckpointReader
 from batchrun._config import Job
 from batchrun._dispatch import Dispatcher
-from batchrun._engine import Run, RunSummary, prepare, shard_of
+from batchrun._engine import Run, RunSummary, shard_of
 from batchrun._errors import FatalApiError, JobError
 from batchrun._input import InputTable, conform, row_keys
 from batchrun._loop import EVENT_LOOP
@@ -83,7 +83,7 @@ class RayRun(Run):
     def execute(self) -> RunSummary:
         ray = import_ray()
         self._require_id_column()
-        table, builder = prepare(self.job)
+        table, builder = self._prepare()
         api_key = self._api_key()
         ckpt_path = self.job.output.checkpoint_path
         with Checkpoint.open(ckpt_path, job_name=self.job.name, fresh=self.options.fresh) as ckpt:

@@ -20,17 +20,13 @@ rows whose model had no price, so an incomplete total is visible.
 
 from __future__ import annotations
 
-import glob
 import math
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -40,6 +36,7 @@ import pyarrow.parquet as pq
 
 from batchrun._config import Price
 from batchrun._errors import InputError, JobError
+from batchrun._files import Found, NotFound, describe, find, is_remote, partitions
 from batchrun._report_render import FORMATS, STATUSES, render
 from batchrun._report_select import DAY, DayRange, reprice, with_day
 from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS
@@ -59,8 +56,6 @@ _OWN_COLUMNS = frozenset((*RESULT_COLUMNS, *EXTRA_COLUMNS))
 _BATCH_ROWS = 65_536
 _MAX_WORKERS = 8
 _PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
-_INT_RE = re.compile(r"-?\d+")
-_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,37 +146,27 @@ def _range_note(days: DayRange) -> str:
 # ------------------------------------------------------------ finding files
 
 
-def _expand(paths: Sequence[str]) -> list[str]:
-    """Files named by paths, directories and globs, in order, each once."""
+def _expand(paths: Sequence[str]) -> list[Found]:
+    """Files named by paths, directories and globs (local or ``s3://``/``gs://``), in
+    order, each once."""
     if not paths:
         raise InputError("report needs at least one path")
-    found: dict[str, None] = {}
+    found: dict[str, Found] = {}
     for arg in paths:
-        files = list(_expand_one(arg))
+        try:
+            files = find(arg, _PARQUET_SUFFIXES)
+        except NotFound as exc:
+            raise InputError(_not_found_message(arg, exc)) from None
+        except OSError as exc:  # the store's boundary: no bucket, no access, no endpoint
+            raise InputError(describe(arg, exc)) from None
         if not files:
             raise InputError(f"no Parquet files match {arg}")
-        found.update((f, None) for f in files)
-    return list(found)
+        found.update((f.name, f) for f in files if f.name not in found)
+    return list(found.values())
 
 
-def _expand_one(arg: str) -> Iterator[str]:
-    if os.path.isfile(arg):
-        yield arg
-    elif os.path.isdir(arg):
-        yield from _walk(arg)
-    else:
-        for match in sorted(glob.glob(arg, recursive=True)):
-            yield from _expand_one(match) if os.path.isdir(match) else [match]
-
-
-def _walk(directory: str) -> Iterator[str]:
-    # Like pyarrow.dataset, ignore "." and "_" names: temp files of an atomic
-    # write in progress, _SUCCESS markers, .checkpoint directories.
-    for root, dirs, names in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
-        for name in sorted(names):
-            if name.endswith(_PARQUET_SUFFIXES) and not name.startswith((".", "_")):
-                yield os.path.join(root, name)
+def _not_found_message(arg: str, exc: NotFound) -> str:
+    return str(exc) if is_remote(arg) else f"no Parquet files match {arg}"
 
 
 # ----------------------------------------------------------- opening files
@@ -196,6 +181,7 @@ class _Source:
     prefix: str
     missing: tuple[str, ...]
     partitions: dict[str, Any] = field(default_factory=dict)
+    file: Found | None = None
 
     def column(self, name: str) -> str | None:
         """Physical column for a report name, or None when the file lacks it."""
@@ -204,9 +190,9 @@ class _Source:
         return physical if physical in names else None
 
 
-def _open_sources(files: Sequence[str], days: DayRange) -> list[_Source]:
+def _open_sources(files: Sequence[Found], days: DayRange) -> list[_Source]:
     # Pruned on hive keys alone, before anything is opened.
-    typed = _typed_partitions(files)
+    typed = partitions(files)
     kept = [(f, p) for f, p in zip(files, typed, strict=True) if days.admits_partitions(p)]
     sources = [_open(f) for f, _ in kept]
     for source, (_, parts) in zip(sources, kept, strict=True):
@@ -214,16 +200,17 @@ def _open_sources(files: Sequence[str], days: DayRange) -> list[_Source]:
     return sources
 
 
-def _open(path: str) -> _Source:
+def _open(found: Found) -> _Source:
     # Only the footer is read here; files are opened again one at a time, so a
     # year of hourly outputs does not hold thousands of open handles.
+    path = found.name
     try:
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(found.path, filesystem=found.fs)
     except (OSError, pa.ArrowException) as exc:  # the pyarrow boundary
         raise InputError(f"cannot read {path} as Parquet: {exc}") from exc
     prefix = _detect_prefix(schema)
     missing = tuple(c for c in _METRICS if prefix + c not in set(schema.names))
-    return _Source(path, schema, prefix, missing)
+    return _Source(path, schema, prefix, missing, file=found)
 
 
 def _detect_prefix(schema: pa.Schema) -> str:
@@ -238,27 +225,6 @@ def _detect_prefix(schema: pa.Schema) -> str:
         if left.endswith("cost_usd") and right == left.removesuffix("cost_usd") + "status":
             return left.removesuffix("cost_usd")
     return ""
-
-
-def _typed_partitions(files: Sequence[str]) -> list[dict[str, Any]]:
-    """Hive ``key=value`` directories of each file, ints where every value is one."""
-    raw = [_partition_strings(f) for f in files]
-    keys = {k for parts in raw for k in parts}
-    ints = {k for k in keys if all(_is_int(p.get(k)) for p in raw)}
-    return [{k: int(v) if k in ints and v is not None else v for k, v in p.items()} for p in raw]
-
-
-def _partition_strings(path: str) -> dict[str, str | None]:
-    parts: dict[str, str | None] = {}
-    for segment in Path(path).parent.parts:
-        key, sep, value = segment.partition("=")
-        if sep and key:
-            parts[unquote(key)] = None if value == _NULL_PARTITION else unquote(value)
-    return parts
-
-
-def _is_int(value: str | None) -> bool:
-    return value is None or _INT_RE.fullmatch(value) is not None
 
 
 def _no_outputs_message(skipped: Sequence[SkippedFile], days: DayRange) -> str:
@@ -321,7 +287,10 @@ def _read(source: _Source, keys: Sequence[str]) -> Iterator[pa.Table]:
     names = [k for k in dict.fromkeys([*keys, *_METRICS, *_OPTIONAL]) if k != DAY]
     wanted = {name: source.column(name) for name in names}
     physical = list(dict.fromkeys(c for c in wanted.values() if c is not None))
-    with pq.ParquetFile(source.path) as file:
+    found = source.file
+    assert found is not None
+    remote = is_remote(found.name)  # coalesced range reads pay off on a store only
+    with pq.ParquetFile(found.path, filesystem=found.fs, pre_buffer=remote) as file:
         for batch in file.iter_batches(batch_size=_BATCH_ROWS, columns=physical):
             yield with_day(_narrow(batch, wanted, source.partitions), source.partitions)
 

@@ -79,5 +79,6 @@ def shard_output_path(path: str, shard: tuple[int, int]) -> str:
     >>> shard_output_path("out/x.parquet", (1, 4))
     'out/x.shard-1-of-4.parquet'
     """
-    out = Path(path)
-    return str(out.with_name(f"{out.stem}.shard-{shard[0]}-of-{shard[1]}{out.suffix}"))
+    head, sep, name = path.rpartition("/")  # string parts: a URI is no local Path
+    out = Path(name)
+    return f"{head}{sep}{out.stem}.shard-{shard[0]}-of-{shard[1]}{out.suffix}"

@@ -113,6 +113,12 @@ def _add_run(sub: Any) -> None:
     )
     cmd.add_argument("--fresh", action="store_true", help="ignore and replace the checkpoint")
     cmd.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a file at output.path even if it is not an output of this job"
+        " (without it such a file is left alone and the run exits 2)",
+    )
+    cmd.add_argument(
         "--retry-failed", action="store_true", help="re-send rows whose last attempt failed"
     )
     cmd.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N rows")
@@ -155,7 +161,12 @@ def _add_plan(sub: Any) -> None:
 
 def _add_report(sub: Any) -> None:
     cmd = sub.add_parser("report", help="aggregate usage and cost over output Parquet files")
-    cmd.add_argument("paths", nargs="+", metavar="PATH", help="files, directories or globs")
+    cmd.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="files, directories or globs, local or s3://bucket/key, gs://bucket/key",
+    )
     cmd.add_argument("--by", default="model,status", help="columns to group by (comma-separated)")
     cmd.add_argument(
         "--format", choices=("table", "csv", "json", "markdown", "html"), default="table"
@@ -217,6 +228,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         engine=args.engine,
         ray_address=args.ray_address,
         ray_workers=args.ray_workers,
+        overwrite=args.overwrite,
     )
     progress = None if args.quiet else _ProgressDisplay()
     with _sigterm_as_ctrl_c(), _logs_above_the_bar(progress):
