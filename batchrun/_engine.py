@@ -107,6 +107,14 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def _money(self) -> str:
+        if self.cost_usd is None and self.run_cost_usd is None:
+            return "cost unpriced (no [pricing] for the model)"
+        return (
+            f"this run spent {_usd(self.run_cost_usd)},"
+            f" the output's answers cost {_usd(self.cost_usd)} in all"
+        )
+
     def render(self) -> str:
         statuses = ", ".join(f"{n} {s}" for s, n in sorted(self.by_status.items()) if n)
         lines = [
@@ -117,8 +125,7 @@ class RunSummary:
             f" dedupe saved {self.dedupe_saved_requests} requests (${self.dedupe_saved_usd:.4f})",
             f"  tokens: {self.prompt_tokens} prompt ({self.cached_tokens} cached),"
             f" {self.completion_tokens} completion ({self.reasoning_tokens} reasoning);"
-            f" this run spent {_usd(self.run_cost_usd)}, the output's answers cost"
-            f" {_usd(self.cost_usd)} in all; {self.wall_s:.1f}s",
+            f" {self._money()}; {self.wall_s:.1f}s",
         ]
         if self.stopped:
             lines.append(f"  stopped: {_STOP_REASONS[self.stopped]}")
