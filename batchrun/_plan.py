@@ -33,7 +33,7 @@ import numpy as np
 
 from batchrun._advice import duration, lowest, reservation_note, wall_time
 from batchrun._budget import PRIOR_FACTORS, PROMPT_MARGIN, Budget, result_cost
-from batchrun._checkpoint import Checkpoint, CheckpointReader
+from batchrun._checkpoint import Checkpoint
 from batchrun._config import Job, Price
 from batchrun._dispatch import EVENT_LOOP, Dispatcher, DispatchOutcome
 from batchrun._errors import JobError
@@ -48,6 +48,7 @@ from batchrun._runner import (
     emulated_job,
     prepare,
 )
+from batchrun._store import JobStore, local_store, read_only_store
 from batchrun._types import Answer, Request, Result
 
 __all__ = ["Counts", "Pilot", "Plan", "plan_job", "plan_job_file"]
@@ -302,13 +303,12 @@ def plan_job(
 
 
 def _dry_plan(job: Job, table: InputTable, builder: RequestBuilder) -> Plan:
-    path = job.output.checkpoint_path
-    reader = CheckpointReader.open(path, job_name=job.name)
-    if reader is None:
-        return Plan(job, _count(table, builder, None), 0.0, checkpoint_exists=False)
-    with reader:
-        counts = _count(table, builder, reader.lookup)
-        spent, learned = reader.spent_usd(), reader.learned_limits()
+    # Both engines' files: the local checkpoint and the Ray workers' (batchrun._store).
+    with read_only_store(job) as store:
+        if not store.exists:
+            return Plan(job, _count(table, builder, None), 0.0, checkpoint_exists=False)
+        counts = _count(table, builder, store.lookup)
+        spent, learned = store.spent_usd(), store.learned_limits()
         return Plan(job, counts, spent, checkpoint_exists=True, learned=learned)
 
 
@@ -322,7 +322,10 @@ def _pilot_plan(
     synthetic: bool,
 ) -> Plan:
     # The run lock, as a run takes it: the pilot's answers are the run's to reuse.
-    with Checkpoint.open(job.output.checkpoint_path, job_name=job.name) as ckpt:
+    with (
+        Checkpoint.open(job.output.checkpoint_path, job_name=job.name) as own,
+        local_store(own, job) as ckpt,
+    ):
         counts = _count(table, builder, ckpt.lookup)
         spent = ckpt.spent_usd()
         sample = _sample(table, builder, ckpt.lookup, counts.to_send, size)
@@ -456,7 +459,7 @@ def _announce(job: Job, count: int, base_url: str | None, synthetic: bool) -> No
 
 
 def _send(
-    job: Job, ckpt: Checkpoint, sample: list[Request], base_url: str | None, api_key: str
+    job: Job, ckpt: JobStore, sample: list[Request], base_url: str | None, api_key: str
 ) -> str | None:
     """Answer ``sample`` through the run's own pipeline; returns why it stopped, if it did."""
     if not sample:

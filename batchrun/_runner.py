@@ -36,6 +36,7 @@ from batchrun._input import InputTable, open_input, validate_keys
 from batchrun._jobfile import load_job
 from batchrun._output import Lookup, OutputStats, check_columns, parse_status, write_output
 from batchrun._requests import RequestBuilder, built_batches
+from batchrun._store import clear_ray_dir, local_store
 from batchrun._types import Request, Result
 
 log = logging.getLogger("batchrun")
@@ -256,10 +257,15 @@ class _Run:
     def execute(self) -> RunSummary:
         table, builder = self._prepare()
         api_key = self._api_key()
-        with Checkpoint.open(
-            self.job.output.checkpoint_path, job_name=self.job.name, fresh=self.options.fresh
-        ) as ckpt:
-            self.ckpt = ckpt
+        with (
+            Checkpoint.open(
+                self.job.output.checkpoint_path, job_name=self.job.name, fresh=self.options.fresh
+            ) as ckpt,
+            local_store(ckpt, self.job) as store,
+        ):
+            if self.options.fresh:
+                clear_ray_dir(self.job)  # one store for both engines: --fresh clears both
+            self.ckpt = store  # answers and spend of both engines' files
             dispatcher = self._dispatcher(api_key)
             self.progress.total = self._total(table)
             kept = ckpt.learned_limits()  # start at the limits an earlier run learned
@@ -274,7 +280,7 @@ class _Run:
                     " every answer is in the checkpoint)",
                     self.job.output.path,
                 )
-            stats = self._write_output(table, builder, ckpt.lookup)
+            stats = self._write_output(table, builder, store.lookup)
         return self._summary(stats)
 
     def _write_output(
