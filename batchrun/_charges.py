@@ -50,6 +50,24 @@ def charge_rows(request: Request, result: Result) -> Iterator[ChargeRow]:
         yield request.fingerprint, charge.cost_usd, int(charge.usage_known), int(charge.at * 1e6)
 
 
+# Answers stored while the model had no price: usage known, nothing charged for it.
+_UNPRICED = (
+    "SELECT TOTAL(prompt_tokens), TOTAL(COALESCE(cached_tokens, 0)),"
+    " TOTAL(COALESCE(completion_tokens, 0)) FROM answers AS a"
+    " WHERE a.cost_usd IS NULL AND a.prompt_tokens IS NOT NULL"
+)
+_UNCHARGED = " AND NOT EXISTS (SELECT 1 FROM charges AS c WHERE c.fingerprint = a.fingerprint)"
+
+
+def unpriced_usage(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """(prompt, cached, completion) tokens of answers that were never charged."""
+    has = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'charges'")
+    prompt, cached, completion = conn.execute(
+        _UNPRICED + (_UNCHARGED if has.fetchone() else "")
+    ).fetchone()
+    return int(prompt), int(cached), int(completion)
+
+
 def spent(conn: sqlite3.Connection) -> float:
     """Everything recorded as spent (worst case for attempts without usage)."""
     has = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'charges'")

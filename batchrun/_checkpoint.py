@@ -48,6 +48,7 @@ from batchrun._charges import (
     charge_rows,
     m003_charges,
     spent,
+    unpriced_usage,
 )
 from batchrun._errors import JobError
 from batchrun._keptlimits import KeptLimits, read_kept, write_kept
@@ -365,6 +366,11 @@ class Checkpoint:
         with self._using("sum the spend"):
             return spent(self._conn)
 
+    def unpriced_usage(self) -> tuple[int, int, int]:
+        """Tokens of answers stored unpriced (``batchrun._charges.unpriced_usage``)."""
+        with self._using("sum the unpriced usage"):
+            return unpriced_usage(self._conn)
+
     def counts(self) -> dict[str, int]:
         """Number of answers per status, e.g. ``{"ok": 950, "error": 3}``."""
         with self._using("count answers"):
@@ -567,6 +573,11 @@ class CheckpointReader:
         """As ``Checkpoint.spent_usd``."""
         with _translated(self.path, "sum the spend"):
             return spent(self._conn)
+
+    def unpriced_usage(self) -> tuple[int, int, int]:
+        """As ``Checkpoint.unpriced_usage``."""
+        with _translated(self.path, "sum the unpriced usage"):
+            return unpriced_usage(self._conn)
 
     def learned_limits(self) -> KeptLimits:
         """As ``Checkpoint.learned_limits``."""

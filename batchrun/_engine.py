@@ -16,14 +16,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from batchrun._budget import Budget
-from batchrun._checkpoint import Checkpoint
 from batchrun._config import Job
 from batchrun._dispatch import Dispatcher
 from batchrun._errors import JobError
 from batchrun._input import InputTable, open_input, validate_keys
+from batchrun._keptlimits import KeptLimits
 from batchrun._output import (
     Lookup,
     OutputStats,
@@ -185,8 +185,16 @@ def budget_for(job: Job, spent_usd: float) -> Budget | None:
     return Budget(job.limits.max_cost_usd, job.price, spent_usd)
 
 
+class KeepsLimits(Protocol):
+    """Where learned limits are kept: a checkpoint, or the store over both engines' files."""
+
+    def learned_limits(self) -> KeptLimits: ...
+
+    def keep_learned_limits(self, rpm: int | None, tpm: int | None) -> None: ...
+
+
 @contextmanager
-def learned_limits_kept(ckpt: Checkpoint, dispatcher: Dispatcher) -> Iterator[None]:
+def learned_limits_kept(ckpt: KeepsLimits, dispatcher: Dispatcher) -> Iterator[None]:
     """Start at the limits an earlier run learned; keep what this one learns."""
     kept = ckpt.learned_limits()
     dispatcher.learned.rpm, dispatcher.learned.tpm = kept.rpm, kept.tpm

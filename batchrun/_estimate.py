@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from batchrun._budget import result_cost
-from batchrun._checkpoint import Checkpoint
 from batchrun._config import Job
 from batchrun._dispatch import Dispatcher, DispatchOutcome
 from batchrun._engine import budget_for, learned_limits_kept
@@ -30,6 +29,7 @@ from batchrun._loop import run_async
 from batchrun._output import Lookup
 from batchrun._pipeline import Pipeline
 from batchrun._requests import RequestBuilder, built_batches
+from batchrun._store import JobStore
 from batchrun._types import Answer, Request, Result
 
 __all__ = ["INVALID_SHOWN", "Counts", "Pilot", "count_rows", "run_pilot", "sample_rows"]
@@ -153,7 +153,7 @@ def count_rows(table: InputTable, builder: RequestBuilder, lookup: Lookup | None
 
 def run_pilot(
     job: Job,
-    ckpt: Checkpoint,
+    ckpt: JobStore,
     sample: list[Request],
     base_url: str | None,
     api_key: str,
@@ -215,7 +215,7 @@ def _announce(job: Job, count: int, base_url: str | None, synthetic: bool) -> No
 
 
 def _send(
-    job: Job, ckpt: Checkpoint, sample: list[Request], base_url: str | None, api_key: str
+    job: Job, ckpt: JobStore, sample: list[Request], base_url: str | None, api_key: str
 ) -> str | None:
     """Answer ``sample`` through the run's own pipeline; returns why it stopped, if it did."""
     if not sample:

@@ -23,6 +23,7 @@ from batchrun._input import InputTable
 from batchrun._loop import run_async
 from batchrun._pipeline import Pipeline
 from batchrun._requests import RequestBuilder, built_batches
+from batchrun._store import JobStore, clear_ray_dir, local_store
 from batchrun._types import Request, Result
 
 __all__ = ["COMMIT_GRACE_S", "SIGNAL_GRACE_S", "LocalRun"]
@@ -43,9 +44,14 @@ class LocalRun(Run):
     def execute(self) -> RunSummary:
         table, builder = self._prepare()
         api_key = self._api_key()
-        with Checkpoint.open(
-            self.job.output.checkpoint_path, job_name=self.job.name, fresh=self.options.fresh
-        ) as ckpt:
+        with (
+            Checkpoint.open(
+                self.job.output.checkpoint_path, job_name=self.job.name, fresh=self.options.fresh
+            ) as own,
+            local_store(own, self.job) as ckpt,  # answers and spend of both engines' files
+        ):
+            if self.options.fresh:
+                clear_ray_dir(self.job)  # one store for both engines: --fresh clears both
             dispatcher = Dispatcher(
                 self.job,
                 api_key=api_key,
@@ -75,7 +81,7 @@ class LocalRun(Run):
     # --- the async pipeline -----------------------------------------------------
 
     def _dispatch_all(
-        self, ckpt: Checkpoint, items: Iterable[list[Request | Result]], dispatcher: Dispatcher
+        self, ckpt: JobStore, items: Iterable[list[Request | Result]], dispatcher: Dispatcher
     ) -> None:
         pipeline = Pipeline(
             self.job,

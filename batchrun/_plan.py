@@ -20,7 +20,7 @@ from typing import Any
 
 from batchrun._advice import duration, lowest, reservation_note, wall_time
 from batchrun._budget import PRIOR_FACTORS, PROMPT_MARGIN
-from batchrun._checkpoint import Checkpoint, CheckpointReader
+from batchrun._checkpoint import Checkpoint
 from batchrun._config import Job, Price
 from batchrun._engine import EMULATOR_KEY, emulated_job, prepare, resolve_api_key
 from batchrun._estimate import Counts, Pilot, count_rows, run_pilot, sample_rows
@@ -28,6 +28,7 @@ from batchrun._input import InputTable
 from batchrun._jobfile import load_job
 from batchrun._keptlimits import KeptLimits
 from batchrun._requests import RequestBuilder
+from batchrun._store import local_store, read_only_store
 
 __all__ = ["Counts", "Pilot", "Plan", "plan_job", "plan_job_file"]
 
@@ -227,13 +228,12 @@ def plan_job(
 
 
 def _dry_plan(job: Job, table: InputTable, builder: RequestBuilder) -> Plan:
-    path = job.output.checkpoint_path
-    reader = CheckpointReader.open(path, job_name=job.name)
-    if reader is None:
-        return Plan(job, count_rows(table, builder, None), 0.0, checkpoint_exists=False)
-    with reader:
-        counts = count_rows(table, builder, reader.lookup)
-        spent, learned = reader.spent_usd(), reader.learned_limits()
+    # Both engines' files: the local checkpoint and the Ray workers' (batchrun._store).
+    with read_only_store(job) as store:
+        if not store.exists:
+            return Plan(job, count_rows(table, builder, None), 0.0, checkpoint_exists=False)
+        counts = count_rows(table, builder, store.lookup)
+        spent, learned = store.spent_usd(), store.learned_limits()
         return Plan(job, counts, spent, checkpoint_exists=True, learned=learned)
 
 
@@ -247,7 +247,10 @@ def _pilot_plan(
     synthetic: bool,
 ) -> Plan:
     # The run lock, as a run takes it: the pilot's answers are the run's to reuse.
-    with Checkpoint.open(job.output.checkpoint_path, job_name=job.name) as ckpt:
+    with (
+        Checkpoint.open(job.output.checkpoint_path, job_name=job.name) as own,
+        local_store(own, job) as ckpt,
+    ):
         counts = count_rows(table, builder, ckpt.lookup)
         spent = ckpt.spent_usd()
         sample = sample_rows(table, builder, ckpt.lookup, counts.to_send, size)

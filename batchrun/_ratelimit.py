@@ -231,7 +231,7 @@ class LearnedLimits:
     tpm: int | None = None
 
 
-class _Axis:
+class Axis:
     """One limited quantity (requests or tokens): its limit, its pace and its log of sends.
 
     A request is admitted whole, by two rules at once:
@@ -342,8 +342,8 @@ class Pacer:
         ``clock`` must be the event loop's clock (a virtual one in tests)."""
         self.learned = learned if learned is not None else LearnedLimits()
         self._clock = clock
-        self._requests = _Axis(rpm, self.learned.rpm, share)
-        self._tokens = _Axis(tpm, self.learned.tpm, share)
+        self._requests = Axis(rpm, self.learned.rpm, share)
+        self._tokens = Axis(tpm, self.learned.tpm, share)
         self._started = clock()
         self._factor = 1.0  # the estimated request pace in use, after a cut
         self._floor = 1.0

@@ -6,21 +6,29 @@
 building, dispatch, retries, parsing and cost), and returns the batch's output rows,
 which the driver streams in input order into one Parquet file, as the local engine does.
 
-Global limits. One small ``_Coordinator`` actor holds what the workers share:
+Global limits. One small ``_Coordinator`` actor holds what the workers share
+(the rules are in ``batchrun._shares``, plain classes tested without Ray):
 
-- the divisor of the job's limits: each worker paces to ``1 / max(planned, joined)`` of
-  the requests/tokens per minute and of ``concurrency``, re-read at every batch, so N
-  workers together stay within the job's limits;
+- the job's ``requests_per_minute`` and ``tokens_per_minute``: every send of every
+  worker is admitted on one log (``GlobalPace``), so they hold in every window for any
+  number of workers, and a busy worker uses what idle ones do not;
+- ``concurrency``: leased to workers batch by batch (``Slots``); a worker may get none
+  and wait;
+- limits learned from the API's headers: each worker paces to ``1 / max(planned,
+  joined)`` of them;
 - the 429 pause: a worker that must pause pushes "resume at" (wall clock) to it, and
   every worker's gate reads it at most ``GATE_REFRESH_S`` old before each send;
-- the budget: ``max_cost_usd`` minus what earlier runs spent, leased to workers in
-  slices of a few dozen worst-case requests and given back unspent after each batch;
+- the budget: ``max_cost_usd`` minus what every run of the job spent, leased to workers
+  in slices (``BudgetPool``), given back when another worker waits for money and after
+  each batch; the job stops on money only when nothing is leased and the rest cannot
+  pay for one request;
 - the stop (budget or fatal answer), counters and per-batch output counts.
 
 Resume. Each worker writes its own SQLite checkpoint in ``<checkpoint>.ray/`` (on a
 filesystem every node shares) and looks answers up in all of them, earlier runs'
-included, and in the local engine's checkpoint, read-only. The driver holds the job's
-run lock (the local checkpoint's), so a second run of the job refuses to start.
+included, and in the local engine's checkpoint, read-only (``batchrun._store``: the
+local engine and ``plan`` read them all too). The driver holds the job's run lock (the
+local checkpoint's), so a second run of the job refuses to start.
 """
 
 from __future__ import annotations
@@ -28,11 +36,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,9 +49,8 @@ import anyio
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from batchrun._budget import Budget
-from batchrun._checkpoint import Checkpoint, CheckpointReader
-from batchrun._config import Job
+from batchrun._checkpoint import Checkpoint
+from batchrun._config import Job, Limits
 from batchrun._dispatch import Dispatcher
 from batchrun._engine import Run, RunSummary, shard_of
 from batchrun._errors import FatalApiError, JobError
@@ -58,9 +64,19 @@ from batchrun._output import (
     write_batches,
 )
 from batchrun._pipeline import Pipeline, Progress
-from batchrun._ratelimit import PauseGate
+from batchrun._ratelimit import Pacer, PauseGate
 from batchrun._requests import RequestBuilder
-from batchrun._types import Answer, Request, Result
+from batchrun._shares import (
+    POLL_S,
+    BudgetPool,
+    Call,
+    GlobalPace,
+    LeasedBudget,
+    SharedPacer,
+    Slots,
+)
+from batchrun._store import JobStore, budget_price, clear_ray_dir, ray_dir
+from batchrun._types import Request, Result
 
 log = logging.getLogger("batchrun")
 
@@ -70,8 +86,7 @@ WORKER_CPUS = 0.25
 """CPUs a worker reserves: it mostly waits on the API, so several share a core."""
 GATE_REFRESH_S = 0.25
 """Longest a worker goes without reading the shared 429 pause before a send."""
-LEASE_REQUESTS = 64
-"""Budget is leased to a worker in slices worth this many worst-case requests."""
+ClusterStore = JobStore  # the name earlier code and tests use
 
 
 # --- the driver ---------------------------------------------------------------------
@@ -87,10 +102,11 @@ class RayRun(Run):
         api_key = self._api_key()
         ckpt_path = self.job.output.checkpoint_path
         with Checkpoint.open(ckpt_path, job_name=self.job.name, fresh=self.options.fresh) as ckpt:
-            store = _store_dir(self.job)
+            store = ray_dir(self.job)
             if self.options.fresh:
-                shutil.rmtree(store, ignore_errors=True)
-            spent = ckpt.spent_usd() + _spent_in(store, self.job.name)
+                clear_ray_dir(self.job)  # under the run lock, as the local file is dropped
+            with JobStore(ckpt, store, self.job.name, price=budget_price(self.job)) as every:
+                spent = every.spent_usd()  # both engines' spend, earlier runs included
             self.progress.total = self._total(table)
             try:
                 with ray_session(self.options.ray_address):
@@ -125,14 +141,16 @@ class RayRun(Run):
 
     def _run_on_ray(self, ray: Any, table: InputTable, api_key: str, spent: float) -> OutputStats:
         workers = self.options.ray_workers or _cluster_cpus(ray)
-        coordinator = ray.remote(num_cpus=0)(_Coordinator).remote(workers, self._budget_left(spent))
+        coordinator = ray.remote(num_cpus=0)(_Coordinator).remote(
+            workers, self._budget_left(spent), self.job.limits
+        )
         worker = _WorkerSpec(
             job=self.job,
             api_key=api_key,
             base_url=self.options.base_url,
             schema=table.schema,
             # Absolute: workers of a cluster joined by address run in other directories.
-            store=str(_store_dir(self.job).resolve()),
+            store=str(ray_dir(self.job).resolve()),
             also=(str(self.job.output.checkpoint_path.resolve()),),
             run_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}",
             retry_failed=self.options.retry_failed,
@@ -287,21 +305,6 @@ def _in_shard(part: pa.Table, job: Job, shard: tuple[int, int]) -> pa.Table:
     return part.filter(pa.array([shard_of(key, count) == index for key in keys], pa.bool_()))
 
 
-def _store_dir(job: Job) -> Path:
-    path = job.output.checkpoint_path
-    return path.with_name(path.name + ".ray")
-
-
-def _spent_in(directory: Path, job_name: str) -> float:
-    spent = 0.0
-    for path in directory.glob("*.sqlite"):
-        reader = CheckpointReader.open(path, job_name=job_name)
-        if reader is not None:
-            with reader:
-                spent += reader.spent_usd()
-    return spent
-
-
 def _merge(stats: OutputStats, counted: dict[str, Any]) -> None:
     """Add one batch's ``OutputStats.to_dict()`` into ``stats``."""
     stats.rows += counted["rows"]
@@ -329,11 +332,16 @@ class _Totals:
 class _Coordinator:
     """What the workers of one run share (a Ray actor; its calls run one at a time)."""
 
-    def __init__(self, planned: int, budget_left: float | None) -> None:
+    def __init__(
+        self, planned: int, budget_left: float | None, limits: Limits | None = None
+    ) -> None:
         self.planned = planned
         self.joined: list[str] = []
         self.resume_at = 0.0  # wall clock: workers may sit on different hosts
-        self.budget_left = budget_left
+        rpm, tpm = (limits.requests_per_minute, limits.tokens_per_minute) if limits else (None,) * 2
+        self.pace = GlobalPace(rpm, tpm)
+        self.slots = Slots(limits.concurrency if limits else planned)
+        self.money = None if budget_left is None else BudgetPool(budget_left)
         self.stopped: str | None = None
         self.fatal_message: str | None = None
         self.counters: dict[str, dict[str, float]] = {}
@@ -344,7 +352,7 @@ class _Coordinator:
         return len(self.joined) - 1
 
     def state(self) -> tuple[int, str | None]:
-        """(how many workers split the limits, why the run stopped or None)."""
+        """(how many workers split the learned limits, why the run stopped or None)."""
         return max(self.planned, len(self.joined)), self.stopped
 
     def pause_until(self, wall: float) -> None:
@@ -353,16 +361,28 @@ class _Coordinator:
     def resume_time(self) -> float:
         return self.resume_at
 
-    def lease(self, want: float) -> float:
-        if self.budget_left is None:
-            return want
-        granted = min(want, self.budget_left)
-        self.budget_left -= granted
-        return granted
+    def admit(self, tokens: list[int]) -> list[float]:
+        return self.pace.admit(tokens)
 
-    def give_back(self, amount: float) -> None:
-        if self.budget_left is not None:
-            self.budget_left += amount
+    def take_slots(self, worker: str, want: int) -> tuple[int, str | None]:
+        """(slots leased for one batch, why the run stopped or None)."""
+        return self.slots.take(worker, want), self.stopped
+
+    def give_back_slots(self, worker: str) -> None:
+        self.slots.give_back(worker)
+
+    def lease(
+        self, worker: str, want: float, need: float, returned: float, closed: bool
+    ) -> float | None:
+        assert self.money is not None
+        return self.money.lease(worker, want, need, returned, closed)
+
+    def give_back_money(self, worker: str, amount: float, closed: bool) -> None:
+        if self.money is not None:
+            self.money.give_back(worker, amount, closed)
+
+    def short(self, worker: str) -> bool:
+        return self.money is not None and self.money.short(worker)
 
     def stop(self, reason: str, message: str | None = None) -> None:
         if self.stopped is None or reason == "fatal":
@@ -404,27 +424,34 @@ class SharedGate(PauseGate):
         await super().wait()
 
 
-class _LeasedBudget(Budget):
-    """A worker's part of the job's budget, leased from the coordinator as needed."""
+def _remote(coordinator: Any) -> Call:
+    async def call(name: str, *args: Any) -> Any:
+        return await getattr(coordinator, name).remote(*args)
 
-    def __init__(self, job: Job, coordinator: Any, ray: Any) -> None:
-        assert job.price is not None
-        super().__init__(0.0, job.price)
-        self._coordinator = coordinator
-        self._ray = ray
+    return call
 
-    def try_reserve(self, request: Request) -> float | None:
-        amount = self.worst_case(request)
-        if self.spent_usd + self.reserved_usd + amount > self.max_cost_usd:
-            # Rare (once per LEASE_REQUESTS sends), so a blocking call is cheap here.
-            lease = self._coordinator.lease.remote(amount * LEASE_REQUESTS)
-            self.max_cost_usd += self._ray.get(lease)
-        return super().try_reserve(request)
 
-    def give_back(self) -> None:
-        unused = max(self.max_cost_usd - self.spent_usd - self.reserved_usd, 0.0)
-        self.max_cost_usd -= unused
-        self._ray.get(self._coordinator.give_back.remote(unused))
+class _SharedDispatcher(Dispatcher):
+    """A worker's dispatcher: the job's configured limits admitted by the coordinator."""
+
+    def __init__(self, job: Job, call: Call, **kwargs: Any) -> None:
+        super().__init__(job, **kwargs)
+        self._call = call
+        self._shared: tuple[float, SharedPacer] | None = None
+
+    def pacer(self) -> Pacer:
+        # Kept across batches (the learned limits' pace carries over) while the share holds.
+        if self._shared is None or self._shared[0] != self.share:
+            limits = self.limits
+            pacer = SharedPacer(
+                self._call,
+                limits.requests_per_minute,
+                limits.tokens_per_minute,
+                self.learned,
+                share=self.share,
+            )
+            self._shared = (self.share, pacer)
+        return self._shared[1]
 
 
 # --- the workers --------------------------------------------------------------------
@@ -454,15 +481,15 @@ class _Worker:
         own = Checkpoint.open(
             Path(spec.store) / f"worker-{spec.run_id}-{index}.sqlite", job_name=self.job.name
         )
-        self.store = ClusterStore(
-            own, Path(spec.store), self.job.name, [Path(p) for p in spec.also]
-        )
+        self.store = JobStore(own, Path(spec.store), self.job.name, [Path(p) for p in spec.also])
+        call = _remote(coordinator)
         self.budget = None
         if self.job.limits.max_cost_usd is not None and self.job.price is not None:
-            self.budget = _LeasedBudget(self.job, coordinator, ray)
+            self.budget = LeasedBudget(self.job.price, call, self.id)
         self.progress = Progress()
-        self.dispatcher = Dispatcher(
+        self.dispatcher = _SharedDispatcher(
             self.job,
+            call,
             api_key=spec.api_key,
             base_url=spec.base_url,
             budget=self.budget,
@@ -498,21 +525,41 @@ class _Worker:
         return pa.Table.from_batches([out])
 
     def _answer(self, items: list[Request | Result], divisor: int) -> None:
-        """Send the batch's unanswered rows with this worker's share of the limits."""
-        limits = self.job.limits
-        self.dispatcher.share = 1 / divisor
-        self.dispatcher.limits = replace(limits, concurrency=max(limits.concurrency // divisor, 1))
+        """Send the batch's unanswered rows with the slots leased for it."""
+        slots = self._take_slots(sum(isinstance(item, Request) for item in items))
+        if slots == 0:
+            return  # the run stopped while this worker waited
+        self.dispatcher.share = 1 / divisor  # of limits learned from the API's headers
+        self.dispatcher.limits = replace(self.job.limits, concurrency=slots)
         stop: tuple[str, str | None] | None = None
         try:
-            outcome = anyio.run(self.pipeline.run, [items], backend_options=EVENT_LOOP)
+            outcome = anyio.run(self._run_batch, items, backend_options=EVENT_LOOP)
             stop = None if outcome.stopped is None else (outcome.stopped, None)
         except* FatalApiError as group:
             stop = ("fatal", str(_first(group)))
         finally:
-            if self.budget is not None:
-                self.budget.give_back()
+            self.ray.get(self.coordinator.give_back_slots.remote(self.id))
         if stop is not None:
             self.ray.get(self.coordinator.stop.remote(*stop))
+
+    async def _run_batch(self, items: list[Request | Result]) -> Any:
+        try:
+            return await self.pipeline.run([items])
+        finally:
+            if self.budget is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.budget.give_back()
+
+    def _take_slots(self, requests: int) -> int:
+        """Slots of ``concurrency`` for this batch: waits while others hold them all."""
+        if requests == 0:
+            return 1  # nothing to send: no slot needed
+        want = min(self.job.limits.concurrency, requests)
+        while True:
+            slots, stopped = self.ray.get(self.coordinator.take_slots.remote(self.id, want))
+            if slots or stopped is not None:
+                return int(slots)
+            time.sleep(POLL_S)
 
     def _counters(self) -> dict[str, float]:
         p, c = self.progress, self.progress.dispatch
@@ -529,80 +576,9 @@ class _Worker:
         }
 
 
-class ClusterStore:
-    """The checkpoint surface ``Pipeline`` needs, over a worker's own file (written)
-    and every other checkpoint of the job (read-only, found afresh at each lookup)."""
-
-    def __init__(
-        self, own: Checkpoint, directory: Path, job_name: str, also: Sequence[Path] = ()
-    ) -> None:
-        self.own = own
-        self.directory = directory
-        self.job_name = job_name
-        self.also = list(also)
-        self.readers: dict[Path, CheckpointReader] = {}
-
-    def lookup(
-        self, fingerprints: Sequence[str], *, include_failed: bool = True
-    ) -> dict[str, Answer]:
-        # Own answers first: where two workers raced on one request, each row keeps its own.
-        found = self.own.lookup(fingerprints, include_failed=include_failed)
-        for reader in self._others():
-            missing = [fp for fp in fingerprints if fp not in found]
-            if not missing:
-                break
-            found.update(reader.lookup(missing, include_failed=include_failed))
-        return found
-
-    def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:
-        found = self.own.answered(fingerprints, include_failed=include_failed)
-        for reader in self._others():
-            missing = [fp for fp in fingerprints if fp not in found]
-            if not missing:
-                break
-            found |= reader.answered(missing, include_failed=include_failed)
-        return found
-
-    def spent_usd(self) -> float:
-        return self.own.spent_usd() + sum(r.spent_usd() for r in self._others())
-
-    async def write_results(self, results: Any, on_commit: Any = None) -> None:
-        await self.own.write_results(results, on_commit)
-
-    def close(self) -> None:
-        self.close_readers()
-        self.own.close()
-
-    def close_readers(self) -> None:
-        """Close the other files' readers; leave ``own`` open (its owner closes it)."""
-        for reader in self.readers.values():
-            reader.close()
-        self.readers.clear()
-
-    def _others(self) -> list[CheckpointReader]:
-        """Newest files first, so a retried row's latest answer wins."""
-        for path in [*self.directory.glob("*.sqlite"), *self.also]:
-            if path in self.readers or path == self.own.path:
-                continue
-            try:
-                reader = CheckpointReader.open(path, job_name=self.job_name)
-            except JobError:
-                continue  # a worker still creating it: it holds nothing yet
-            if reader is not None:
-                self.readers[path] = reader
-        return sorted(self.readers.values(), key=lambda r: _mtime(r.path), reverse=True)
-
-
 def _first(group: BaseExceptionGroup) -> BaseException:
     first = group.exceptions[0]
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 __all__ = ["ClusterStore", "RayRun", "SharedGate", "import_ray", "ray_session", "read_input"]

@@ -289,3 +289,121 @@ def test_without_an_id_column_the_ray_engine_refuses_before_sending(
     job = _big_job(tmp_path / "missing.parquet", tmp_path / "o.parquet", text=text)
     with pytest.raises(JobError, match="id_column"):
         run_job(job, RunOptions(engine="ray", api_key=KEY))
+
+
+# --- global limits, the budget and one store (issues 11, 12, 16) ---------------------
+
+
+def test_more_workers_than_concurrency_keep_the_jobs_concurrency(
+    ray_address: str, big_input: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One row a batch: all four workers have work at once, with two slots between them.
+    monkeypatch.setattr("batchrun._ray.BATCH_ROWS", 1)
+    out = tmp_path / "ray.parquet"
+    job = _big_job(big_input, out, "limits.concurrency=2", "limits.requests_per_minute=600000")
+    with EmulatorProcess(["--seed", SEED, "--latency-ms", "1000"], quiet=True) as emu:
+        summary = _run(job, emu, engine="ray", ray_workers=4, limit=12)
+        ledger = emu.ledger()
+    assert summary.exit_code == 0, summary
+    assert ledger["requests_billed"] == 12
+    assert ledger["max_in_flight"] == 2, ledger["max_in_flight"]  # held, and used
+    print(f"4 workers, concurrency 2: max in flight {ledger['max_in_flight']}")
+
+
+def test_an_rpm_below_the_worker_count_holds_from_the_first_minute(
+    ray_address: str, big_input: Path, tmp_path: Path
+) -> None:
+    rpm = 2  # four workers with a row each: before, each sent one at once
+    with EmulatorProcess(["--seed", SEED], quiet=True) as emu:
+        command = _driver_command(tmp_path, big_input, emu, ray_address, 4, rpm)
+        command[command.index("--ray-workers") + 1] = "4"
+        script = (
+            "import sys, batchrun._ray as r; r.BATCH_ROWS = 1;"
+            " from batchrun.cli import main; sys.exit(main(sys.argv[1:]))"
+        )
+        command[1:3] = ["-c", script]  # python -m batchrun ... with one row a batch
+        driver = subprocess.Popen(command, cwd=tmp_path, env=_driver_env(), stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 60
+            while emu.ledger()["requests_received"] < 1:
+                assert driver.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+            time.sleep(5)  # the first minute allows two, 30 s apart
+            driver.send_signal(signal.SIGINT)
+            assert driver.wait(timeout=60) == 130, driver.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        finally:
+            driver.kill()
+        ledger = emu.ledger()
+    assert ledger["max_requests_in_60s"] <= rpm, ledger["max_requests_in_60s"]
+    print(f"4 workers, RPM {rpm}: max requests in 60 s {ledger['max_requests_in_60s']}")
+
+
+def test_a_slice_held_by_one_worker_does_not_stop_the_job_early(
+    ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchrun._budget import Budget
+    from batchrun._input import open_input
+    from batchrun._requests import RequestBuilder, built_batches
+    from batchrun._types import Request
+
+    monkeypatch.setattr("batchrun._ray.BATCH_ROWS", 8)
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "ray.parquet"
+    budget = 0.05
+    job = load_job(
+        ROOT / "jobs" / "demo.toml",
+        sets=[f'output.path="{out}"', f"limits.max_cost_usd={budget}"],
+    )
+    with EmulatorProcess(["--seed", SEED], quiet=True) as emu:
+        summary = _run(job, emu, engine="ray", ray_workers=4)
+        ledger = emu.ledger()
+    assert summary.exit_code == 3, summary
+    spent = _charges(out.parent / f"{out.name}.ckpt.sqlite.ray")
+    table = open_input(job)
+    builder = RequestBuilder(job, table.schema)
+    worst = max(
+        Budget(budget, job.price).worst_case(item)
+        for _, items in built_batches(table, builder)
+        for item in items
+        if isinstance(item, Request)
+    )
+    # Stopped only when what was left could not pay for one more request.
+    assert budget - worst < spent <= budget, (spent, worst)
+    assert summary.run_cost_usd == pytest.approx(spent)
+    print(
+        f"budget ${budget}, spent ${spent:.5f}, worst case ${worst:.5f},"
+        f" billed {ledger['requests_billed']} requests"
+    )
+
+
+def _charges(store: Path) -> float:
+    total = 0.0
+    for path in store.glob("*.sqlite"):
+        with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as conn:
+            total += conn.execute("SELECT TOTAL(cost_usd) FROM charges").fetchone()[0]
+    return total
+
+
+def test_local_and_ray_runs_share_one_store(
+    ray_address: str, big_input: Path, tmp_path: Path
+) -> None:
+    from batchrun._plan import plan_job
+
+    out = tmp_path / "items.parquet"
+    job = _big_job(big_input, out)
+    with EmulatorProcess(["--seed", SEED], quiet=True) as emu:
+        local = _run(job, emu, limit=10)
+        ray_run = _run(job, emu, engine="ray", ray_workers=2, limit=20)
+        after_ray = emu.ledger()["requests_billed"]
+        local_again = _run(job, emu, limit=30)
+        ledger = emu.ledger()
+    assert (local.exit_code, ray_run.exit_code, local_again.exit_code) == (0, 0, 0)
+    assert after_ray == 20  # Ray sent only the 10 the local run had not answered
+    assert ledger["requests_billed"] == 30  # and the local run only the 10 after those
+    assert ray_run.run_cost_usd is not None and ray_run.run_cost_usd > 0
+    assert ray_run.run_cost_usd == pytest.approx(_charges(Path(f"{out}.ckpt.sqlite.ray")))
+    assert plan_job(job).counts.done == 30  # plan sees both engines' answers
+    with EmulatorProcess(["--seed", SEED], quiet=True) as emu:
+        fresh = _run(job, emu, engine="ray", ray_workers=2, limit=5, fresh=True)
+        assert emu.ledger()["requests_billed"] == 5  # --fresh cleared both stores
+    assert fresh.exit_code == 0

@@ -133,6 +133,14 @@ class EmulatorApp:
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.ledger.receive(time.monotonic())
+        ledger = self.ledger  # a reset meanwhile must not unbalance the new one
+        ledger.started()
+        try:
+            await self._chat_answer(scope, receive, send)
+        finally:
+            ledger.ended()
+
+    async def _chat_answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = await _read_body(receive)
         try:
             denied = self._auth_error(scope)

@@ -22,6 +22,8 @@ class Ledger:
 
     def __init__(self) -> None:
         self.requests_received = 0
+        self.in_flight = 0  # chat-completion requests received and not yet answered
+        self.max_in_flight = 0
         self.last_received_at: float | None = None  # wall clock (time.time()), for signal tests
         self.requests_billed = 0
         self.rate_limited = 0
@@ -36,6 +38,13 @@ class Ledger:
         self.requests_received += 1
         self.last_received_at = time.time()
         self.received_window.add(now)
+
+    def started(self) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def ended(self) -> None:
+        self.in_flight -= 1
 
     def bill(self, fingerprint: str, now: float, usage: dict[str, int]) -> None:
         """Record one billed request; ``usage`` holds the TOKEN_KINDS amounts."""
@@ -59,6 +68,7 @@ class Ledger:
             "faults": {fault.value: self.faults[fault.value] for fault in Fault},
             "max_requests_in_60s": self.received_window.max_in_window,
             "max_billed_in_60s": self.billed_window.max_in_window,
+            "max_in_flight": self.max_in_flight,
             "unique_bodies_billed": len(self.billed_by_hash),
             "duplicates_billed": sum(n - 1 for n in twice.values()),
             "billed_more_than_once": twice,
