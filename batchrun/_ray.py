@@ -40,7 +40,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +64,7 @@ from batchrun._output import (
 )
 from batchrun._pipeline import Pipeline, Progress
 from batchrun._ratelimit import Pacer, PauseGate
+from batchrun._raystart import import_ray, ray_session
 from batchrun._requests import RequestBuilder
 from batchrun._shares import (
     POLL_S,
@@ -224,49 +224,6 @@ class RayRun(Run):
             _merge(stats, batch)
         self.stopped = self.stopped or totals.stopped
         self.fatal_message = totals.fatal_message
-
-
-def import_ray() -> Any:
-    """``ray`` (and ``ray.data``), or a ``JobError`` saying how to install it."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no calls home
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise JobError("--engine ray needs Ray: pip install 'batchrun[ray]' (ray[data])") from None
-    return ray
-
-
-@contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
-    """Join the Ray cluster at ``address``, or start a local one with this machine's
-    cores; a session already open in this process (tests, notebooks) is used as is."""
-    ray = import_ray()
-    if ray.is_initialized():
-        _configure_data(ray)
-        yield
-        return
-    if address:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-    else:
-        ray.init(
-            num_cpus=os.cpu_count(),
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-    try:
-        _configure_data(ray)
-        yield
-    finally:
-        ray.shutdown()
-
-
-def _configure_data(ray: Any) -> None:
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # the output is in input order
-    ctx.enable_progress_bars = False  # the CLI draws its own
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def _cluster_cpus(ray: Any) -> int:
