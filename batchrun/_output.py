@@ -276,11 +276,17 @@ def write_output(
     added under ``batchrun.output_stats``.
     """
     schema = output_schema(job, table.schema).with_metadata(dict(metadata))
-    path = job.output.path if is_remote(job.output.path) else Path(job.output.path)
+    path = output_location(job)
     stats = OutputStats(path=path, cost_usd=None if job.price is None else 0.0)
     batches = _output_batches(job, table, builder, lookup, schema, stats, select, batch_size)
     write_batches(path, schema, batches, lambda: stats_metadata(stats))
     return stats
+
+
+def output_location(job: Job) -> Path | str:
+    """Where the output goes: a local ``Path``, or the object's URI (no ``Path``: it
+    would fold ``s3://`` into ``s3:/``)."""
+    return job.output.path if is_remote(job.output.path) else Path(job.output.path)
 
 
 def output_batch(

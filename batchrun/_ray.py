@@ -58,6 +58,7 @@ from batchrun._loop import EVENT_LOOP
 from batchrun._output import (
     OutputStats,
     output_batch,
+    output_location,
     output_schema,
     stats_metadata,
     write_batches,
@@ -185,7 +186,7 @@ class RayRun(Run):
         return ds.repartition(target_num_rows_per_block=BATCH_ROWS)
 
     def _write(self, ray: Any, ds: Any, coordinator: Any, schema: pa.Schema) -> OutputStats:
-        path = Path(self.job.output.path)
+        path = output_location(self.job)
         stats = OutputStats(path=path, cost_usd=None if self.job.price is None else 0.0)
         out_schema = output_schema(self.job, schema)
         metadata = self._metadata()
@@ -235,16 +236,18 @@ def read_input(ray: Any, table: InputTable) -> Any:
     (CSV columns as strings, empty fields null), conformed to the unified schema."""
     parts = []
     for file in table.files:
-        path = str(file.path.resolve())
+        # The file's own filesystem (local, S3, GCS): read tasks on any node open it with
+        # their own credentials (a pickled pyarrow filesystem carries none it found itself).
+        where = {"filesystem": file.found.fs, "partitioning": None}
         if file.is_csv:
             convert = pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in file.schema.names},
                 strings_can_be_null=True,
                 null_values=[""],
             )
-            parts.append(ray.data.read_csv(path, convert_options=convert, partitioning=None))
+            parts.append(ray.data.read_csv(file.found.path, convert_options=convert, **where))
         else:
-            parts.append(ray.data.read_parquet(path, partitioning=None))
+            parts.append(ray.data.read_parquet(file.found.path, **where))
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     return ds.map_batches(
         _conformed, fn_kwargs={"schema": table.schema}, batch_format="pyarrow", batch_size=None
@@ -470,7 +473,7 @@ class _Worker:
         if stopped is None:
             self._answer(items, divisor)
         fingerprints = [item.fingerprint for item in items if isinstance(item, Request)]
-        stats = OutputStats(path=Path(self.job.output.path))
+        stats = OutputStats(path=output_location(self.job))
         out = output_batch(
             self.job, batch, items, self.store.lookup(fingerprints), self.out_schema, stats
         )

@@ -185,3 +185,42 @@ def start_batchrun(
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+# --- an S3 server on loopback (object stores) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    """A real S3 server (moto in server mode) on loopback, for the module."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def store(
+    endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Any]]:
+    """A fresh bucket; the environment (here and for subprocesses) points at the server."""
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
+        "AWS_REGION": "us-east-1",
+        # Never ask a cloud metadata service (a non-loopback address) for anything.
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"b-{os.getpid()}-{len(list(tmp_path.parent.iterdir()))}"
+    boto3 = pytest.importorskip("boto3")
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket=bucket)
+    yield {"bucket": bucket, "client": client, "env": env}

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,39 +29,6 @@ boto3 = pytest.importorskip("boto3")
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "jobs" / "demo.toml"
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def store(
-    endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[dict[str, Any]]:
-    """A fresh bucket; the environment (here and for subprocesses) points at the server."""
-    env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
-        "AWS_REGION": "us-east-1",
-        # Never ask a cloud metadata service (a non-loopback address) for anything.
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
-        "XDG_STATE_HOME": str(tmp_path / "state"),
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    bucket = f"b-{os.getpid()}-{len(list(tmp_path.parent.iterdir()))}"
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket=bucket)
-    yield {"bucket": bucket, "client": client, "env": env}
 
 
 def s3fs() -> pafs.S3FileSystem:
