@@ -22,7 +22,9 @@ Global limits. One small ``_Coordinator`` actor holds what the workers share
   in slices (``BudgetPool``), given back when another worker waits for money and after
   each batch; the job stops on money only when nothing is leased and the rest cannot
   pay for one request;
-- the stop (budget or fatal answer), counters and per-batch output counts.
+- the stop (budget or fatal answer), counters and per-batch output counts;
+- which batch is sending each fingerprint (``batchrun._claims``): identical requests
+  on two workers are sent once.
 
 Resume. Each worker writes its own SQLite checkpoint in ``<checkpoint>.ray/`` (on a
 filesystem every node shares) and looks answers up in all of them, earlier runs'
@@ -49,6 +51,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from batchrun._checkpoint import Checkpoint
+from batchrun._claims import Claims, split_claimed, unique_fingerprints
 from batchrun._config import Job, Limits
 from batchrun._dispatch import Dispatcher
 from batchrun._engine import Run, RunSummary, shard_of
@@ -306,6 +309,7 @@ class _Coordinator:
         self.fatal_message: str | None = None
         self.counters: dict[str, dict[str, float]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
+        self.claims = Claims()
 
     def join(self, worker: str) -> int:
         self.joined.append(worker)
@@ -343,6 +347,15 @@ class _Coordinator:
 
     def short(self, worker: str) -> bool:
         return self.money is not None and self.money.short(worker)
+
+    def claim(self, batch: str, fingerprints: list[str]) -> list[str]:
+        return self.claims.claim(batch, fingerprints)
+
+    def release(self, batch: str) -> None:
+        self.claims.release(batch)
+
+    def held(self, batch: str, fingerprints: list[str]) -> tuple[list[str], str | None]:
+        return self.claims.held_by_others(batch, fingerprints), self.stopped
 
     def stop(self, reason: str, message: str | None = None) -> None:
         if self.stopped is None or reason == "fatal":
@@ -469,20 +482,41 @@ class _Worker:
     def __call__(self, part: pa.Table) -> pa.Table:
         batch = conform(part.combine_chunks().to_batches()[0], self.spec.schema)
         items = self.builder.build(batch, 0)
+        keys = row_keys(batch, self.job, 0)
+        name = f"{keys[0]}+{len(keys)}"  # the batch's, kept when Ray retries it elsewhere
         divisor, stopped = self.ray.get(self.coordinator.state.remote())
         if stopped is None:
-            self._answer(items, divisor)
+            self._answer_claimed(items, divisor, name)
         fingerprints = [item.fingerprint for item in items if isinstance(item, Request)]
         stats = OutputStats(path=output_location(self.job))
         out = output_batch(
             self.job, batch, items, self.store.lookup(fingerprints), self.out_schema, stats
         )
-        keys = row_keys(batch, self.job, 0)
-        report = self.coordinator.report.remote(
-            self.id, self._counters(), f"{keys[0]}+{len(keys)}", stats.to_dict()
-        )
+        report = self.coordinator.report.remote(self.id, self._counters(), name, stats.to_dict())
         self.ray.get(report)  # before the driver can see this batch's rows
         return pa.Table.from_batches([out])
+
+    def _answer_claimed(self, items: list[Request | Result], divisor: int, batch: str) -> None:
+        """Send what no other batch is sending (``batchrun._claims``), then, once those
+        are answered, what is still unanswered of the rest."""
+        claimed = self.coordinator.claim.remote(batch, unique_fingerprints(items))
+        now, later = split_claimed(items, self.ray.get(claimed))
+        try:
+            self._answer(now, divisor)
+        finally:
+            self.ray.get(self.coordinator.release.remote(batch))  # before waiting on others
+        if later and self._wait_for_claims(batch, unique_fingerprints(later)):
+            self._answer(later, divisor)  # looked up in the store, sent only if unanswered
+
+    def _wait_for_claims(self, batch: str, fingerprints: list[str]) -> bool:
+        """Wait until other batches released ``fingerprints``; False if the run stopped."""
+        while True:
+            held, stopped = self.ray.get(self.coordinator.held.remote(batch, fingerprints))
+            if stopped is not None:
+                return False
+            if not held:
+                return True
+            time.sleep(POLL_S)
 
     def _answer(self, items: list[Request | Result], divisor: int) -> None:
         """Send the batch's unanswered rows with the slots leased for it."""

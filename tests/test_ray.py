@@ -117,7 +117,7 @@ def test_demo_job_output_equals_the_local_engines_row_for_row(
     ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One batch: its three duplicate reviews are deduped as the local engine does
-    # (across workers, two identical requests in flight at once may both be sent).
+    # (across workers too: see test_identical_requests_on_two_workers_are_sent_once).
     monkeypatch.chdir(ROOT)
     outputs = {}
     for engine in ("local", "ray"):
@@ -407,3 +407,30 @@ def test_local_and_ray_runs_share_one_store(
         fresh = _run(job, emu, engine="ray", ray_workers=2, limit=5, fresh=True)
         assert emu.ledger()["requests_billed"] == 5  # --fresh cleared both stores
     assert fresh.exit_code == 0
+
+
+# --- dedupe across workers (issue 16) ------------------------------------------------
+
+
+def test_identical_requests_on_two_workers_are_sent_once(
+    ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One row a batch, each prompt in two neighbouring rows: the two workers get the
+    # two copies at the same moment (1 s answers), so each would send its own.
+    monkeypatch.setattr("batchrun._ray.BATCH_ROWS", 1)
+    rows = 16
+    ids = [f"item-{i:05d}" for i in range(rows)]
+    texts = [f"item {i // 2} arrived late" for i in range(rows)]
+    source = tmp_path / "dupes.parquet"
+    pq.write_table(pa.table({"id": ids, "text": texts}), source)
+    out = tmp_path / "ray.parquet"
+    job = _big_job(source, out, "limits.requests_per_minute=600000")
+    with EmulatorProcess(["--seed", SEED, "--latency-ms", "1000"], quiet=True) as emu:
+        summary = _run(job, emu, engine="ray", ray_workers=2)
+        ledger = emu.ledger()
+    assert summary.exit_code == 0, summary
+    assert ledger["duplicates_billed"] == 0, ledger
+    assert ledger["requests_billed"] == rows // 2
+    table = pq.read_table(out)
+    assert set(table["status"].to_pylist()) == {"ok"}
+    assert table["response"].to_pylist()[0::2] == table["response"].to_pylist()[1::2]
