@@ -42,6 +42,7 @@ import anyio.to_thread
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from batchrun._batchdone import DoneBatch
 from batchrun._charges import INSERT_CHARGES_SQL, ROW_COST_ON_REPLACE, charge_rows, spent
 from batchrun._errors import JobError
 from batchrun._fpkey import fp_key
@@ -291,6 +292,21 @@ class Checkpoint:
         (what a resume asks of every row before it sends anything)."""
         with self._using("look up answers"):
             return _select_answered(self._conn, fingerprints, include_failed)
+
+    def done_batch(self, digest: bytes, *, include_failed: bool = True) -> DoneBatch | None:
+        """The recorded batch (``_batchdone``) named ``digest``, unless it is not recorded
+        or (``include_failed=False``) has an error answer to send again."""
+        failed = "" if include_failed else " AND errors = 0"
+        sql = f"SELECT requests, invalid, errors FROM done_batches WHERE digest = ?{failed}"
+        with self._using("look up done batches"):
+            row = self._conn.execute(sql, (digest,)).fetchone()
+        return None if row is None else DoneBatch(digest, row[0], row[1], bool(row[2]))
+
+    def record_done_batches(self, batches: Sequence[DoneBatch]) -> None:
+        """Record batches whose every request has an answer (the output pass finds them)."""
+        rows = [(b.digest, b.requests, b.invalid, int(b.errors)) for b in batches]
+        with self._using("record done batches"), transaction(self._conn):
+            self._conn.executemany("INSERT OR REPLACE INTO done_batches VALUES (?, ?, ?, ?)", rows)
 
     def spent_usd(self) -> float:
         """Spend recorded in this checkpoint over all runs since it was created: every
