@@ -5,9 +5,10 @@ A resume used to render and hash every row to learn that its answer was stored (
 request of an input batch answered, the batch's digest is recorded; a later run that
 meets a batch with a recorded digest counts its rows as reused without building them.
 
-The digest covers what a row's request is made of: the job's ``config_hash`` (template,
-model, every request key), the batchrun version (how requests are built), the batch's
-position (row keys may be positions) and schema, and every Arrow buffer of its columns.
+The digest covers what a row's request is made of: the job's ``[request]`` section and
+``input.id_column`` (``request_key``; not the API URL, limits or output, which a resume
+may change), the batchrun version (how requests are built), the batch's position (row
+keys may be positions) and schema, and every Arrow buffer of its columns.
 An edited row, template or model changes it, and the batch is built row by row again,
 so exactly the rows whose request changed are sent. A different batching of the same
 rows only misses (rows are then checked one by one, as before), never skips wrongly.
@@ -15,16 +16,19 @@ rows only misses (rows are then checked one by one, as before), never skips wron
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
+from batchrun._config import Job
 from batchrun._version import __version__
 
-__all__ = ["DoneBatch", "batch_digest", "m005_done_batches"]
+__all__ = ["DoneBatch", "batch_digest", "m005_done_batches", "request_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +41,17 @@ class DoneBatch:
     errors: bool  # some answer is an error: --retry-failed builds the batch again
 
 
-def batch_digest(batch: pa.RecordBatch, start: int, config_hash: str) -> bytes:
-    """32 bytes naming the rows of ``batch`` (first row at ``start``) under this job."""
+def request_key(job: Job) -> str:
+    """What of ``job`` its requests and row keys are built from, as text."""
+    what = {"request": dataclasses.asdict(job.request), "id_column": job.input.id_column}
+    return json.dumps(what, sort_keys=True, default=repr)
+
+
+def batch_digest(batch: pa.RecordBatch, start: int, request_key: str) -> bytes:
+    """32 bytes naming the rows of ``batch`` (first row at ``start``) under this job
+    (``request_key(job)``)."""
     digest = hashlib.blake2b(digest_size=32)
-    for text in (__version__, config_hash):
+    for text in (__version__, request_key):
         digest.update(text.encode() + b"\0")
     digest.update(start.to_bytes(8, "little") + batch.num_rows.to_bytes(8, "little"))
     digest.update(batch.schema.serialize())

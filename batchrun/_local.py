@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import anyio
 import pyarrow as pa
 
-from batchrun._batchdone import DoneBatch, batch_digest
+from batchrun._batchdone import DoneBatch, batch_digest, request_key
 from batchrun._checkpoint import Checkpoint
 from batchrun._dispatch import Dispatcher
 from batchrun._engine import Run, RunSummary, budget_for, learned_limits_kept
@@ -65,7 +65,7 @@ class LocalRun(Run):
                     " every answer is in the checkpoint)",
                     self.job.output.path,
                 )
-            done = _DoneBatches(self.job.config_hash)
+            done = _DoneBatches(request_key(self.job))
             stats = self._write_output(
                 table, builder, ckpt.lookup, done if self._selector() is None else None
             )
@@ -80,10 +80,10 @@ class LocalRun(Run):
         if self._selector() is not None:  # --limit, --shard: batches are never whole
             yield from self._selected_items(table, builder)
             return
-        start, include_failed = 0, not self.options.retry_failed
+        start, include_failed, job_key = 0, not self.options.retry_failed, request_key(self.job)
         for batch in table.batches(BATCH_ROWS):
             first, start = start, start + batch.num_rows
-            digest = batch_digest(batch, first, self.job.config_hash)
+            digest = batch_digest(batch, first, job_key)
             if (done := ckpt.done_batch(digest, include_failed=include_failed)) is not None:
                 self.progress.reused += done.requests
                 self.progress.finished += batch.num_rows
@@ -175,8 +175,8 @@ class LocalRun(Run):
 class _DoneBatches:
     """The output pass's hook: the batches whose every request has an answer."""
 
-    def __init__(self, config_hash: str) -> None:
-        self.config_hash = config_hash
+    def __init__(self, job_key: str) -> None:
+        self.job_key = job_key
         self.start = 0
         self.found: list[DoneBatch] = []
 
@@ -191,7 +191,7 @@ class _DoneBatches:
         if not all(request.fingerprint in answers for request in requests):
             return
         errors = any(answers[r.fingerprint].result.status == "error" for r in requests)
-        digest = batch_digest(batch, first, self.config_hash)
+        digest = batch_digest(batch, first, self.job_key)
         self.found.append(DoneBatch(digest, len(requests), len(items) - len(requests), errors))
 
 
