@@ -10,9 +10,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 
+from batchrun._fpkey import fp_key
 from batchrun._types import Request, Result
 
-ChargeRow = tuple[str, float, int, int]
+ChargeRow = tuple[bytes, float, int, int]
 
 INSERT_CHARGES_SQL = (
     "INSERT INTO charges (fingerprint, cost_usd, usage_known, at) VALUES (?, ?, ?, ?)"
@@ -46,8 +47,9 @@ def m003_charges(conn: sqlite3.Connection) -> None:
 
 
 def charge_rows(request: Request, result: Result) -> Iterator[ChargeRow]:
+    key = fp_key(request.fingerprint)
     for charge in result.charges:
-        yield request.fingerprint, charge.cost_usd, int(charge.usage_known), int(charge.at * 1e6)
+        yield key, charge.cost_usd, int(charge.usage_known), int(charge.at * 1e6)
 
 
 # Answers stored while the model had no price: usage known, nothing charged for it.

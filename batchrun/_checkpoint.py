@@ -42,25 +42,29 @@ import anyio.to_thread
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from batchrun._batchdone import DoneBatch
 from batchrun._charges import (
     INSERT_CHARGES_SQL,
     ROW_COST_ON_REPLACE,
     charge_rows,
-    m003_charges,
     spent,
     unpriced_usage,
 )
 from batchrun._errors import JobError
+from batchrun._fpkey import fp_key
 from batchrun._keptlimits import KeptLimits, read_kept, write_kept
 from batchrun._lock import JobLock
+from batchrun._schema import MIGRATIONS, migrate, now_iso, transaction
 from batchrun._types import Answer, RequestResult, Result
 
 __all__ = ["COMMIT_INTERVAL_S", "COMMIT_ROWS", "MIGRATIONS", "Checkpoint", "CheckpointReader"]
 
 COMMIT_INTERVAL_S = 0.5
 """Longest time a received answer waits before it is committed."""
-COMMIT_ROWS = 512
-"""Pending answers that trigger a commit before the interval is up."""
+COMMIT_ROWS = 4096
+"""Pending answers that trigger a commit before the interval is up. Large, as a commit
+writes each B-tree page it touched and random keys share pages only in a big one."""
+_ROWS_PER_INSERT = 64  # rows per multi-row INSERT statement: one bind-and-step, not 64
 _GATHER_S = 0.02
 """How long the writer lets answers gather in its stream after it wakes for one."""
 _MAX_PARAMS = 900  # below SQLite's historical 999-variable limit
@@ -68,70 +72,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 Row = tuple[Any, ...]
-
-# ---------------------------------------------------------------- schema
-
-Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: list[Migration] = []
-"""Schema changes in the order they apply; each is recorded by name in ``_migrations``."""
-
-
-def _migration(fn: Migration) -> Migration:
-    MIGRATIONS.append(fn)
-    return fn
-
-
-@_migration
-def m001_answers(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """
-        CREATE TABLE answers (
-            fingerprint TEXT PRIMARY KEY,
-            owner_key TEXT NOT NULL,
-            status TEXT NOT NULL,
-            response TEXT,
-            reasoning_content TEXT,
-            tool_calls TEXT,
-            finish_reason TEXT,
-            model TEXT,
-            response_id TEXT,
-            prompt_tokens INTEGER,
-            completion_tokens INTEGER,
-            total_tokens INTEGER,
-            cached_tokens INTEGER,
-            reasoning_tokens INTEGER,
-            cost_usd REAL,
-            error_type TEXT,
-            error_message TEXT,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            latency_ms REAL,
-            completed_at INTEGER  -- microseconds since the Unix epoch, UTC
-        )
-        """
-    )
-
-
-@_migration
-def m002_meta(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-
-
-_migration(m003_charges)
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-    applied = {name for (name,) in conn.execute("SELECT name FROM _migrations")}
-    unknown = applied - {fn.__name__ for fn in MIGRATIONS}
-    if unknown:
-        # Written by a newer batchrun: guessing at its schema could lose answers.
-        raise sqlite3.DatabaseError(f"unknown schema migrations {sorted(unknown)}")
-    for fn in MIGRATIONS:
-        if fn.__name__ not in applied:
-            with _transaction(conn):
-                fn(conn)
-                conn.execute("INSERT INTO _migrations VALUES (?, ?)", (fn.__name__, _now_iso()))
-
 
 # ---------------------------------------------------------------- rows
 
@@ -143,11 +83,25 @@ _TS = _RESULT_FIELDS.index("completed_at")
 _result_values = attrgetter(*_RESULT_FIELDS)
 _ROW_COLUMNS = ("fingerprint", "owner_key", *_RESULT_FIELDS)
 _REPLACED = ", ".join(f"{c} = excluded.{c}" for c in _ROW_COLUMNS[1:] if c != "cost_usd")
-_INSERT_SQL = (
-    f"INSERT INTO answers ({', '.join(_ROW_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_ROW_COLUMNS))}) "
-    f"ON CONFLICT (fingerprint) DO UPDATE SET {_REPLACED}, {ROW_COST_ON_REPLACE}"
-)
+
+
+@cache
+def _insert_sql(rows: int) -> str:
+    one = f"({', '.join('?' * len(_ROW_COLUMNS))})"
+    return (
+        f"INSERT INTO answers ({', '.join(_ROW_COLUMNS)}) VALUES {', '.join([one] * rows)} "
+        f"ON CONFLICT (fingerprint) DO UPDATE SET {_REPLACED}, {ROW_COST_ON_REPLACE}"
+    )
+
+
+_INSERT_SQL = _insert_sql(1)
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    whole = len(rows) - len(rows) % _ROWS_PER_INSERT  # in groups, then the rest one by one
+    groups = _chunks(rows[:whole], _ROWS_PER_INSERT)
+    conn.executemany(_insert_sql(_ROWS_PER_INSERT), ([v for r in g for v in r] for g in groups))
+    conn.executemany(_INSERT_SQL, rows[whole:])
 
 
 def _to_micros(when: datetime | None) -> int | None:
@@ -168,7 +122,7 @@ def _to_row(item: RequestResult) -> Row:
     request, result = item
     values = list(_result_values(result))
     values[_TS] = _to_micros(values[_TS])
-    return (request.fingerprint, request.key, *values)
+    return (fp_key(request.fingerprint), request.key, *values)
 
 
 def _to_answer(row: Row) -> Answer:
@@ -185,24 +139,11 @@ def _lookup_sql(params: int, include_failed: bool) -> str:
     return f"SELECT {columns} FROM answers WHERE fingerprint IN ({marks}){failed}"
 
 
-def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    return (items[start : start + size] for start in range(0, len(items), size))
 
 
 # ---------------------------------------------------------------- sqlite helpers
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    # The connection is in autocommit mode so that transactions are explicit here.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 @contextmanager
@@ -228,9 +169,11 @@ def _connect(path: Path) -> sqlite3.Connection:
         # database every 32 MB instead of every 4 MB copies each hot page less often
         # (about a third off the write cost at 1M rows).
         conn.execute("PRAGMA wal_autocheckpoint=8000")
+        # 32 MB of page cache (default 2 MB): B-tree pages are not read back on each commit.
+        conn.execute("PRAGMA cache_size=-32768")
         # Only we write (the run lock sees to that), but an outside reader may hold it briefly.
         conn.execute("PRAGMA busy_timeout=5000")
-        _migrate(conn)
+        migrate(conn)
     except BaseException:
         conn.close()
         raise
@@ -240,10 +183,6 @@ def _connect(path: Path) -> sqlite3.Connection:
 def _remove_database(path: Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # ---------------------------------------------------------------- writer batch
@@ -360,6 +299,21 @@ class Checkpoint:
         with self._using("look up answers"):
             return _select_answered(self._conn, fingerprints, include_failed)
 
+    def done_batch(self, digest: bytes, *, include_failed: bool = True) -> DoneBatch | None:
+        """The recorded batch (``_batchdone``) named ``digest``, unless it is not recorded
+        or (``include_failed=False``) has an error answer to send again."""
+        failed = "" if include_failed else " AND errors = 0"
+        sql = f"SELECT requests, invalid, errors FROM done_batches WHERE digest = ?{failed}"
+        with self._using("look up done batches"):
+            row = self._conn.execute(sql, (digest,)).fetchone()
+        return None if row is None else DoneBatch(digest, row[0], row[1], bool(row[2]))
+
+    def record_done_batches(self, batches: Sequence[DoneBatch]) -> None:
+        """Record batches whose every request has an answer (the output pass finds them)."""
+        rows = [(b.digest, b.requests, b.invalid, int(b.errors)) for b in batches]
+        with self._using("record done batches"), transaction(self._conn):
+            self._conn.executemany("INSERT OR REPLACE INTO done_batches VALUES (?, ?, ?, ?)", rows)
+
     def spent_usd(self) -> float:
         """Spend recorded in this checkpoint over all runs since it was created: every
         charge, at its real cost or (usage unknown) the worst case it reserved."""
@@ -384,7 +338,7 @@ class Checkpoint:
 
     def keep_learned_limits(self, rpm: int | None, tpm: int | None) -> None:
         """Keep what this run learned, for the next run and ``plan``."""
-        with self._using("keep the learned limits"), _transaction(self._conn):
+        with self._using("keep the learned limits"), transaction(self._conn):
             write_kept(self._conn, rpm, tpm)
 
     async def write_results(
@@ -449,9 +403,9 @@ class Checkpoint:
             on_commit(fingerprints)
 
     def _insert(self, rows: list[Row], charges: list[Row]) -> None:
-        with self._using("write answers"), _transaction(self._conn):
+        with self._using("write answers"), transaction(self._conn):
             self._conn.executemany(INSERT_CHARGES_SQL, charges)  # first: answers read them
-            self._conn.executemany(_INSERT_SQL, rows)
+            _insert_rows(self._conn, rows)
 
     @contextmanager
     def _using(self, doing: str) -> Iterator[None]:
@@ -480,10 +434,10 @@ async def _receive_until_due(
 
 def _claim_for_job(conn: sqlite3.Connection, path: Path, job_name: str) -> None:
     """Record the job on a new checkpoint; refuse one that belongs to another job."""
-    with _transaction(conn):
+    with transaction(conn):
         conn.executemany(
             "INSERT OR IGNORE INTO meta VALUES (?, ?)",
-            [("job_name", job_name), ("created_at", _now_iso())],
+            [("job_name", job_name), ("created_at", now_iso())],
         )
         (owner,) = conn.execute("SELECT value FROM meta WHERE key = 'job_name'").fetchone()
     if owner != job_name:
@@ -501,24 +455,24 @@ def _foreign_job(path: Path, owner: str, job_name: str) -> JobError:
 def _select_answered(
     conn: sqlite3.Connection, fingerprints: Sequence[str], include_failed: bool
 ) -> set[str]:
-    unique = list(dict.fromkeys(fingerprints))
+    by_key = {fp_key(fp): fp for fp in fingerprints}
     failed = "" if include_failed else " AND status != 'error'"
     found: set[str] = set()
-    for chunk in _chunks(unique, _MAX_PARAMS):
+    for chunk in _chunks(list(by_key), _MAX_PARAMS):
         marks = ", ".join("?" * len(chunk))
         sql = f"SELECT fingerprint FROM answers WHERE fingerprint IN ({marks}){failed}"
-        found.update(fp for (fp,) in conn.execute(sql, chunk))
+        found.update(by_key[key] for (key,) in conn.execute(sql, chunk))
     return found
 
 
 def _select_answers(
     conn: sqlite3.Connection, fingerprints: Sequence[str], include_failed: bool
 ) -> dict[str, Answer]:
-    unique = list(dict.fromkeys(fingerprints))  # dedupe keeps many rows to one probe
+    by_key = {fp_key(fp): fp for fp in fingerprints}  # dedupe keeps many rows to one probe
     found: dict[str, Answer] = {}
-    for chunk in _chunks(unique, _MAX_PARAMS):
+    for chunk in _chunks(list(by_key), _MAX_PARAMS):
         for row in conn.execute(_lookup_sql(len(chunk), include_failed), chunk):
-            found[row[0]] = _to_answer(row)
+            found[by_key[row[0]]] = _to_answer(row)
     return found
 
 

@@ -25,6 +25,7 @@ from batchrun._errors import JobError
 from batchrun._input import InputTable, open_input, validate_keys
 from batchrun._keptlimits import KeptLimits
 from batchrun._output import (
+    BatchHook,
     Lookup,
     OutputStats,
     check_columns,
@@ -274,11 +275,17 @@ class Run:
     # --- output and summary -----------------------------------------------------
 
     def _write_output(
-        self, table: InputTable, builder: RequestBuilder, lookup: Lookup
+        self,
+        table: InputTable,
+        builder: RequestBuilder,
+        lookup: Lookup,
+        on_batch: BatchHook | None = None,
     ) -> OutputStats:
         """The output from the input and the answers ``lookup`` finds (both engines)."""
         return write_output(
-            self.job, table, builder, lookup, self._metadata(), select=self._selector()
+            *(self.job, table, builder, lookup, self._metadata()),
+            select=self._selector(),
+            on_batch=on_batch,
         )
 
     def _metadata(self) -> dict[str, str]:

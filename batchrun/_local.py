@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import anyio
+import pyarrow as pa
 
+from batchrun._batchdone import DoneBatch, batch_digest, request_key
 from batchrun._checkpoint import Checkpoint
 from batchrun._dispatch import Dispatcher
 from batchrun._engine import Run, RunSummary, budget_for, learned_limits_kept
 from batchrun._errors import FatalApiError
-from batchrun._input import InputTable
+from batchrun._input import InputTable, row_keys
 from batchrun._loop import run_async
 from batchrun._pipeline import Pipeline
 from batchrun._requests import RequestBuilder, built_batches
 from batchrun._store import JobStore, clear_ray_dir, local_store
-from batchrun._types import Request, Result
+from batchrun._types import Answer, Request, Result
 
 __all__ = ["COMMIT_GRACE_S", "SIGNAL_GRACE_S", "LocalRun"]
 
@@ -34,6 +36,7 @@ SIGNAL_GRACE_S = 20.0
 """Longest wait for requests in flight after SIGINT/SIGTERM (under Kubernetes' 30 s)."""
 COMMIT_GRACE_S = 5.0
 """After that, how long the checkpoint writer has to commit what came back."""
+BATCH_ROWS = 4096  # built_batches' and write_output's batch size: the same batches
 
 
 class LocalRun(Run):
@@ -61,15 +64,39 @@ class LocalRun(Run):
             )
             self.progress.total = self._total(table)
             with learned_limits_kept(ckpt, dispatcher):
-                self._dispatch_all(ckpt, self._selected_items(table, builder), dispatcher)
+                self._dispatch_all(ckpt, self._items(table, builder, ckpt), dispatcher)
             if self.stopped == "interrupted":
                 log.warning(
                     "writing %s with unfinished rows as pending (interrupt again to skip it:"
                     " every answer is in the checkpoint)",
                     self.job.output.path,
                 )
-            stats = self._write_output(table, builder, ckpt.lookup)
+            done = _DoneBatches(request_key(self.job))
+            stats = self._write_output(
+                table, builder, ckpt.lookup, done if self._selector() is None else None
+            )
+            ckpt.record_done_batches(done.found)
         return self._summary(stats)
+
+    def _items(
+        self, table: InputTable, builder: RequestBuilder, ckpt: JobStore
+    ) -> Iterator[list[Request | Result]]:
+        """Every row's item, batch by batch; batches recorded as done (``_batchdone``)
+        are counted and skipped without building their rows."""
+        if self._selector() is not None:  # --limit, --shard: batches are never whole
+            yield from self._selected_items(table, builder)
+            return
+        start, include_failed, job_key = 0, not self.options.retry_failed, request_key(self.job)
+        for batch in table.batches(BATCH_ROWS):
+            first, start = start, start + batch.num_rows
+            digest = batch_digest(batch, first, job_key)
+            if (done := ckpt.done_batch(digest, include_failed=include_failed)) is not None:
+                self.progress.reused += done.requests
+                self.progress.finished += batch.num_rows
+                self.progress.failed += done.invalid
+                continue
+            if items := builder.build(batch, first, row_keys(batch, self.job, first)):
+                yield items
 
     def _selected_items(
         self, table: InputTable, builder: RequestBuilder
@@ -149,6 +176,29 @@ class LocalRun(Run):
             *(name, on_the_wire - abandoned, on_the_wire, _requests_word(on_the_wire)),
             *("is" if on_the_wire - abandoned == 1 else "are", abandoned),
         )
+
+
+class _DoneBatches:
+    """The output pass's hook: the batches whose every request has an answer."""
+
+    def __init__(self, job_key: str) -> None:
+        self.job_key = job_key
+        self.start = 0
+        self.found: list[DoneBatch] = []
+
+    def __call__(
+        self,
+        batch: pa.RecordBatch,
+        items: Sequence[Request | Result],
+        answers: Mapping[str, Answer],
+    ) -> None:
+        first, self.start = self.start, self.start + batch.num_rows
+        requests = [item for item in items if isinstance(item, Request)]
+        if not all(request.fingerprint in answers for request in requests):
+            return
+        errors = any(answers[r.fingerprint].result.status == "error" for r in requests)
+        digest = batch_digest(batch, first, self.job_key)
+        self.found.append(DoneBatch(digest, len(requests), len(items) - len(requests), errors))
 
 
 def _requests_word(count: int) -> str:

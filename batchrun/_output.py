@@ -40,6 +40,7 @@ from batchrun._requests import RequestBuilder, Selector, built_batches
 from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS, Answer, Request, Result
 
 Lookup = Callable[[Sequence[str]], Mapping[str, Answer]]
+BatchHook = Callable[[pa.RecordBatch, Sequence[Request | Result], Mapping[str, Answer]], None]
 
 RESULT_TYPES: Mapping[str, pa.DataType] = {
     **dict.fromkeys(
@@ -265,6 +266,7 @@ def write_output(
     *,
     select: Selector | None = None,
     batch_size: int = 4096,
+    on_batch: BatchHook | None = None,
 ) -> OutputStats:
     """Write ``job.output.path`` from the input and the answers ``lookup`` finds.
 
@@ -272,13 +274,16 @@ def write_output(
     rows without one are written as ``pending``. ``select(keys)``, when given, is
     called once per input batch, in order, with every row key of the batch and
     returns which rows to write (``--limit``, ``--shard``); the others are left out.
+    ``on_batch(batch, items, answers)``, when given, sees each batch as it is written.
     ``metadata`` becomes the file's key-value metadata; the counts written are
     added under ``batchrun.output_stats``.
     """
     schema = output_schema(job, table.schema).with_metadata(dict(metadata))
     path = output_location(job)
     stats = OutputStats(path=path, cost_usd=None if job.price is None else 0.0)
-    batches = _output_batches(job, table, builder, lookup, schema, stats, select, batch_size)
+    batches = _output_batches(
+        job, table, builder, lookup, schema, stats, select, batch_size, on_batch
+    )
     write_batches(path, schema, batches, lambda: stats_metadata(stats))
     return stats
 
@@ -340,9 +345,12 @@ def _output_batches(
     stats: OutputStats,
     select: Selector | None,
     batch_size: int,
+    on_batch: BatchHook | None = None,
 ) -> Iterator[pa.RecordBatch]:
     for batch, items in built_batches(table, builder, select=select, batch_size=batch_size):
         answers = lookup([item.fingerprint for item in items if isinstance(item, Request)])
+        if on_batch is not None:
+            on_batch(batch, items, answers)
         yield output_batch(job, batch, items, answers, schema, stats)
 
 

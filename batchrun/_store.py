@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from batchrun._batchdone import DoneBatch
 from batchrun._checkpoint import Checkpoint, CheckpointReader
 from batchrun._config import Job, Price
 from batchrun._errors import JobError
@@ -101,6 +102,17 @@ class JobStore:
                 break
             found |= reader.answered(missing, include_failed=include_failed)
         return found
+
+    def done_batch(self, digest: bytes, *, include_failed: bool = True) -> DoneBatch | None:
+        """As ``Checkpoint.done_batch``, from the run's own file (a read-only view has none)."""
+        if self.own is None:
+            return None
+        return self.own.done_batch(digest, include_failed=include_failed)
+
+    def record_done_batches(self, batches: Sequence[DoneBatch]) -> None:
+        """As ``Checkpoint.record_done_batches``, in the run's own file."""
+        if self.own is not None:
+            self.own.record_done_batches(batches)
 
     def spent_usd(self) -> float:
         """Every charge in every file, plus (with a price) answers stored unpriced."""

@@ -8,6 +8,7 @@ said about rate limits) or raises ``RetryableError``, ``PermanentError`` or
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
@@ -60,12 +61,17 @@ def make_transport(concurrency: int, url: str) -> httpx.AsyncBaseTransport:
     openai client, except for a loopback ``url`` (the emulator), which is never proxied.
     """
     trust_env = urlsplit(url).hostname not in _LOOPBACK
+    # One TLS context (loading the CA bundle costs ~25 ms of CPU), handed to both: the
+    # transport would otherwise build a second one it never uses. Plain http (loopback
+    # only, see completions_url) never does TLS, so it loads no CA bundle at all.
+    https = urlsplit(url).scheme == "https"
+    tls: ssl.SSLContext | bool = httpx.create_ssl_context() if https else False
 
     def session() -> aiohttp.ClientSession:  # made inside the event loop, on first use
-        connector = aiohttp.TCPConnector(limit=concurrency, ssl=httpx.create_ssl_context())
+        connector = aiohttp.TCPConnector(limit=concurrency, ssl=tls)
         return aiohttp.ClientSession(connector=connector, trust_env=trust_env)
 
-    return AiohttpTransport(client=session)
+    return AiohttpTransport(verify=tls, client=session)
 
 
 class Sender:

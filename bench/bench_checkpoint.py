@@ -34,6 +34,7 @@ from pathlib import Path
 import anyio
 
 from batchrun._checkpoint import _INSERT_SQL, COMMIT_ROWS, MIGRATIONS, Checkpoint, _to_row
+from batchrun._fpkey import fp_key
 from batchrun._types import Charge, Request, Result
 
 LOOKUP_BATCH = 4096
@@ -143,7 +144,8 @@ def phase_lookup(rows: int, db: Path) -> dict[str, float]:
 
 
 def phase_bare_lookup(rows: int, db: Path) -> dict[str, float]:
-    batches = list(fingerprint_batches(rows))
+    # the stored keys (bytes, _fpkey), converted before timing
+    batches = [[fp_key(fp) for fp in batch] for batch in fingerprint_batches(rows)]
     conn = sqlite3.connect(db)
     sql = "SELECT * FROM answers WHERE fingerprint IN ({})"
     found = 0

@@ -40,10 +40,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchrun import _checkpoint
+from batchrun._batchdone import request_key
 from batchrun._checkpoint import Checkpoint
 from batchrun._emulator import EmulatorProcess
 from batchrun._engine import prepare
 from batchrun._jobfile import load_job
+from batchrun._local import _DoneBatches
+from batchrun._output import write_output
 from batchrun._runner import RunOptions, run_job_file
 from batchrun._types import Charge, Request, Result
 
@@ -239,6 +242,12 @@ def prefill(job_path: Path, rows: int) -> Figures:
         started = time.perf_counter()
         anyio.run(write)
         wall = time.perf_counter() - started
+        # As a run stopped by a signal (or one that ends) does: the output pass records
+        # the input batches whose every request is answered (_batchdone).
+        done = _DoneBatches(request_key(job))
+        table, builder = prepare(job)
+        write_output(job, table, builder, ckpt.lookup, {"batchrun.job": job.name}, on_batch=done)
+        ckpt.record_done_batches(done.found)
     return {"wall_s": wall, "write_us": wall / len(items) * 1e6, "answers": len(items)}
 
 

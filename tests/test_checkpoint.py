@@ -193,6 +193,46 @@ def test_migrations_are_recorded_in_order_and_applied_once(ckpt_path: Path) -> N
     assert [name for (name,) in rows] == [fn.__name__ for fn in MIGRATIONS]
 
 
+@pytest.mark.anyio
+async def test_a_checkpoint_with_text_fingerprints_is_migrated_to_binary_keys(
+    ckpt_path: Path,
+) -> None:
+    """A checkpoint written before m004 holds 67-character text keys: it is rewritten,
+    and every answer and charge is found again under the same fingerprint."""
+    real = "v1:" + "0123456789abcdef" * 4  # a sha256 fingerprint, as _requests makes
+    Checkpoint.open(ckpt_path, job_name="job").close()
+    db = sqlite3.connect(ckpt_path)
+    db.execute("DELETE FROM _migrations WHERE name = 'm004_binary_keys'")
+    db.execute(
+        "INSERT INTO answers (fingerprint, owner_key, status, cost_usd, attempts)"
+        " VALUES (?, 'a', 'ok', 0.25, 1), ('v1:b', 'b', 'error', NULL, 1)",
+        (real,),
+    )
+    db.execute("INSERT INTO charges VALUES (?, 0.25, 1, 0)", (real,))
+    db.commit()
+    db.close()
+
+    with Checkpoint.open(ckpt_path, job_name="job") as ckpt:
+        found = ckpt.lookup([real, "v1:b"])
+        assert found[real].result.cost_usd == 0.25 and found["v1:b"].result.status == "error"
+        assert ckpt.answered([real, "v1:b", "v1:c"]) == {real, "v1:b"}
+        assert ckpt.spent_usd() == 0.25
+        await write_all(ckpt, [(Request("a", {}, real, 1, 1), paid(0.5))])  # a retry replaces
+        assert ckpt.lookup([real])[real].result.cost_usd == 0.75  # both charges, one key
+    stored = sqlite3.connect(ckpt_path).execute("SELECT fingerprint FROM charges").fetchall()
+    assert stored == [(bytes.fromhex(real[3:]),)] * 2
+
+
+def test_a_checkpoint_from_a_newer_batchrun_is_refused_not_misread(ckpt_path: Path) -> None:
+    Checkpoint.open(ckpt_path, job_name="job").close()
+    db = sqlite3.connect(ckpt_path)
+    db.execute("INSERT INTO _migrations VALUES ('m999_from_the_future', '')")
+    db.commit()
+    db.close()
+    with pytest.raises(JobError, match=r"unknown schema migrations.*m999_from_the_future"):
+        Checkpoint.open(ckpt_path, job_name="job")
+
+
 def test_a_corrupt_file_is_a_job_error_naming_it_and_fresh_recovers(ckpt_path: Path) -> None:
     ckpt_path.parent.mkdir(parents=True)
     ckpt_path.write_bytes(b"this is not a database" * 400)
@@ -421,7 +461,7 @@ def test_after_kill_9_at_a_random_moment_every_committed_answer_is_intact(
         "cost_usd FROM answers"
     ).fetchall()
     for fingerprint, key, response, prompt, total, completed_at, cost in rows:
-        assert fingerprint == f"v1:{key}"
+        assert fingerprint == f"v1:{key}".encode()  # stored as bytes (_fpkey)
         assert response == f"answer to {key} " * 50
         assert total == prompt + 1
         assert completed_at is not None and cost == 0.001

@@ -173,7 +173,8 @@ def test_a_checkpoint_from_before_charges_keeps_its_spend(tmp_path: Path) -> Non
     Checkpoint.open(path, job_name="j").close()
     db = sqlite3.connect(path)
     db.execute("DROP TABLE charges")
-    db.execute("DELETE FROM _migrations WHERE name = 'm003_charges'")
+    # ... and so from before binary keys (m004): its fingerprints are text.
+    db.execute("DELETE FROM _migrations WHERE name IN ('m003_charges', 'm004_binary_keys')")
     db.execute(
         "INSERT INTO answers (fingerprint, owner_key, status, cost_usd, attempts)"
         " VALUES ('v1:a', 'a', 'ok', 0.25, 1), ('v1:b', 'b', 'error', NULL, 1)"

@@ -1,0 +1,81 @@
+"""Resume skips whole input batches the checkpoint has every answer for (``_batchdone``),
+and still sends exactly the rows an edit changed (issue 14)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from conftest import API_KEY, PRICE, review_rows, run_batchrun, write_csv, write_job
+
+from batchrun._batchdone import batch_digest
+from batchrun._requests import RequestBuilder
+from batchrun._runner import RunOptions, run_job_file
+
+ROWS = 4100  # two input batches: 4096 rows and 4
+
+
+def sent_by(job: Path, emu: Any, *args: str) -> int:
+    before = emu.ledger()["requests_received"]
+    done = run_batchrun(job, emu, "--quiet", *args)
+    assert done.returncode == 0, done.stderr
+    return int(emu.ledger()["requests_received"] - before)
+
+
+def test_a_rerun_of_a_finished_job_builds_rows_only_for_the_output(
+    tmp_path: Path, emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = emulator()
+    job = write_job(tmp_path, rows=ROWS)
+    monkeypatch.chdir(tmp_path)
+    built: list[int] = []
+    original = RequestBuilder.build
+
+    def counting(self: RequestBuilder, batch: pa.RecordBatch, *args: Any) -> Any:
+        built.append(batch.num_rows)
+        return original(self, batch, *args)
+
+    monkeypatch.setattr(RequestBuilder, "build", counting)
+    options = RunOptions(api_key=API_KEY)
+    sets = [f'api.base_url="{emu.base_url}"']
+    assert run_job_file(job, sets=sets, options=options).sent == ROWS
+    built.clear()
+    # Limits are no part of a request: the batches are still known as done.
+    summary = run_job_file(job, sets=[*sets, "limits.concurrency=8"], options=options)
+    assert (summary.sent, summary.reused_from_checkpoint) == (0, ROWS)
+    assert summary.by_status == {"ok": ROWS}
+    assert sum(built) == ROWS  # the output pass; the producer skipped both batches unbuilt
+
+
+def test_edits_send_again_exactly_the_rows_they_change(tmp_path: Path, emulator: Any) -> None:
+    emu = emulator()
+    job = write_job(tmp_path, rows=ROWS, **{'pricing."gpt-5.5-mini"': dict(PRICE)})
+    assert sent_by(job, emu) == ROWS
+    assert sent_by(job, emu) == 0
+
+    rows = review_rows(ROWS)
+    rows[10]["text"] = "edited in the first batch"
+    rows[4098]["text"] = "edited in the second batch"
+    write_csv(tmp_path / "input.csv", rows)
+    assert sent_by(job, emu) == 2
+    assert sent_by(job, emu) == 0
+
+    assert sent_by(job, emu, "--set", 'request.prompt="Tag: {text}"') == ROWS
+    assert sent_by(job, emu, "--set", 'request.prompt="Tag: {text}"') == 0
+    assert sent_by(job, emu, "--set", 'request.model="gpt-5.5-mini"') == ROWS
+    assert sent_by(job, emu) == 0  # back to the first template and model: all answered
+
+
+def test_the_digest_names_the_rows_their_place_and_the_job() -> None:
+    batch = pa.record_batch({"id": ["a", "b"], "text": ["x", "y"]})
+    same = pa.record_batch({"id": ["a", "b"], "text": ["x", "y"]})
+    edited = pa.record_batch({"id": ["a", "b"], "text": ["x", "z"]})
+    digest = batch_digest(batch, 0, "job")
+    assert batch_digest(same, 0, "job") == digest
+    assert batch_digest(edited, 0, "job") != digest
+    assert batch_digest(batch, 2, "job") != digest  # keys may be positions
+    assert batch_digest(batch, 0, "other") != digest
+    # A slice carries its parent's buffers: never equal to other rows, at worst a miss.
+    assert batch_digest(edited.slice(0, 1), 0, "job") != batch_digest(batch.slice(1), 0, "job")
