@@ -215,7 +215,8 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    _arrow_without_pandas()
+    if args.engine != "ray":  # Ray Data's driver works with pandas
+        _arrow_without_pandas()
     from batchrun._runner import RunOptions, run_job_file
 
     if args.engine != "ray" and (args.ray_address or args.ray_workers):
