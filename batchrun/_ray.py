@@ -57,6 +57,7 @@ from batchrun._dispatch import Dispatcher
 from batchrun._engine import Run, RunSummary, shard_of
 from batchrun._errors import FatalApiError, JobError
 from batchrun._input import InputTable, conform, row_keys
+from batchrun._local import SIGNAL_GRACE_S
 from batchrun._loop import EVENT_LOOP
 from batchrun._output import (
     OutputStats,
@@ -314,7 +315,7 @@ class _Coordinator(StopShare):
         self.fatal_message: str | None = None
         self.counters: dict[str, dict[str, float]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
-        self.claims = Claims()
+        self.claims = Claims(limits.timeout_s + SIGNAL_GRACE_S if limits else math.inf)
 
     def join(self, worker: str) -> int:
         self.joined.append(worker)
@@ -335,6 +336,7 @@ class _Coordinator(StopShare):
 
     def take_slots(self, worker: str, want: int) -> tuple[int, str | None]:
         """(slots leased for one batch, why the run stopped or None)."""
+        self.claims.alive(worker)  # waiting for slots, its claims still hold
         if self.stop_deadline is not None:
             return 0, self.stopped  # a signal: no batch starts sending
         return self.slots.take(worker, want), self.stopped
@@ -355,8 +357,8 @@ class _Coordinator(StopShare):
     def short(self, worker: str) -> bool:
         return self.money is not None and self.money.short(worker)
 
-    def claim(self, batch: str, fingerprints: list[str]) -> list[str]:
-        return self.claims.claim(batch, fingerprints)
+    def claim(self, batch: str, fingerprints: list[str], worker: str) -> list[str]:
+        return self.claims.claim(batch, fingerprints, worker)
 
     def release(self, batch: str) -> None:
         self.claims.release(batch)
@@ -506,7 +508,7 @@ class _Worker:
     def _answer_claimed(self, items: list[Request | Result], divisor: int, batch: str) -> None:
         """Send what no other batch is sending (``batchrun._claims``), then, once those
         are answered, what is still unanswered of the rest."""
-        claimed = self.coordinator.claim.remote(batch, unique_fingerprints(items))
+        claimed = self.coordinator.claim.remote(batch, unique_fingerprints(items), self.id)
         now, later = split_claimed(items, self.ray.get(claimed))
         try:
             self._answer(now, divisor)
@@ -545,7 +547,7 @@ class _Worker:
 
     async def _run_batch(self, items: list[Request | Result]) -> Any:
         try:
-            return await run_watched(self.pipeline, items, self.call)
+            return await run_watched(self.pipeline, items, self.call, self.id)
         finally:
             if self.budget is not None:
                 with anyio.CancelScope(shield=True):

@@ -28,17 +28,18 @@ import socket
 import threading
 import time
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
+from batchrun._claims import Claims
+from batchrun._config import Job
 from batchrun._local import COMMIT_GRACE_S, SIGNAL_GRACE_S
 from batchrun._shares import Call, Slots
 
 if TYPE_CHECKING:
     from batchrun._dispatch import DispatchOutcome
     from batchrun._pipeline import Pipeline
-    from batchrun._ray import RayRun
     from batchrun._types import Request, Result
 
 log = logging.getLogger("batchrun")
@@ -55,6 +56,7 @@ class StopShare:
 
     stopped: str | None
     slots: Slots
+    claims: Claims
     stop_deadline: float | None = None  # wall clock: workers may sit on other hosts
     on_the_wire = 0
     abandoned = 0
@@ -63,8 +65,10 @@ class StopShare:
         self.stop_deadline = deadline
         self.stopped = self.stopped or "interrupted"
 
-    def interrupted(self) -> float | None:
-        """The grace deadline (wall clock) once a signal stopped the run, else None."""
+    def interrupted(self, worker: str) -> float | None:
+        """The grace deadline (wall clock) once a signal stopped the run, else None.
+        Asked often by a working ``worker``: it is alive (its claims hold)."""
+        self.claims.alive(worker)
         return self.stop_deadline
 
     def stopped_sending(self, on_the_wire: int, abandoned: int) -> None:
@@ -81,14 +85,14 @@ class StopShare:
 
 
 async def run_watched(
-    pipeline: Pipeline, items: list[Request | Result], call: Call
+    pipeline: Pipeline, items: list[Request | Result], call: Call, worker: str
 ) -> DispatchOutcome:
     """``pipeline.run`` on one batch, stopped (with the grace left) once a signal stops
     the run; what was on the wire then is told to the coordinator before returning."""
     stop: list[int] = []
     abandoned = pipeline.dispatcher.counters.abandoned
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch, pipeline, call, stop)
+        tg.start_soon(_watch, pipeline, call, worker, stop)
         outcome = await pipeline.run([items])
         tg.cancel_scope.cancel()
     if stop:
@@ -97,13 +101,21 @@ async def run_watched(
     return outcome
 
 
-async def _watch(pipeline: Pipeline, call: Call, stop: list[int]) -> None:
-    while (deadline := await call("interrupted")) is None:
+async def _watch(pipeline: Pipeline, call: Call, worker: str, stop: list[int]) -> None:
+    while (deadline := await call("interrupted", worker)) is None:
         await anyio.sleep(STOP_POLL_S)
     stop.append(pipeline.stop_sending(max(deadline - time.time(), 0.0)))
 
 
 # --- the driver ------------------------------------------------------------------------
+
+
+class RayRun(Protocol):
+    """What ``DriverSignals`` needs of the run (``batchrun._ray.RayRun``)."""
+
+    job: Job
+    stopped: str | None
+    signalled: tuple[str, int, int] | None
 
 
 class DriverSignals:
