@@ -12,9 +12,11 @@ The local engine's promise (``batchrun._local``) across processes:
   checkpoint writer commits every answer. The coordinator leases no more slots, so no
   batch starts sending after the stop.
 - A batch holds its slots until its answers are committed: when no slots are held
-  (``StopShare.settled``), every answer is in a worker's checkpoint. Only then does the
-  driver stop Ray (the main thread gets ``KeyboardInterrupt``, as before) and write the
-  output from the checkpoints. A second signal stops at once.
+  (``StopShare.settled``), every answer is in a worker's checkpoint. The rest of the
+  input then goes through the workers without a send and the run ends as usual (exit
+  130); if that takes longer than ``FINISH_S``, the driver stops Ray (the main thread
+  gets ``KeyboardInterrupt``) and writes the output from the checkpoints. A second
+  signal stops at once.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ STOP_POLL_S = 0.025
 """How often a worker running a batch asks whether a signal stopped the run: the latest
 send after a signal is at most this (plus a call to the coordinator) after it."""
 SETTLE_POLL_S = 0.05
+FINISH_S = 10.0
+"""Once the workers have saved everything, how long the run may take to end by itself."""
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -183,8 +187,22 @@ class DriverSignals:
             " flight (signal again to stop at once)",
             *(name, self.grace_s),
         )
-        if self._wait_settled(name):
+        if self._wait_settled(name) and not self._wait_done(name):
             self._interrupt_main()
+
+    def _wait_done(self, name: str) -> bool:
+        """Every answer is saved: let the run end by itself (its last batches send
+        nothing) for up to ``FINISH_S``; True if it did (or a second signal came).
+
+        Ending Ray Data's iteration by ``KeyboardInterrupt`` can leave its prefetch
+        threads calling Ray after ``ray.shutdown``, which ends the process with exit 1
+        (the answers are saved, but the output is not written)."""
+        deadline = time.monotonic() + FINISH_S
+        while not self.done and time.monotonic() < deadline:
+            if self._next_signal(SETTLE_POLL_S) is not None and not self.done:
+                log.warning("%s again: stopping now", name)
+                return True  # the handler raised in the main thread
+        return self.done
 
     def _wait_settled(self, name: str) -> bool:
         """Wait for the workers to commit what came back; False if the run ended first."""
