@@ -11,24 +11,45 @@ A claim belongs to a batch (its first row key and size), not to a worker: Ray re
 batch whose worker died on another worker, and that one takes the claims over. A worker
 releases its claims before it waits for anyone else's, so two batches waiting on each
 other's fingerprints never deadlock.
+
+A claim is not held forever: a worker holding claims shows it is alive on every call it
+makes while it works (asking for slots, or whether a signal stopped the run: every
+``STOP_POLL_S`` while a batch runs). Claims whose worker has not been seen for
+``stale_s`` (the coordinator uses the request timeout plus the signal grace) are
+released, so when a worker dies and Ray does not retry its batch, the batches waiting
+on its fingerprints send them themselves instead of waiting forever.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 from batchrun._types import Request, Result
+
+log = logging.getLogger("batchrun")
 
 
 class Claims:
     """Which batch is sending each fingerprint (plain state; the coordinator holds it)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, stale_s: float = math.inf, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.holder: dict[str, str] = {}
         self.held: dict[str, set[str]] = {}
+        self.stale_s = stale_s
+        self.clock = clock
+        self.worker_of: dict[str, str] = {}  # batch -> the worker answering it
+        self.seen: dict[str, float] = {}  # worker -> when it last showed it is alive
 
-    def claim(self, batch: str, fingerprints: Iterable[str]) -> list[str]:
+    def claim(self, batch: str, fingerprints: Iterable[str], worker: str = "") -> list[str]:
         """Claim the free ``fingerprints`` for ``batch``; return those another batch holds."""
+        self._drop_stale()
+        self.worker_of[batch] = worker  # a retried batch: its new worker
+        self.alive(worker)
         others = []
         mine = self.held.setdefault(batch, set())
         for fingerprint in fingerprints:
@@ -38,13 +59,30 @@ class Claims:
                 others.append(fingerprint)
         return others
 
+    def alive(self, worker: str) -> None:
+        self.seen[worker] = self.clock()
+
     def release(self, batch: str) -> None:
+        self.worker_of.pop(batch, None)
         for fingerprint in self.held.pop(batch, set()):
             if self.holder.get(fingerprint) == batch:
                 del self.holder[fingerprint]
 
     def held_by_others(self, batch: str, fingerprints: Iterable[str]) -> list[str]:
+        self._drop_stale()
         return [fp for fp in fingerprints if self.holder.get(fp, batch) != batch]
+
+    def _drop_stale(self) -> None:
+        """Release the claims of batches whose worker has not been seen for ``stale_s``."""
+        now = self.clock()
+        for batch, worker in list(self.worker_of.items()):
+            if now - self.seen.get(worker, -math.inf) > self.stale_s:
+                log.warning(
+                    "batch %s: its worker was not seen for %.0f s; its %d requests are"
+                    " sent by the batches waiting on them",
+                    *(batch, self.stale_s, len(self.held.get(batch, ()))),
+                )
+                self.release(batch)
 
 
 def unique_fingerprints(items: Sequence[Request | Result]) -> list[str]:

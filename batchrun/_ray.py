@@ -57,6 +57,7 @@ from batchrun._dispatch import Dispatcher
 from batchrun._engine import Run, RunSummary, shard_of
 from batchrun._errors import FatalApiError, JobError
 from batchrun._input import InputTable, conform, row_keys
+from batchrun._local import SIGNAL_GRACE_S
 from batchrun._loop import EVENT_LOOP
 from batchrun._output import (
     OutputStats,
@@ -69,6 +70,7 @@ from batchrun._output import (
 from batchrun._pipeline import Pipeline, Progress
 from batchrun._ratelimit import Pacer, PauseGate
 from batchrun._raystart import import_ray, ray_session
+from batchrun._raystop import DriverSignals, StopShare, log_stopped, run_watched
 from batchrun._requests import RequestBuilder
 from batchrun._shares import (
     POLL_S,
@@ -99,6 +101,8 @@ ClusterStore = JobStore  # the name earlier code and tests use
 class RayRun(Run):
     """One run on Ray: the local run's checks, summary and metadata; Ray's dispatch."""
 
+    signalled: tuple[str, int, int] | None = None  # (signal, on the wire, abandoned)
+
     def execute(self) -> RunSummary:
         ray = import_ray()
         self._require_id_column()
@@ -118,6 +122,7 @@ class RayRun(Run):
             except KeyboardInterrupt:  # SIGINT, or SIGTERM through the CLI
                 self.stopped = "interrupted"
                 stats = self._write_saved(table, builder, ckpt, store)
+        log_stopped(self.signalled)
         return self._summary(stats)
 
     def _write_saved(
@@ -168,7 +173,8 @@ class RayRun(Run):
             num_cpus=WORKER_CPUS,
         )
         log.info("Ray engine: %d workers sharing the job's limits", workers)
-        return self._write(ray, ds, coordinator, table.schema)
+        with DriverSignals(self, coordinator):  # a signal: stop sending, save, then stop Ray
+            return self._write(ray, ds, coordinator, table.schema)
 
     def _budget_left(self, spent: float) -> float | None:
         limit = self.job.limits.max_cost_usd
@@ -292,7 +298,7 @@ class _Totals:
     fatal_message: str | None
 
 
-class _Coordinator:
+class _Coordinator(StopShare):
     """What the workers of one run share (a Ray actor; its calls run one at a time)."""
 
     def __init__(
@@ -309,7 +315,7 @@ class _Coordinator:
         self.fatal_message: str | None = None
         self.counters: dict[str, dict[str, float]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
-        self.claims = Claims()
+        self.claims = Claims(limits.timeout_s + SIGNAL_GRACE_S if limits else math.inf)
 
     def join(self, worker: str) -> int:
         self.joined.append(worker)
@@ -330,6 +336,9 @@ class _Coordinator:
 
     def take_slots(self, worker: str, want: int) -> tuple[int, str | None]:
         """(slots leased for one batch, why the run stopped or None)."""
+        self.claims.alive(worker)  # waiting for slots, its claims still hold
+        if self.stop_deadline is not None:
+            return 0, self.stopped  # a signal: no batch starts sending
         return self.slots.take(worker, want), self.stopped
 
     def give_back_slots(self, worker: str) -> None:
@@ -348,8 +357,8 @@ class _Coordinator:
     def short(self, worker: str) -> bool:
         return self.money is not None and self.money.short(worker)
 
-    def claim(self, batch: str, fingerprints: list[str]) -> list[str]:
-        return self.claims.claim(batch, fingerprints)
+    def claim(self, batch: str, fingerprints: list[str], worker: str) -> list[str]:
+        return self.claims.claim(batch, fingerprints, worker)
 
     def release(self, batch: str) -> None:
         self.claims.release(batch)
@@ -455,7 +464,7 @@ class _Worker:
             Path(spec.store) / f"worker-{spec.run_id}-{index}.sqlite", job_name=self.job.name
         )
         self.store = JobStore(own, Path(spec.store), self.job.name, [Path(p) for p in spec.also])
-        call = _remote(coordinator)
+        self.call = call = _remote(coordinator)
         self.budget = None
         if self.job.limits.max_cost_usd is not None and self.job.price is not None:
             self.budget = LeasedBudget(self.job.price, call, self.id)
@@ -499,7 +508,7 @@ class _Worker:
     def _answer_claimed(self, items: list[Request | Result], divisor: int, batch: str) -> None:
         """Send what no other batch is sending (``batchrun._claims``), then, once those
         are answered, what is still unanswered of the rest."""
-        claimed = self.coordinator.claim.remote(batch, unique_fingerprints(items))
+        claimed = self.coordinator.claim.remote(batch, unique_fingerprints(items), self.id)
         now, later = split_claimed(items, self.ray.get(claimed))
         try:
             self._answer(now, divisor)
@@ -538,7 +547,7 @@ class _Worker:
 
     async def _run_batch(self, items: list[Request | Result]) -> Any:
         try:
-            return await self.pipeline.run([items])
+            return await run_watched(self.pipeline, items, self.call, self.id)
         finally:
             if self.budget is not None:
                 with anyio.CancelScope(shield=True):
