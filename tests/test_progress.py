@@ -48,16 +48,8 @@ def test_on_a_tty_a_bar_shows_rows_rate_eta_and_the_counters(
     tmp_path: Path, emulator: Callable[..., EmulatorProcess]
 ) -> None:
     job = write_job(tmp_path, rows=60, limits={"requests_per_minute": 1200})
-    master, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-    with subprocess.Popen(
-        batchrun_command(job, emulator()),
-        cwd=job.parent,
-        env=batchrun_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=terminal,
-    ) as process:
-        os.close(terminal)
+    master, process = _on_a_terminal(job, emulator())
+    with process:
         screen = _read_all(master)
         assert process.wait(timeout=60) == 0, screen
     # e.g. "100%|████| 60/60 [00:03<00:00, 19.6row/s, err=0 429=0 $0.0009 limit use=98%]"
@@ -70,16 +62,8 @@ def test_on_a_tty_the_signal_warning_is_a_line_of_its_own_above_the_bar(
     tmp_path: Path, emulator: Callable[..., EmulatorProcess]
 ) -> None:
     job = write_job(tmp_path, rows=200, limits={"requests_per_minute": 600})
-    master, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-    with subprocess.Popen(
-        batchrun_command(job, emulator("--latency-ms", "200")),
-        cwd=job.parent,
-        env=batchrun_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=terminal,
-    ) as process:
-        os.close(terminal)
+    master, process = _on_a_terminal(job, emulator("--latency-ms", "200"))
+    with process:
         before = _read_until(master, re.compile(r"\d+/200 \[\d\d:\d\d<"), timeout=30)
         process.send_signal(signal.SIGINT)
         screen = before + _read_all(master)
@@ -88,6 +72,21 @@ def test_on_a_tty_the_signal_warning_is_a_line_of_its_own_above_the_bar(
     # What the terminal shows on that line before the warning: the log prefix, no bar.
     line = re.split(r"[\r\n]", screen[:warning])[-1]
     assert re.fullmatch(r"(\x1b\[[0-9;]*[A-Za-z])*\d\d:\d\d:\d\d batchrun: ", line), repr(line)
+
+
+def _on_a_terminal(job: Path, emu: EmulatorProcess) -> tuple[int, subprocess.Popen[bytes]]:
+    """``batchrun run`` with its stderr on a 160-column pty; returns (pty master, process)."""
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    process = subprocess.Popen(
+        batchrun_command(job, emu),
+        cwd=job.parent,
+        env=batchrun_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    return master, process
 
 
 def _read_until(fd: int, pattern: re.Pattern[str], timeout: float) -> str:
