@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-
-from tests.conftest import run_batchrun, write_job
+from conftest import run_batchrun, write_job
 
 RPM, WINDOW_S = 600, 6.0
 PER_WINDOW = RPM * WINDOW_S / 60
