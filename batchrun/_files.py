@@ -283,18 +283,32 @@ def _hive_keys(fs: pafs.FileSystem, paths: Sequence[str]) -> list[dict[str, Any]
 def describe(location: str, exc: BaseException) -> str:
     """One line naming ``location`` and the cause of a store or file error, no secret."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    cause = _cause(text) if is_remote(location) else None
-    return f"{location}: {cause or _redacted(text)}"
+    if not is_remote(location):
+        return f"{location}: {_redacted(text)}"
+    cause = _cause(text)
+    if cause in (None, _DENIED, _DENIED_HEAD) and not _has_credentials(location):
+        cause = _NO_CREDENTIALS
+    return f"{location}: {cause or _short(_redacted(text))}"
 
 
+_CREDENTIALS_HINT = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE"
+_NO_CREDENTIALS = (
+    f"no credentials found (set {_CREDENTIALS_HINT}, or GOOGLE_APPLICATION_CREDENTIALS)"
+)
+_DENIED = "access denied"
+# A HEAD answered 403 carries no body, so S3 cannot say whether the key was refused or
+# the policy was: both are named rather than guessing.
+_DENIED_HEAD = "access denied (HTTP 403: the credentials are wrong or lack permission)"
 _CAUSES = (
     (("NoSuchBucket", "Bucket '", "bucket does not exist"), "no such bucket"),
-    (("ACCESS_DENIED", "AccessDenied", "Access Denied", "HTTP status 403"), "access denied"),
     (
-        ("InvalidAccessKeyId", "SignatureDoesNotMatch", "No credentials", "credentials"),
-        "no valid credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE,"
-        " or GOOGLE_APPLICATION_CREDENTIALS)",
+        ("INVALID_ACCESS_KEY_ID", "InvalidAccessKeyId", "SIGNATURE_DOES_NOT_MATCH"),
+        f"credentials rejected by the store (check {_CREDENTIALS_HINT})",
     ),
+    (("SignatureDoesNotMatch", "EXPIRED_TOKEN", "ExpiredToken"), "credentials rejected"),
+    (("ACCESS_DENIED during HeadObject operation: No response body",), _DENIED_HEAD),
+    (("ACCESS_DENIED", "AccessDenied", "Access Denied", "HTTP status 403"), _DENIED),
+    (("No credentials", "credentials"), _NO_CREDENTIALS),
     (
         ("NETWORK_CONNECTION", "curlCode", "Couldn't connect", "Could not resolve"),
         "endpoint unreachable",
@@ -310,6 +324,28 @@ def _cause(text: str) -> str | None:
                 return f"{cause} ({_endpoint()})"
             return cause
     return None
+
+
+def _has_credentials(location: str) -> bool:
+    """Whether the environment names any credentials for ``location``'s store (a profile
+    or a credentials file counts: only their absence is certain)."""
+    if location.lower().startswith("gs://"):
+        return True  # the GCS client has its own default chain; it names what it lacks
+    names = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE")
+    if any(os.environ.get(n) for n in names):
+        return True
+    files = (
+        os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.expanduser("~/.aws/credentials"),
+        os.environ.get("AWS_CONFIG_FILE") or os.path.expanduser("~/.aws/config"),
+    )
+    return any(os.path.exists(f) for f in files)
+
+
+def _short(text: str) -> str:
+    """pyarrow's text less its ``When ... in bucket 'b': `` prefix (the location is
+    named already) and the request id."""
+    text = re.sub(r"^When [^:]*: ", "", text)
+    return re.sub(r"\s*\(Request ID: [^)]*\)", "", text).strip()
 
 
 def _endpoint() -> str:

@@ -207,7 +207,7 @@ def _open(found: Found) -> _Source:
     try:
         schema = pq.read_schema(found.path, filesystem=found.fs)
     except (OSError, pa.ArrowException) as exc:  # the pyarrow boundary
-        raise InputError(f"cannot read {path} as Parquet: {exc}") from exc
+        raise InputError(_unreadable(path, exc, "cannot read {} as Parquet")) from exc
     prefix = _detect_prefix(schema)
     missing = tuple(c for c in _METRICS if prefix + c not in set(schema.names))
     return _Source(path, schema, prefix, missing, file=found)
@@ -278,8 +278,16 @@ def _aggregate_file(source: _Source, like: _Accumulator, days: DayRange) -> _Acc
         for batch in _read(source, acc.group_keys):
             acc.add(days.select(batch))
     except (OSError, pa.ArrowException) as exc:  # the pyarrow boundary
-        raise InputError(f"cannot report on {source.path}: {exc}") from exc
+        raise InputError(_unreadable(source.path, exc, "cannot report on {}")) from exc
     return acc
+
+
+def _unreadable(path: str, exc: BaseException, what: str) -> str:
+    """A store's failure (denied, no credentials) in ``describe``'s one line; a bad file
+    as before, with pyarrow's reason."""
+    if is_remote(path) and isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException):
+        return describe(path, exc)
+    return f"{what.format(path)}: {exc}"
 
 
 def _read(source: _Source, keys: Sequence[str]) -> Iterator[pa.Table]:
