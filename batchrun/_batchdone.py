@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,14 @@ import pyarrow as pa
 from batchrun._config import Job
 from batchrun._version import __version__
 
-__all__ = ["DoneBatch", "batch_digest", "m005_done_batches", "request_key"]
+__all__ = [
+    "WRITTEN_FROM_KEY",
+    "DoneBatch",
+    "batch_digest",
+    "m005_done_batches",
+    "output_state",
+    "request_key",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +87,22 @@ def m005_done_batches(conn: sqlite3.Connection) -> None:
         "CREATE TABLE done_batches (digest BLOB PRIMARY KEY, requests INTEGER NOT NULL,"
         " invalid INTEGER NOT NULL, errors INTEGER NOT NULL) WITHOUT ROWID"
     )
+
+
+WRITTEN_FROM_KEY = "batchrun.written_from"
+"""The output's metadata key naming the state it was written from (``output_state``)."""
+
+
+def output_state(job: Job, digests: Iterable[bytes], *, synthetic: bool) -> str:
+    """Hex digest of what an output holds when every input batch was done: the done
+    batches' digests in order, and what turns answers into the output's columns (the
+    config hash covers template, model, pricing, output columns and prefix; both are
+    named again so a change of hashing never hides them). A rerun that skipped every
+    batch computes the same value only if nothing the output depends on changed."""
+    digest = hashlib.blake2b(digest_size=32)
+    pricing = {model: dataclasses.asdict(price) for model, price in job.pricing.items()}
+    what = [__version__, job.name, job.config_hash, job.output.prefix, synthetic, pricing]
+    digest.update(json.dumps(what, sort_keys=True, default=repr).encode() + b"\0")
+    for done in digests:
+        digest.update(done)
+    return digest.hexdigest()

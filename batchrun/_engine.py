@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
@@ -280,12 +280,14 @@ class Run:
         builder: RequestBuilder,
         lookup: Lookup,
         on_batch: BatchHook | None = None,
+        footer: Callable[[], Mapping[str, str]] | None = None,
     ) -> OutputStats:
         """The output from the input and the answers ``lookup`` finds (both engines)."""
         return write_output(
             *(self.job, table, builder, lookup, self._metadata()),
             select=self._selector(),
             on_batch=on_batch,
+            footer=footer,
         )
 
     def _metadata(self) -> dict[str, str]:

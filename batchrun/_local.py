@@ -9,6 +9,7 @@ loses nothing that was committed and a resumed run writes the same table.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -16,16 +17,23 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import anyio
 import pyarrow as pa
 
-from batchrun._batchdone import DoneBatch, batch_digest, request_key
+from batchrun._batchdone import (
+    WRITTEN_FROM_KEY,
+    DoneBatch,
+    batch_digest,
+    output_state,
+    request_key,
+)
 from batchrun._checkpoint import Checkpoint
 from batchrun._dispatch import Dispatcher
 from batchrun._engine import Run, RunSummary, budget_for, learned_limits_kept
 from batchrun._errors import FatalApiError
 from batchrun._input import InputTable, row_keys
 from batchrun._loop import run_async
+from batchrun._output import OutputStats, kept_output
 from batchrun._pipeline import Pipeline
 from batchrun._requests import RequestBuilder, built_batches
-from batchrun._store import JobStore, clear_ray_dir, local_store
+from batchrun._store import JobStore, clear_ray_dir, local_store, ray_dir
 from batchrun._types import Answer, Request, Result
 
 __all__ = ["COMMIT_GRACE_S", "SIGNAL_GRACE_S", "LocalRun"]
@@ -43,6 +51,8 @@ class LocalRun(Run):
     """One run in this process; ``execute`` is the whole procedure as named steps."""
 
     signalled: tuple[str, int] | None = None  # (signal name, requests on the wire)
+    # The digests of the input batches, when every one was skipped as done (else None).
+    _skipped_all: list[bytes] | None = None
 
     def execute(self) -> RunSummary:
         table, builder = self._prepare()
@@ -71,12 +81,39 @@ class LocalRun(Run):
                     " every answer is in the checkpoint)",
                     self.job.output.path,
                 )
-            done = _DoneBatches(request_key(self.job))
-            stats = self._write_output(
-                table, builder, ckpt.lookup, done if self._selector() is None else None
-            )
-            ckpt.record_done_batches(done.found)
+            stats = self._kept_output()
+            if stats is None:
+                done = _DoneBatches(request_key(self.job))
+                whole = self._selector() is None
+                footer = functools.partial(self._written_from, done)
+                stats = self._write_output(
+                    table, builder, ckpt.lookup, done if whole else None, footer if whole else None
+                )
+                ckpt.record_done_batches(done.found)
         return self._summary(stats)
+
+    # --- keeping an output nothing changed -------------------------------------------
+
+    def _kept_output(self) -> OutputStats | None:
+        """The existing output's counts, when this run sent nothing, skipped every input
+        batch as done, and the output was written from exactly those batches under this
+        config (``batchrun.written_from``): rewriting it would give the same rows."""
+        if self._skipped_all is None or self.stopped is not None:
+            return None
+        if self.progress.dispatch.sent or any(ray_dir(self.job).glob("*.sqlite")):
+            return None  # new answers, or a Ray worker's file the done batches do not cover
+        state = output_state(self.job, self._skipped_all, synthetic=self.options.emulate)
+        stats = kept_output(self.job, WRITTEN_FROM_KEY, state)
+        if stats is not None:
+            log.info("%s is up to date (every row done, nothing changed): kept", stats.path)
+        return stats
+
+    def _written_from(self, done: _DoneBatches) -> dict[str, str]:
+        """The output's ``batchrun.written_from`` when every batch it wrote was done."""
+        if len(done.found) != done.batches:
+            return {}
+        digests = [batch.digest for batch in done.found]
+        return {WRITTEN_FROM_KEY: output_state(self.job, digests, synthetic=self.options.emulate)}
 
     def _items(
         self, table: InputTable, builder: RequestBuilder, ckpt: JobStore
@@ -87,6 +124,7 @@ class LocalRun(Run):
             yield from self._selected_items(table, builder)
             return
         start, include_failed, job_key = 0, not self.options.retry_failed, request_key(self.job)
+        skipped: list[bytes] | None = []
         for batch in table.batches(BATCH_ROWS):
             first, start = start, start + batch.num_rows
             digest = batch_digest(batch, first, job_key)
@@ -94,9 +132,13 @@ class LocalRun(Run):
                 self.progress.reused += done.requests
                 self.progress.finished += batch.num_rows
                 self.progress.failed += done.invalid
+                if skipped is not None:
+                    skipped.append(digest)
                 continue
+            skipped = None  # this batch is built: the output is written afresh
             if items := builder.build(batch, first, row_keys(batch, self.job, first)):
                 yield items
+        self._skipped_all = skipped
 
     def _selected_items(
         self, table: InputTable, builder: RequestBuilder
@@ -184,6 +226,7 @@ class _DoneBatches:
     def __init__(self, job_key: str) -> None:
         self.job_key = job_key
         self.start = 0
+        self.batches = 0
         self.found: list[DoneBatch] = []
 
     def __call__(
@@ -193,6 +236,7 @@ class _DoneBatches:
         answers: Mapping[str, Answer],
     ) -> None:
         first, self.start = self.start, self.start + batch.num_rows
+        self.batches += 1
         requests = [item for item in items if isinstance(item, Request)]
         if not all(request.fingerprint in answers for request in requests):
             return

@@ -267,6 +267,7 @@ def write_output(
     select: Selector | None = None,
     batch_size: int = 4096,
     on_batch: BatchHook | None = None,
+    footer: Callable[[], Mapping[str, str]] | None = None,
 ) -> OutputStats:
     """Write ``job.output.path`` from the input and the answers ``lookup`` finds.
 
@@ -276,7 +277,8 @@ def write_output(
     returns which rows to write (``--limit``, ``--shard``); the others are left out.
     ``on_batch(batch, items, answers)``, when given, sees each batch as it is written.
     ``metadata`` becomes the file's key-value metadata; the counts written are
-    added under ``batchrun.output_stats``.
+    added under ``batchrun.output_stats``, and ``footer()`` (called once every batch
+    is written) adds what is known only then.
     """
     schema = output_schema(job, table.schema).with_metadata(dict(metadata))
     path = output_location(job)
@@ -284,7 +286,11 @@ def write_output(
     batches = _output_batches(
         job, table, builder, lookup, schema, stats, select, batch_size, on_batch
     )
-    write_batches(path, schema, batches, lambda: stats_metadata(stats))
+
+    def written() -> dict[str, str]:
+        return stats_metadata(stats) | (dict(footer()) if footer is not None else {})
+
+    write_batches(path, schema, batches, written)
     return stats
 
 
@@ -407,6 +413,31 @@ def _translating(location: str) -> Iterator[None]:
         if not is_remote(location):
             raise
         raise OutputError(f"output.path: {describe(location, exc)}") from None
+
+
+# --- keep an output nothing changed ---------------------------------------------------
+
+
+def kept_output(job: Job, key: str, value: str) -> OutputStats | None:
+    """The counts stored in the file at ``job.output.path`` when it is ``job``'s output
+    and its metadata holds ``key: value`` (what it was written from); else None. Reads
+    only the Parquet footer, never the rows."""
+    location = output_location(job)
+    fs, path = resolve(str(location))
+    try:
+        with _translating(str(location)):
+            found = pq.read_metadata(path, filesystem=fs).metadata or {}
+    except (OSError, OutputError, pa.ArrowException):
+        return None  # missing or unreadable: written afresh
+    if found.get(b"batchrun.job") != job.name.encode() or found.get(key.encode()) != value.encode():
+        return None
+    try:
+        stored = json.loads(found[STATS_METADATA_KEY.encode()])
+        by_status = Counter(stored.pop("by_status"))
+        del stored["path"]
+        return OutputStats(path=location, by_status=by_status, **stored)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 # --- never replace someone else's file ------------------------------------------------
