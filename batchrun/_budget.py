@@ -15,6 +15,7 @@ before the first answer of a kind it assumes ``PRIOR_FACTORS``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import anyio
 
@@ -97,15 +98,17 @@ class Budget:
 
 
 def text_kind(request: Request) -> str:
-    """``ascii``, ``mixed`` or ``wide``: how far the prompt's text is from plain ASCII."""
+    """``ascii``, ``mixed`` or ``wide``: how far the prompt's text is from plain ASCII
+    (the request builder records it; worked out here for a request built by hand)."""
+    return request.text_kind or texts_kind(_texts(request.body))
+
+
+def texts_kind(texts: Iterable[str]) -> str:
+    """``text_kind`` of these texts: UTF-8 bytes per character tell the script apart."""
     chars = size = 0
-    for text in _texts(request.body):
-        if text.isascii():
-            chars += len(text)
-            size += len(text)
-        else:
-            chars += len(text)
-            size += len(text.encode("utf-8", "surrogatepass"))
+    for text in texts:
+        chars += len(text)
+        size += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
     if size == chars:
         return "ascii"
     return "mixed" if size <= 1.25 * chars else "wide"

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import pyarrow as pa
 
+from batchrun._budget import texts_kind
 from batchrun._config import MAX_IMAGE_URLS, Job
 from batchrun._errors import JobError
 from batchrun._input import InputTable, row_keys
@@ -165,9 +166,11 @@ class RequestBuilder:
         messages.append({"role": "user", "content": self._user_content(prompt, urls)})
         body = {"model": self.job.request.model, "messages": messages, **self._static}
         dedupe_key = None if self.job.request.dedupe else key
+        kind: str | None = None  # the generic path: the budget reads the body's texts
         if self._canonical is None:  # extra replaced messages: the generic path
             digest, estimate = fingerprint(body, dedupe_key), estimate_prompt_tokens(body)
         else:
+            kind = texts_kind((prompt,) if system is None else (system, prompt))
             digest = _hash(self._canonical.text(system, prompt, urls), dedupe_key)
             # Same sum as estimate_prompt_tokens(body), from the parts in hand.
             chars = len(prompt) + (len(system) if system is not None else 0)
@@ -178,6 +181,7 @@ class RequestBuilder:
             fingerprint=digest,
             est_prompt_tokens=estimate,
             max_completion_tokens=self.job.request.worst_case_completion_tokens,
+            text_kind=kind,
         )
 
     def _user_content(self, prompt: str, urls: list[str]) -> str | list[dict[str, Any]]:

@@ -26,6 +26,9 @@ class Request:
     fingerprint: str
     est_prompt_tokens: int
     max_completion_tokens: int
+    # "ascii" | "mixed" | "wide" (``_budget.text_kind``), set once by the request builder so
+    # that the budget does not walk the text again on every reservation.
+    text_kind: str | None = None
 
     @property
     def est_tokens(self) -> int:
