@@ -150,8 +150,10 @@ class RayRun(Run):
 
     def _run_on_ray(self, ray: Any, table: InputTable, api_key: str, spent: float) -> OutputStats:
         workers = self.options.ray_workers or _cluster_cpus(ray)
-        coordinator = ray.remote(num_cpus=0)(_Coordinator).remote(
-            workers, self._budget_left(spent), self.job.limits
+        coordinator = (
+            ray.remote(num_cpus=0)(_Coordinator)
+            .options(scheduling_strategy=_on_this_node(ray))
+            .remote(workers, self._budget_left(spent), self.job.limits)
         )
         worker = _WorkerSpec(
             job=self.job,
@@ -236,6 +238,14 @@ class RayRun(Run):
         self.fatal_message = totals.fatal_message
 
 
+def _on_this_node(ray: Any) -> Any:
+    """The driver's node: the coordinator lives and dies with the driver, never with a
+    worker node the cluster may lose."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
 def _cluster_cpus(ray: Any) -> int:
     return max(int(ray.cluster_resources().get("CPU", 1)), 1)
 
@@ -305,7 +315,8 @@ class _Coordinator(StopShare):
         self, planned: int, budget_left: float | None, limits: Limits | None = None
     ) -> None:
         self.planned = planned
-        self.joined: list[str] = []
+        self.joined: dict[str, None] = {}
+        self.lives = 0  # joins, restarts included: each life writes its own file
         self.resume_at = 0.0  # wall clock: workers may sit on different hosts
         rpm, tpm = (limits.requests_per_minute, limits.tokens_per_minute) if limits else (None,) * 2
         self.pace = GlobalPace(rpm, tpm)
@@ -313,13 +324,21 @@ class _Coordinator(StopShare):
         self.money = None if budget_left is None else BudgetPool(budget_left)
         self.stopped: str | None = None
         self.fatal_message: str | None = None
-        self.counters: dict[str, dict[str, float]] = {}
+        self.counters: dict[str, dict[str, float]] = {}  # each worker life's sends
+        self.rows: dict[str, dict[str, float]] = {}  # each batch's rows
         self.batches: dict[str, dict[str, Any]] = {}
         self.claims = Claims(limits.timeout_s + SIGNAL_GRACE_S if limits else math.inf)
 
     def join(self, worker: str) -> int:
-        self.joined.append(worker)
-        return len(self.joined) - 1
+        """A worker starts (its life's number); a worker Ray restarted after its node was
+        lost joins again, and what its last life held is freed: its slots, its lease."""
+        if worker in self.joined:
+            self.slots.give_back(worker)
+            if self.money is not None:
+                self.money.give_back(worker, 0.0, closed=True)  # its unspent lease is lost
+        self.joined[worker] = None
+        self.lives += 1
+        return self.lives - 1
 
     def state(self) -> tuple[int, str | None]:
         """(how many workers split the learned limits, why the run stopped or None)."""
@@ -371,15 +390,23 @@ class _Coordinator(StopShare):
             self.stopped, self.fatal_message = reason, message
 
     def report(
-        self, worker: str, counters: dict[str, float], batch: str, stats: dict[str, Any]
+        self,
+        life: str,
+        counters: dict[str, float],
+        batch: str,
+        rows: dict[str, float],
+        stats: dict[str, Any],
     ) -> None:
-        # Keyed, not added: a batch Ray retries on another worker is counted once.
-        self.counters[worker] = counters
+        # Keyed, not added: every worker life's sends count, and a batch's rows count
+        # once, as it first ended. Ray runs a finished batch again to rebuild its output
+        # lost with a node; its rows then come "from the checkpoint", this run's answers.
+        self.counters[life] = counters
+        self.rows.setdefault(batch, rows)
         self.batches[batch] = stats
 
     def totals(self) -> _Totals:
         summed: Counter[str] = Counter()
-        for counters in self.counters.values():
+        for counters in [*self.counters.values(), *self.rows.values()]:
             summed.update(counters)
         return _Totals(dict(summed), list(self.batches.values()), self.stopped, self.fatal_message)
 
@@ -458,8 +485,12 @@ class _Worker:
         import ray
 
         self.ray, self.spec, self.coordinator, self.job = ray, spec, coordinator, spec.job
-        self.id = f"{spec.run_id}-{uuid.uuid4().hex[:8]}"
+        # The actor's id: the same when Ray restarts it on another node after its node
+        # was lost, so the coordinator frees what its last life held.
+        actor = ray.get_runtime_context().get_actor_id() or uuid.uuid4().hex
+        self.id = f"{spec.run_id}-{actor}"
         index = ray.get(coordinator.join.remote(self.id))
+        self.life = f"{self.id}-{index}"
         own = Checkpoint.open(
             Path(spec.store) / f"worker-{spec.run_id}-{index}.sqlite", job_name=self.job.name
         )
@@ -493,6 +524,7 @@ class _Worker:
         items = self.builder.build(batch, 0)
         keys = row_keys(batch, self.job, 0)
         name = f"{keys[0]}+{len(keys)}"  # the batch's, kept when Ray retries it elsewhere
+        before = self._rows()
         divisor, stopped = self.ray.get(self.coordinator.state.remote())
         if stopped is None:
             self._answer_claimed(items, divisor, name)
@@ -501,7 +533,10 @@ class _Worker:
         out = output_batch(
             self.job, batch, items, self.store.lookup(fingerprints), self.out_schema, stats
         )
-        report = self.coordinator.report.remote(self.id, self._counters(), name, stats.to_dict())
+        rows = {k: v - before[k] for k, v in self._rows().items()}
+        report = self.coordinator.report.remote(
+            self.life, self._counters(), name, rows, stats.to_dict()
+        )
         self.ray.get(report)  # before the driver can see this batch's rows
         return pa.Table.from_batches([out])
 
@@ -565,13 +600,20 @@ class _Worker:
             time.sleep(POLL_S)
 
     def _counters(self) -> dict[str, float]:
-        p, c = self.progress, self.progress.dispatch
+        """This life's sends and spend, in all its batches."""
+        c = self.progress.dispatch
         return {
             "sent": c.sent,
             "retries": c.retries,
             "rate_limited": c.rate_limited,
             "cost_usd": c.cost_usd,
             "ok": c.ok,
+        }
+
+    def _rows(self) -> dict[str, float]:
+        """This life's row counts so far (a batch reports what it added)."""
+        p = self.progress
+        return {
             "reused": p.reused,
             "deduped": p.deduped,
             "finished": p.finished,

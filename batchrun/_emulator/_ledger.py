@@ -68,6 +68,7 @@ class Ledger:
             "faults": {fault.value: self.faults[fault.value] for fault in Fault},
             "max_requests_in_60s": self.received_window.max_in_window,
             "max_billed_in_60s": self.billed_window.max_in_window,
+            "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "unique_bodies_billed": len(self.billed_by_hash),
             "duplicates_billed": sum(n - 1 for n in twice.values()),

@@ -1,0 +1,278 @@
+"""The Ray engine on a multi-node cluster (issue 16): one store on the shared filesystem,
+a lost worker node, a lost driver.
+
+A local ``ray.cluster_utils.Cluster`` on loopback: a head node with no CPUs (the driver,
+the coordinator and Ray Data's own actors live there) and two worker nodes, where the
+worker actors run. One job goes through: a local run, a Ray run whose driver is killed
+(-9) mid-run, a Ray run that resumes it and loses a worker node mid-run, and a local
+run and ``plan`` after. What each loss may cost is measured from the emulator's ledger
+at the moment of the loss: the requests in flight then, plus the answers of the second
+before (a worker commits its answers every ``COMMIT_INTERVAL_S`` = 0.5 s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from batchrun._emulator import EmulatorProcess  # noqa: E402
+from tests.conftest import batchrun_command, batchrun_env, write_job  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+ROWS = 400
+LOCAL_ROWS = 40
+BATCH_ROWS = 25  # 16 batches: every worker has several, so a loss lands mid-batch
+WORKERS = 4
+CONCURRENCY = 8
+LATENCY_MS = 200  # 8 in flight, 200 ms each: about 40 answers a second
+FAST_DEATH = {  # a killed node is known dead in about 2 s (Ray's default: about 15 s)
+    "health_check_initial_delay_ms": 0,
+    "health_check_period_ms": 1000,
+    "health_check_timeout_ms": 1000,
+    "health_check_failure_threshold": 2,
+}
+WORKER_CLASS = "MapWorker(MapBatches(_Worker))"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with (
+        tempfile.TemporaryDirectory(prefix="brc", dir="/tmp") as temp,
+        pytest.MonkeyPatch.context() as env,
+    ):
+        # Its own temp dir: the cluster's sessions and "current cluster" file stay out of
+        # /tmp/ray, where a plain ray.init() elsewhere on the machine would find them.
+        env.setenv("RAY_TMPDIR", temp)
+        env.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # nodes and drivers on 127.0.0.1
+        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        head = {"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_DEATH}
+        cluster = Cluster(initialize_head=True, head_node_args=head)
+        try:
+            for _ in range(2):
+                cluster.add_node(num_cpus=2)
+            cluster.wait_for_nodes()
+            yield cluster
+        finally:
+            cluster.shutdown()
+
+
+@dataclass
+class LedgerWatch:
+    """The emulator's ledger sampled every 50 ms from a thread: (time, answers, in flight)."""
+
+    emu: EmulatorProcess
+    samples: list[tuple[float, int, int]] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.done.is_set():
+            ledger = self.emu.ledger()
+            answers = ledger["completions"].get("200", 0)
+            self.samples.append((time.monotonic(), answers, ledger["in_flight"]))
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def loss_bound(self, lost_at: float, gone_at: float) -> int:
+        """What a loss between ``lost_at`` and ``gone_at`` (its processes all dead) may
+        re-bill: every request in flight meanwhile, plus every answer from a second
+        before it until then (all nodes' figures: at least the lost part's own)."""
+        in_flight = max(f for t, _, f in self.samples if lost_at - 0.1 <= t <= gone_at + 0.1)
+        return in_flight + self._answers_at(gone_at + 0.1) - self._answers_at(lost_at - 1.0)
+
+    def _answers_at(self, moment: float) -> int:
+        before = [a for t, a, _ in self.samples if t <= moment]
+        after = [a for t, a, _ in self.samples if t > moment]
+        return before[-1] if before else 0 if not after else after[0]
+
+
+def test_a_job_survives_a_lost_node_and_a_lost_driver_on_one_shared_store(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    job = write_job(tmp_path, rows=ROWS, limits={"concurrency": CONCURRENCY})
+    with EmulatorProcess(["--latency-ms", str(LATENCY_MS)], quiet=True) as emu:
+        # A local run first: the Ray runs must not send its answers again.
+        local = _run(job, emu, "--limit", str(LOCAL_ROWS))
+        assert local.returncode == 0, local.stderr[-2000:]
+        local_bodies = set(emu.ledger(full=True)["billed_by_body_hash"])
+        watch = LedgerWatch(emu)
+        try:
+            killed = _ray_run_killed_mid_run(job, emu, cluster, watch)
+            lost, resumed, files = _ray_run_losing_a_node(job, emu, cluster, watch)
+        finally:
+            watch.stop()
+        after_ray = emu.ledger()
+        # A local run after: it sends nothing, and plan sees every answer.
+        local_after = _run(job, emu)
+        plan = subprocess.run(
+            [sys.executable, "-m", "batchrun", "plan", job.name, "--format", "json"],
+            cwd=tmp_path, env=batchrun_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        ledger = emu.ledger()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.num_rows == ROWS
+    assert set(table["status"].to_pylist()) == {"ok"}
+    # Each row counted once: sent by the last run, or answered before it (a row a lost
+    # worker answered in its last batch is "from the checkpoint" when Ray runs it again).
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["rows"], summary["retries"], summary["dedupe_saved_requests"]) == (ROWS, 0, 0)
+    assert summary["sent"] + summary["reused_from_checkpoint"] == ROWS, summary
+    # Re-billed after the two losses: at most what was on the wire plus a second of answers.
+    rebilled = after_ray["requests_billed"] - ROWS
+    assert rebilled == after_ray["duplicates_billed"]
+    assert rebilled <= killed + lost, (rebilled, killed, lost)
+    assert not local_bodies & set(after_ray["billed_more_than_once"])  # nor the local run's
+    # The lost node's workers wrote their answers into the shared store: reused, not re-sent.
+    assert files["lost"] and files["kept"], files
+    assert all(_answers_in(path) for path in files["lost"]), files
+    assert local_after.returncode == 0, local_after.stderr[-2000:]
+    assert ledger["requests_billed"] == after_ray["requests_billed"]
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    counts = json.loads(plan.stdout)["rows"]
+    assert (counts["done"], counts["to_send"]) == (ROWS, 0), counts
+    print(
+        f"{ROWS} rows, {WORKERS} workers on 2 nodes, concurrency {CONCURRENCY},"
+        f" {LATENCY_MS} ms answers: re-billed {rebilled} (bound: driver killed {killed},"
+        f" node lost {lost})"
+    )
+
+
+def _ray_run_killed_mid_run(
+    job: Path, emu: EmulatorProcess, cluster: Cluster, watch: LedgerWatch
+) -> int:
+    """A Ray run whose driver is killed (-9) with a third of the rows billed; what that
+    loss may re-bill."""
+    driver = _start_ray(job, emu, cluster)
+    _wait_billed(emu, LOCAL_ROWS + ROWS // 4, driver)
+    pids = [pid for pids in _worker_pids(cluster).values() for pid in pids]
+    killed_at = time.monotonic()
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    gone_at = _wait_gone(pids)  # the workers die with the driver that owns them
+    return watch.loss_bound(killed_at, gone_at)
+
+
+def _ray_run_losing_a_node(
+    job: Path, emu: EmulatorProcess, cluster: Cluster, watch: LedgerWatch
+) -> tuple[int, subprocess.CompletedProcess[str], dict[str, list[Path]]]:
+    """A Ray run resuming the job that loses the worker node with the most workers
+    mid-run; (what the loss may re-bill, the run, each node's worker files)."""
+    driver = _start_ray(job, emu, cluster)
+    _wait_billed(emu, emu.ledger()["requests_billed"] + ROWS // 5, driver)
+    by_node = _worker_pids(cluster)
+    victim = max(cluster.worker_nodes, key=lambda node: len(by_node.get(node.node_id, [])))
+    lost = by_node[victim.node_id]
+    kept = [pid for node, pids in by_node.items() if node != victim.node_id for pid in pids]
+    files = {"lost": _worker_files(lost), "kept": _worker_files(kept)}
+    lost_at = time.monotonic()
+    cluster.remove_node(victim, allow_graceful=False)
+    gone_at = _wait_gone(lost)
+    bound = watch.loss_bound(lost_at, gone_at)
+    try:
+        stdout, stderr = driver.communicate(timeout=180)
+    finally:
+        driver.kill()
+    run = subprocess.CompletedProcess(driver.args, driver.returncode, stdout, stderr)
+    return bound, run, files
+
+
+def _run(job: Path, emu: EmulatorProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        batchrun_command(job, emu, "--quiet", *args),
+        cwd=job.parent, env=batchrun_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def _start_ray(job: Path, emu: EmulatorProcess, cluster: Cluster) -> subprocess.Popen[str]:
+    """``batchrun run --engine ray`` joining ``cluster``, with ``BATCH_ROWS``-row batches."""
+    command = batchrun_command(
+        job, emu, "--engine", "ray", "--ray-address", cluster.address,
+        "--ray-workers", str(WORKERS), "--quiet", "--summary-json", "summary.json",
+    )  # fmt: skip
+    script = (
+        f"import sys, batchrun._ray as r; r.BATCH_ROWS = {BATCH_ROWS};"
+        " from batchrun.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    command[1:3] = ["-c", script]  # python -m batchrun ..., smaller batches
+    return subprocess.Popen(
+        command, cwd=job.parent, env=batchrun_env(), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _wait_billed(emu: EmulatorProcess, at_least: int, driver: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
+    while emu.ledger()["requests_billed"] < at_least:
+        assert driver.poll() is None, driver.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"fewer than {at_least} billed after 120 s"
+        time.sleep(0.05)
+
+
+def _worker_pids(cluster: Cluster) -> dict[str, list[int]]:
+    """The live worker actors' processes, by node id."""
+    by_node: dict[str, list[int]] = {}
+    for actor in cluster.global_state.actor_table(None).values():
+        if actor["ActorClassName"] == WORKER_CLASS and actor["State"] == "ALIVE":
+            by_node.setdefault(actor["Address"]["NodeID"], []).append(actor["Pid"])
+    return by_node
+
+
+def _worker_files(pids: list[int]) -> list[Path]:
+    """The checkpoint files these worker processes write (the others' they read only)."""
+    found = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            target = Path(os.readlink(fd))
+            if target.parent.name.endswith(".ray") and target.suffix == ".sqlite":
+                flags = (fd.parent.parent / "fdinfo" / fd.name).read_text().split()[3]
+                if int(flags, 8) & os.O_ACCMODE == os.O_RDWR:
+                    found.add(target)
+    return sorted(found)
+
+
+def _wait_gone(pids: list[int]) -> float:
+    """When the last of ``pids`` has exited."""
+    deadline = time.monotonic() + 60
+    while any(_running(pid) for pid in pids):
+        assert time.monotonic() < deadline, "worker processes outlived their node by 60 s"
+        time.sleep(0.02)
+    return time.monotonic()
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # a zombie has exited
+
+
+def _answers_in(path: Path) -> int:
+    with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as conn:
+        count: int = conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    return count
