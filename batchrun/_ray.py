@@ -93,6 +93,8 @@ WORKER_CPUS = 0.25
 GATE_REFRESH_S = 0.25
 """Longest a worker goes without reading the shared 429 pause before a send."""
 ClusterStore = JobStore  # the name earlier code and tests use
+SEND_COUNTS = ("sent", "retries", "rate_limited", "cost_usd", "ok")  # per worker life
+ROW_COUNTS = ("reused", "deduped", "finished", "failed")  # per batch
 
 
 # --- the driver ---------------------------------------------------------------------
@@ -227,7 +229,7 @@ class RayRun(Run):
         """Take the workers' counts (and, at the end, output counts and the stop)."""
         progress, counters = self.progress, self.progress.dispatch
         for name, value in totals.counters.items():
-            target = progress if name in ("reused", "deduped", "finished", "failed") else counters
+            target = progress if name in ROW_COUNTS else counters
             setattr(target, name, value)
         counters.rpm_limit = self.job.limits.requests_per_minute
         if stats is None:
@@ -298,6 +300,9 @@ def _merge(stats: OutputStats, counted: dict[str, Any]) -> None:
 
 
 # --- shared state: the coordinator actor --------------------------------------------
+
+
+Counts = dict[str, Any]
 
 
 @dataclass
@@ -389,14 +394,7 @@ class _Coordinator(StopShare):
         if self.stopped is None or reason == "fatal":
             self.stopped, self.fatal_message = reason, message
 
-    def report(
-        self,
-        life: str,
-        counters: dict[str, float],
-        batch: str,
-        rows: dict[str, float],
-        stats: dict[str, Any],
-    ) -> None:
+    def report(self, life: str, counters: Counts, batch: str, rows: Counts, stats: Counts) -> None:
         # Keyed, not added: every worker life's sends count, and a batch's rows count
         # once, as it first ended. Ray runs a finished batch again to rebuild its output
         # lost with a node; its rows then come "from the checkpoint", this run's answers.
@@ -601,24 +599,11 @@ class _Worker:
 
     def _counters(self) -> dict[str, float]:
         """This life's sends and spend, in all its batches."""
-        c = self.progress.dispatch
-        return {
-            "sent": c.sent,
-            "retries": c.retries,
-            "rate_limited": c.rate_limited,
-            "cost_usd": c.cost_usd,
-            "ok": c.ok,
-        }
+        return {name: getattr(self.progress.dispatch, name) for name in SEND_COUNTS}
 
     def _rows(self) -> dict[str, float]:
         """This life's row counts so far (a batch reports what it added)."""
-        p = self.progress
-        return {
-            "reused": p.reused,
-            "deduped": p.deduped,
-            "finished": p.finished,
-            "failed": p.failed,
-        }
+        return {name: getattr(self.progress, name) for name in ROW_COUNTS}
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:

@@ -17,7 +17,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -49,6 +48,7 @@ FAST_DEATH = {  # a killed node is known dead in about 2 s (Ray's default: about
     "health_check_timeout_ms": 1000,
     "health_check_failure_threshold": 2,
 }
+LOOPBACK = {"node_ip_address": "127.0.0.1"}
 WORKER_CLASS = "MapWorker(MapBatches(_Worker))"
 
 
@@ -61,14 +61,18 @@ def cluster() -> Iterator[Cluster]:
         # Its own temp dir: the cluster's sessions and "current cluster" file stay out of
         # /tmp/ray, where a plain ray.init() elsewhere on the machine would find them.
         env.setenv("RAY_TMPDIR", temp)
-        env.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # nodes and drivers on 127.0.0.1
+        # Drivers take this machine's address as 127.0.0.1 (Ray reads it at import: the
+        # nodes here are told theirs).
+        env.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         env.setenv("RAY_USAGE_STATS_ENABLED", "0")
         head = {"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_DEATH}
-        cluster = Cluster(initialize_head=True, head_node_args=head)
+        cluster = Cluster(initialize_head=True, head_node_args=head | LOOPBACK)
         try:
             for _ in range(2):
-                cluster.add_node(num_cpus=2)
+                cluster.add_node(num_cpus=2, **LOOPBACK)
             cluster.wait_for_nodes()
+            nodes = cluster.global_state.node_table()
+            assert {node["NodeManagerAddress"] for node in nodes} == {"127.0.0.1"}
             yield cluster
         finally:
             cluster.shutdown()
@@ -110,102 +114,130 @@ class LedgerWatch:
         return before[-1] if before else 0 if not after else after[0]
 
 
+@dataclass
+class Loss:
+    """A loss mid-run: what it may re-bill, and the bodies billed before it was over."""
+
+    bound: int
+    billed_before: set[str]
+
+
+@dataclass
+class NodeLoss(Loss):
+    run: subprocess.CompletedProcess[str]
+    files: dict[str, list[Path]]  # each node's workers' own checkpoint files
+    restarted: dict[str, int]  # the lost workers' actor ids: how often Ray restarted them
+
+
 def test_a_job_survives_a_lost_node_and_a_lost_driver_on_one_shared_store(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     job = write_job(tmp_path, rows=ROWS, limits={"concurrency": CONCURRENCY})
     with EmulatorProcess(["--latency-ms", str(LATENCY_MS)], quiet=True) as emu:
         # A local run first: the Ray runs must not send its answers again.
-        local = _run(job, emu, "--limit", str(LOCAL_ROWS))
-        assert local.returncode == 0, local.stderr[-2000:]
-        local_bodies = set(emu.ledger(full=True)["billed_by_body_hash"])
+        assert _run(job, emu, "--limit", str(LOCAL_ROWS)).returncode == 0
+        local_bodies = _billed_bodies(emu)
         watch = LedgerWatch(emu)
         try:
             killed = _ray_run_killed_mid_run(job, emu, cluster, watch)
-            lost, resumed, files = _ray_run_losing_a_node(job, emu, cluster, watch)
+            lost = _ray_run_losing_a_node(job, emu, cluster, watch)
         finally:
             watch.stop()
         after_ray = emu.ledger()
-        # A local run after: it sends nothing, and plan sees every answer.
-        local_after = _run(job, emu)
-        plan = subprocess.run(
-            [sys.executable, "-m", "batchrun", "plan", job.name, "--format", "json"],
-            cwd=tmp_path, env=batchrun_env(), capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        local_after = _run(job, emu)  # a local run after: it sends nothing
+        plan = _run(job, emu, "--format", "json", command="plan")
         ledger = emu.ledger()
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    table = pq.read_table(tmp_path / "out.parquet")
-    assert table.num_rows == ROWS
-    assert set(table["status"].to_pylist()) == {"ok"}
-    # Each row counted once: sent by the last run, or answered before it (a row a lost
-    # worker answered in its last batch is "from the checkpoint" when Ray runs it again).
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert (summary["rows"], summary["retries"], summary["dedupe_saved_requests"]) == (ROWS, 0, 0)
-    assert summary["sent"] + summary["reused_from_checkpoint"] == ROWS, summary
-    # Re-billed after the two losses: at most what was on the wire plus a second of answers.
-    rebilled = after_ray["requests_billed"] - ROWS
-    assert rebilled == after_ray["duplicates_billed"]
-    assert rebilled <= killed + lost, (rebilled, killed, lost)
-    assert not local_bodies & set(after_ray["billed_more_than_once"])  # nor the local run's
-    # The lost node's workers wrote their answers into the shared store: reused, not re-sent.
-    assert files["lost"] and files["kept"], files
-    assert all(_answers_in(path) for path in files["lost"]), files
+    assert lost.run.returncode == 0, lost.run.stderr[-3000:]
+    _assert_every_row_ok_and_counted_once(tmp_path)
+    # The lost node's workers wrote answers into the shared store; Ray restarted them.
+    assert lost.files["lost"] and lost.files["kept"], lost.files
+    assert all(_answers_in(path) for path in lost.files["lost"]), lost.files
+    assert lost.restarted and min(lost.restarted.values()) >= 1, lost.restarted
+    # Re-billed: at most what each loss had on the wire plus a second of answers.
+    twice = after_ray["billed_more_than_once"]
+    assert not local_bodies & set(twice)  # nothing the local run answered
+    by_kill = sum(1 for body in twice if body in killed.billed_before)
+    by_node = after_ray["duplicates_billed"] - by_kill
+    assert after_ray["requests_billed"] == ROWS + by_kill + by_node
+    assert by_kill <= killed.bound, (by_kill, killed.bound)
+    assert by_node <= lost.bound, (by_node, lost.bound)
     assert local_after.returncode == 0, local_after.stderr[-2000:]
     assert ledger["requests_billed"] == after_ray["requests_billed"]
     assert plan.returncode == 0, plan.stderr[-2000:]
     counts = json.loads(plan.stdout)["rows"]
-    assert (counts["done"], counts["to_send"]) == (ROWS, 0), counts
+    assert (counts["done"], counts["to_send"]) == (ROWS, 0), counts  # plan sees every answer
     print(
-        f"{ROWS} rows, {WORKERS} workers on 2 nodes, concurrency {CONCURRENCY},"
-        f" {LATENCY_MS} ms answers: re-billed {rebilled} (bound: driver killed {killed},"
-        f" node lost {lost})"
+        f"{ROWS} rows, {WORKERS} workers on 2 worker nodes, concurrency {CONCURRENCY},"
+        f" {LATENCY_MS} ms answers: re-billed {by_kill} after the driver's kill (bound"
+        f" {killed.bound}), {by_node} after the node's loss (bound {lost.bound})"
     )
+
+
+def _assert_every_row_ok_and_counted_once(workdir: Path) -> None:
+    table = pq.read_table(workdir / "out.parquet")
+    assert table.num_rows == ROWS
+    assert set(table["status"].to_pylist()) == {"ok"}
+    # Sent by the last run, or answered before it (a row a lost worker answered in its
+    # last batch is "from the checkpoint" when Ray runs the batch again): never both.
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert (summary["rows"], summary["retries"], summary["dedupe_saved_requests"]) == (ROWS, 0, 0)
+    assert summary["sent"] + summary["reused_from_checkpoint"] == ROWS, summary
 
 
 def _ray_run_killed_mid_run(
     job: Path, emu: EmulatorProcess, cluster: Cluster, watch: LedgerWatch
-) -> int:
-    """A Ray run whose driver is killed (-9) with a third of the rows billed; what that
-    loss may re-bill."""
+) -> Loss:
+    """A Ray run whose driver is killed (-9) mid-run, its workers with it."""
     driver = _start_ray(job, emu, cluster)
     _wait_billed(emu, LOCAL_ROWS + ROWS // 4, driver)
-    pids = [pid for pids in _worker_pids(cluster).values() for pid in pids]
+    workers = [pid for on_node in _workers(cluster).values() for _, pid in on_node]
     killed_at = time.monotonic()
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    gone_at = _wait_gone(pids)  # the workers die with the driver that owns them
-    return watch.loss_bound(killed_at, gone_at)
+    gone_at = _wait_gone(workers)  # they die with the driver that owns them
+    return Loss(watch.loss_bound(killed_at, gone_at), _billed_bodies(emu))
 
 
 def _ray_run_losing_a_node(
     job: Path, emu: EmulatorProcess, cluster: Cluster, watch: LedgerWatch
-) -> tuple[int, subprocess.CompletedProcess[str], dict[str, list[Path]]]:
-    """A Ray run resuming the job that loses the worker node with the most workers
-    mid-run; (what the loss may re-bill, the run, each node's worker files)."""
+) -> NodeLoss:
+    """A Ray run resuming the job that loses the worker node with the most workers."""
     driver = _start_ray(job, emu, cluster)
     _wait_billed(emu, emu.ledger()["requests_billed"] + ROWS // 5, driver)
-    by_node = _worker_pids(cluster)
-    victim = max(cluster.worker_nodes, key=lambda node: len(by_node.get(node.node_id, [])))
-    lost = by_node[victim.node_id]
-    kept = [pid for node, pids in by_node.items() if node != victim.node_id for pid in pids]
-    files = {"lost": _worker_files(lost), "kept": _worker_files(kept)}
+    workers = _workers(cluster)
+    victim = max(cluster.worker_nodes, key=lambda node: len(workers[node.node_id]))
+    lost = workers.pop(victim.node_id)
+    kept = [pid for on_node in workers.values() for _, pid in on_node]
+    files = {"lost": _worker_files([pid for _, pid in lost]), "kept": _worker_files(kept)}
     lost_at = time.monotonic()
     cluster.remove_node(victim, allow_graceful=False)
-    gone_at = _wait_gone(lost)
-    bound = watch.loss_bound(lost_at, gone_at)
+    gone_at = _wait_gone([pid for _, pid in lost])
+    loss = Loss(watch.loss_bound(lost_at, gone_at), _billed_bodies(emu))
     try:
         stdout, stderr = driver.communicate(timeout=180)
     finally:
         driver.kill()
     run = subprocess.CompletedProcess(driver.args, driver.returncode, stdout, stderr)
-    return bound, run, files
+    actors = cluster.global_state.actor_table(None)
+    restarted = {actor: actors[actor]["NumRestarts"] for actor, _ in lost}
+    return NodeLoss(loss.bound, loss.billed_before, run, files, restarted)
 
 
-def _run(job: Path, emu: EmulatorProcess, *args: str) -> subprocess.CompletedProcess[str]:
+def _billed_bodies(emu: EmulatorProcess) -> set[str]:
+    return set(emu.ledger(full=True)["billed_by_body_hash"])
+
+
+def _run(
+    job: Path, emu: EmulatorProcess, *args: str, command: str = "run"
+) -> subprocess.CompletedProcess[str]:
+    """``batchrun run JOB`` (or ``plan``) in the job's directory, local engine."""
+    argv = batchrun_command(job, emu, *args)
+    argv[3] = command
+    if command == "run":
+        argv.append("--quiet")
     return subprocess.run(
-        batchrun_command(job, emu, "--quiet", *args),
-        cwd=job.parent, env=batchrun_env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        argv, cwd=job.parent, env=batchrun_env(), capture_output=True, text=True, timeout=120
+    )
 
 
 def _start_ray(job: Path, emu: EmulatorProcess, cluster: Cluster) -> subprocess.Popen[str]:
@@ -233,12 +265,12 @@ def _wait_billed(emu: EmulatorProcess, at_least: int, driver: subprocess.Popen[s
         time.sleep(0.05)
 
 
-def _worker_pids(cluster: Cluster) -> dict[str, list[int]]:
-    """The live worker actors' processes, by node id."""
-    by_node: dict[str, list[int]] = {}
-    for actor in cluster.global_state.actor_table(None).values():
+def _workers(cluster: Cluster) -> dict[str, list[tuple[str, int]]]:
+    """The live worker actors (actor id, process id), by node id."""
+    by_node: dict[str, list[tuple[str, int]]] = {n.node_id: [] for n in cluster.worker_nodes}
+    for actor_id, actor in cluster.global_state.actor_table(None).items():
         if actor["ActorClassName"] == WORKER_CLASS and actor["State"] == "ALIVE":
-            by_node.setdefault(actor["Address"]["NodeID"], []).append(actor["Pid"])
+            by_node[actor["Address"]["NodeID"]].append((actor_id, actor["Pid"]))
     return by_node
 
 
