@@ -127,6 +127,7 @@ class NodeLoss(Loss):
     run: subprocess.CompletedProcess[str]
     files: dict[str, list[Path]]  # each node's workers' own checkpoint files
     restarted: dict[str, int]  # the lost workers' actor ids: how often Ray restarted them
+    then_s: float  # from the loss to the end of the run
 
 
 def test_a_job_survives_a_lost_node_and_a_lost_driver_on_one_shared_store(
@@ -169,7 +170,8 @@ def test_a_job_survives_a_lost_node_and_a_lost_driver_on_one_shared_store(
     print(
         f"{ROWS} rows, {WORKERS} workers on 2 worker nodes, concurrency {CONCURRENCY},"
         f" {LATENCY_MS} ms answers: re-billed {by_kill} after the driver's kill (bound"
-        f" {killed.bound}), {by_node} after the node's loss (bound {lost.bound})"
+        f" {killed.bound}), {by_node} after the node's loss (bound {lost.bound}, the"
+        f" {len(lost.restarted)} workers it held restarted, run over {lost.then_s:.1f} s later)"
     )
 
 
@@ -217,10 +219,11 @@ def _ray_run_losing_a_node(
         stdout, stderr = driver.communicate(timeout=180)
     finally:
         driver.kill()
+    then_s = time.monotonic() - lost_at
     run = subprocess.CompletedProcess(driver.args, driver.returncode, stdout, stderr)
     actors = cluster.global_state.actor_table(None)
     restarted = {actor: actors[actor]["NumRestarts"] for actor, _ in lost}
-    return NodeLoss(loss.bound, loss.billed_before, run, files, restarted)
+    return NodeLoss(loss.bound, loss.billed_before, run, files, restarted, then_s)
 
 
 def _billed_bodies(emu: EmulatorProcess) -> set[str]:
