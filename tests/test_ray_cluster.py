@@ -114,6 +114,40 @@ class LedgerWatch:
         return before[-1] if before else 0 if not after else after[0]
 
 
+# --- the coordinator, without a cluster -----------------------------------------------
+
+
+def test_a_restarted_worker_frees_what_its_last_life_held() -> None:
+    from batchrun._config import Limits
+    from batchrun._ray import _Coordinator
+
+    coordinator = _Coordinator(2, 1.0, Limits(concurrency=4))
+    first = coordinator.join("worker-a")
+    assert coordinator.take_slots("worker-a", 4) == (4, None)
+    assert coordinator.lease("worker-a", 0.5, 0.1, 0.0, False) == 0.5
+    # Its node is lost mid-batch; Ray restarts the actor (same id) elsewhere.
+    assert coordinator.join("worker-a") != first  # a new life, a new checkpoint file
+    assert coordinator.take_slots("worker-b", 4) == (4, None)
+    assert coordinator.money is not None and not coordinator.money.open
+    assert coordinator.state() == (2, None)  # still two workers sharing learned limits
+
+
+def test_a_batch_run_again_counts_its_rows_once_and_every_send() -> None:
+    from batchrun._ray import _Coordinator
+
+    coordinator = _Coordinator(2, None)
+    stats = {"rows": 25}
+    coordinator.report("a-0", {"sent": 25}, "r00000+25", {"finished": 25, "reused": 0}, stats)
+    # Ray runs it again to rebuild its output lost with a node: every answer is stored.
+    coordinator.report("b-1", {"sent": 0}, "r00000+25", {"finished": 25, "reused": 25}, stats)
+    totals = coordinator.totals()
+    assert totals.counters == {"sent": 25, "finished": 25, "reused": 0}
+    assert totals.batches == [stats]
+
+
+# --- the cluster ---------------------------------------------------------------------
+
+
 @dataclass
 class Loss:
     """A loss mid-run: what it may re-bill, and the bodies billed before it was over."""
