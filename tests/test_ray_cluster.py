@@ -164,6 +164,7 @@ class NodeLoss(Loss):
     then_s: float  # from the loss to the end of the run
 
 
+@pytest.mark.slow
 def test_a_job_survives_a_lost_node_and_a_lost_driver_on_one_shared_store(
     cluster: Cluster, tmp_path: Path
 ) -> None:
