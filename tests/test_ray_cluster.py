@@ -110,7 +110,7 @@ class LedgerWatch:
 
     def _answers_at(self, moment: float) -> int:
         """Answers by ``moment`` (the sampling starts well before any loss)."""
-        return max((a for t, a, _ in self.samples if t <= moment), default=0)
+        return max(a for t, a, _ in self.samples if t <= moment)
 
 
 # --- the coordinator, without a cluster -----------------------------------------------
