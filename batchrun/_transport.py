@@ -31,7 +31,6 @@ from batchrun._version import __version__
 COMPLETIONS_PATH = "/v1/chat/completions"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _FATAL_STATUSES = (401, 403, 404)
-_NO_TIMEOUT = aiohttp.ClientTimeout()  # as httpx-aiohttp sends it: ``fail_after`` times us
 RawHeaders = Sequence[tuple[bytes, bytes]]
 
 
@@ -89,22 +88,28 @@ class Transport(AiohttpTransport):
     """
 
     async def post_json(
-        self, url: yarl.URL, body: Any, headers: dict[str, str]
+        self, url: yarl.URL, body: Any, headers: dict[str, str], timeout: aiohttp.ClientTimeout
     ) -> tuple[int, RawHeaders, bytes]:
-        """POST ``body`` as JSON; (status, raw headers, whole body) of the answer."""
+        """POST ``body`` as JSON; (status, raw headers, whole body) of the answer.
+
+        ``timeout.total`` covers connect, send and the whole answer (``TimeoutError``).
+        """
         if not isinstance(self.client, aiohttp.ClientSession):
             self.client = self.get_client()
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        with map_aiohttp_exceptions():
+        try:
             async with self.client.post(
                 url,
                 data=data.encode(),
                 headers=headers,
                 allow_redirects=False,
                 compress=False,
-                timeout=_NO_TIMEOUT,
+                timeout=timeout,
             ) as response:
                 return response.status, response.raw_headers, await response.read()
+        except Exception as exc:
+            with map_aiohttp_exceptions():  # entered on errors only: it costs on every call
+                raise exc
 
 
 class Sender:
@@ -124,6 +129,10 @@ class Sender:
         }
         # What httpx adds for a JSON body, for the direct POST (``Transport.post_json``).
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        # The direct POST's deadline: connect, send and the whole answer, as ``fail_after``
+        # gives the httpx path, for less (one timer, no cancel scope). Exact: aiohttp would
+        # round a timeout over 5 s up to a whole second.
+        self._whole_timeout = aiohttp.ClientTimeout(total=timeout_s, ceil_threshold=float("inf"))
         self._timeout_s = timeout_s
 
     async def send(self, request: Request) -> Reply:
@@ -131,6 +140,8 @@ class Sender:
         try:
             if request.body.get("stream") is True:
                 result, rate = await self._send_streamed(request)
+            elif isinstance(self._transport, Transport):  # aiohttp's own timer times it
+                result, rate = await self._send_plain(request)
             else:
                 with anyio.fail_after(self._timeout_s):
                     result, rate = await self._send_plain(request)
@@ -155,7 +166,9 @@ class Sender:
 
     async def _post_whole(self, request: Request) -> tuple[int, RawHeaders, bytes]:
         if isinstance(self._transport, Transport):
-            return await self._transport.post_json(self._yarl_url, request.body, self._json_headers)
+            return await self._transport.post_json(
+                self._yarl_url, request.body, self._json_headers, self._whole_timeout
+            )
         response = await self._post(request)  # any other httpx transport (tests)
         try:
             body = await response.aread()

@@ -52,20 +52,22 @@ output = 10.0
 """
 
 PLAIN = """\
-import asyncio, csv, json, sys
+import asyncio, csv, json, os, sys
 import aiohttp
 
 async def main(url, path):
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    headers = {"Authorization": "Bearer %s"}
+    headers = {"Authorization": "Bearer " + os.environ["MODELSTREAM_API_KEY"]}
     gate = asyncio.Semaphore(64)
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector) as session:
         async def one(row):
             body = {
                 "model": "gpt-5.5",
-                "messages": [{"role": "user", "content": "Sentiment of this review: " + row["text"]}],
+                "messages": [
+                    {"role": "user", "content": "Sentiment of this review: " + row["text"]}
+                ],
                 "max_completion_tokens": 16,
             }
             async with gate, session.post(url, json=body, headers=headers) as r:
@@ -74,7 +76,7 @@ async def main(url, path):
         await asyncio.gather(*(one(row) for row in rows))
 
 asyncio.run(main(sys.argv[1] + "/v1/chat/completions", sys.argv[2]))
-""" % (KEY,)
+"""
 
 
 def measure(command: list[str], cwd: Path) -> dict[str, float]:
