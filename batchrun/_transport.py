@@ -90,17 +90,20 @@ class Transport(AiohttpTransport):
     async def post_json(
         self, url: yarl.URL, body: Any, headers: dict[str, str], timeout: aiohttp.ClientTimeout
     ) -> tuple[int, RawHeaders, bytes]:
-        """POST ``body`` as JSON; (status, raw headers, whole body) of the answer.
+        """POST ``body`` as JSON (or as is: bytes already JSON); (status, raw headers,
+        whole body) of the answer.
 
         ``timeout.total`` covers connect, send and the whole answer (``TimeoutError``).
         """
         if not isinstance(self.client, aiohttp.ClientSession):
             self.client = self.get_client()
-        data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        if not isinstance(body, bytes):
+            text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            body = text.encode()
         try:
             async with self.client.post(
                 url,
-                data=data.encode(),
+                data=body,
                 headers=headers,
                 allow_redirects=False,
                 compress=False,
@@ -166,8 +169,9 @@ class Sender:
 
     async def _post_whole(self, request: Request) -> tuple[int, RawHeaders, bytes]:
         if isinstance(self._transport, Transport):
+            body = request.wire or request.body  # the builder's canonical bytes when it has them
             return await self._transport.post_json(
-                self._yarl_url, request.body, self._json_headers, self._whole_timeout
+                self._yarl_url, body, self._json_headers, self._whole_timeout
             )
         response = await self._post(request)  # any other httpx transport (tests)
         try:
