@@ -55,10 +55,11 @@ def completions_url(base_url: str) -> str:
 def make_transport(concurrency: int, url: str) -> httpx.AsyncBaseTransport:
     """One shared connection pool that fits ``concurrency``: aiohttp under httpx's types.
 
-    ``Sender`` hands it ``httpx.Request`` objects itself instead of going through an
-    ``httpx.AsyncClient``: the client's cookie jar, redirects, auth flow and header
-    merging do nothing for us and cost a third of the CPU of a whole run
-    (``bench/bench_dispatch.py``).
+    ``Sender`` hands it ``httpx.Request`` objects itself (streams) instead of going
+    through an ``httpx.AsyncClient``: the client's cookie jar, redirects, auth flow and
+    header merging do nothing for us and cost a third of the CPU of a whole run
+    (``bench/bench_dispatch.py``); whole answers skip httpx's types too
+    (``Transport.post_json``).
 
     ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` are honoured, as by curl and the
     openai client, except for a loopback ``url`` (the emulator), which is never proxied.
