@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +222,7 @@ def _output_batch(
         elif name == "completed_at":
             values = [_micros(result.completed_at) for result in results]
         else:
-            values = [getattr(result, name) for result in results]
+            values = list(map(attrgetter(name), results))
         arrays.append(pa.array(values, type=RESULT_TYPES[name]))
     for name, kind in _parsed_columns(job).items():
         values = [None if row.parsed is None else row.parsed[name] for row in rows]
@@ -240,18 +241,21 @@ def _micros(moment: datetime | None) -> int | None:
 
 
 def _count(stats: OutputStats, rows: Sequence[_Row], price: Price | None) -> None:
+    billed: list[Result] = []  # token counts are summed per batch: fewer attribute writes
     for row in rows:
         result = row.result
-        stats.rows += 1
         stats.by_status[result.status] += 1
         if row.shared:
             stats.shared_rows += 1
             stats.shared_cost_usd += _cost(price, result) or 0.0
             continue
-        for name in _TOKEN_FIELDS:
-            setattr(stats, name, getattr(stats, name) + (getattr(result, name) or 0))
+        billed.append(result)
         if row.cost is not None:
             stats.cost_usd = (stats.cost_usd or 0.0) + row.cost
+    stats.rows += len(rows)
+    for name in _TOKEN_FIELDS:
+        tokens = sum(getattr(result, name) or 0 for result in billed)
+        setattr(stats, name, getattr(stats, name) + tokens)
 
 
 # --- writing ---------------------------------------------------------------------

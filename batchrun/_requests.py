@@ -77,6 +77,13 @@ def _hash(canonical: str, key: str | None) -> str:
     return f"{FINGERPRINT_VERSION}:{hashlib.sha256(canonical.encode()).hexdigest()}"
 
 
+def _hash_bytes(canonical: bytes, key: str | None) -> str:
+    """``_hash`` of a canonical text already encoded (UTF-8 encodes piece by piece)."""
+    if key is not None:
+        canonical = encode_basestring(key).encode() + canonical
+    return f"{FINGERPRINT_VERSION}:{hashlib.sha256(canonical).hexdigest()}"
+
+
 class _CanonicalWriter:
     """Writes ``canonical_json(body)`` from a row's texts, without re-encoding the
     fields all rows share: the per-row cost is a few string escapes, not a full
@@ -129,6 +136,7 @@ class RequestBuilder:
         self._static = _static_fields(job)
         self._canonical = _CanonicalWriter.create(job, self._static)
         self._image_tokens = IMAGE_TOKENS.get(job.request.image_detail, IMAGE_TOKENS[None])
+        self._worst_case = job.request.worst_case_completion_tokens
         system_columns = self.system.columns if self.system else ()
         self._text_columns = tuple(dict.fromkeys(self.prompt.columns + system_columns))
 
@@ -159,30 +167,30 @@ class RequestBuilder:
         return out
 
     def _request(self, key: str, prompt: str, system: str | None, urls: list[str]) -> Request:
+        # Runs for every row, in the run and again in the output pass: names read once.
+        request = self.job.request
         system = system if system and system.strip() else None
-        messages: list[dict[str, Any]] = []
+        user = {"role": "user", "content": self._user_content(prompt, urls) if urls else prompt}
+        messages: list[dict[str, Any]] = [user]
         if system is not None:
-            messages.append({"role": self.job.request.system_role, "content": system})
-        messages.append({"role": "user", "content": self._user_content(prompt, urls)})
-        body = {"model": self.job.request.model, "messages": messages, **self._static}
-        dedupe_key = None if self.job.request.dedupe else key
+            messages.insert(0, {"role": request.system_role, "content": system})
+        body = {"model": request.model, "messages": messages, **self._static}
+        dedupe_key = None if request.dedupe else key
         kind: str | None = None  # the generic path: the budget reads the body's texts
+        wire: bytes | None = None
         if self._canonical is None:  # extra replaced messages: the generic path
             digest, estimate = fingerprint(body, dedupe_key), estimate_prompt_tokens(body)
         else:
-            kind = texts_kind((prompt,) if system is None else (system, prompt))
-            digest = _hash(self._canonical.text(system, prompt, urls), dedupe_key)
+            plain = prompt.isascii() and (system is None or system.isascii())
+            kind = (
+                "ascii" if plain else texts_kind((prompt,) if system is None else (system, prompt))
+            )
+            wire = self._canonical.text(system, prompt, urls).encode()
+            digest = _hash_bytes(wire, dedupe_key)
             # Same sum as estimate_prompt_tokens(body), from the parts in hand.
             chars = len(prompt) + (len(system) if system is not None else 0)
             estimate = -(-chars // 4) + 4 * len(messages) + self._image_tokens * len(urls)
-        return Request(
-            key=key,
-            body=body,
-            fingerprint=digest,
-            est_prompt_tokens=estimate,
-            max_completion_tokens=self.job.request.worst_case_completion_tokens,
-            text_kind=kind,
-        )
+        return Request(key, body, digest, estimate, self._worst_case, kind, wire)
 
     def _user_content(self, prompt: str, urls: list[str]) -> str | list[dict[str, Any]]:
         if not urls:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 import aiohttp
 import anyio
 import httpx
+import yarl
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from batchrun._errors import FatalApiError, JobError, PermanentError, RetryableError
 from batchrun._ratelimit import RateInfo, parse_rate_info
@@ -29,6 +31,7 @@ from batchrun._version import __version__
 COMPLETIONS_PATH = "/v1/chat/completions"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _FATAL_STATUSES = (401, 403, 404)
+RawHeaders = Sequence[tuple[bytes, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +55,11 @@ def completions_url(base_url: str) -> str:
 def make_transport(concurrency: int, url: str) -> httpx.AsyncBaseTransport:
     """One shared connection pool that fits ``concurrency``: aiohttp under httpx's types.
 
-    ``Sender`` hands it ``httpx.Request`` objects itself instead of going through an
-    ``httpx.AsyncClient``: the client's cookie jar, redirects, auth flow and header
-    merging do nothing for us and cost a third of the CPU of a whole run
-    (``bench/bench_dispatch.py``).
+    ``Sender`` hands it ``httpx.Request`` objects itself (streams) instead of going
+    through an ``httpx.AsyncClient``: the client's cookie jar, redirects, auth flow and
+    header merging do nothing for us and cost a third of the CPU of a whole run
+    (``bench/bench_dispatch.py``); whole answers skip httpx's types too
+    (``Transport.post_json``).
 
     ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` are honoured, as by curl and the
     openai client, except for a loopback ``url`` (the emulator), which is never proxied.
@@ -71,7 +75,45 @@ def make_transport(concurrency: int, url: str) -> httpx.AsyncBaseTransport:
         connector = aiohttp.TCPConnector(limit=concurrency, ssl=tls)
         return aiohttp.ClientSession(connector=connector, trust_env=trust_env)
 
-    return AiohttpTransport(verify=tls, client=session)
+    return Transport(verify=tls, client=session)
+
+
+class Transport(AiohttpTransport):
+    """httpx-aiohttp's transport (streams, and any caller speaking httpx), plus a direct
+    aiohttp POST for whole answers.
+
+    Wrapping each request and answer in httpx's types (header objects, byte streams,
+    a URL turned back into a string and parsed again) cost about a fifth of a run's CPU
+    (``bench/bench_process.py``). ``post_json`` sends the same bytes and headers on the
+    same session, and maps aiohttp's errors to httpx's exactly as the transport does.
+    """
+
+    async def post_json(
+        self, url: yarl.URL, body: Any, headers: dict[str, str], timeout: aiohttp.ClientTimeout
+    ) -> tuple[int, RawHeaders, bytes]:
+        """POST ``body`` as JSON (or as is: bytes already JSON); (status, raw headers,
+        whole body) of the answer.
+
+        ``timeout.total`` covers connect, send and the whole answer (``TimeoutError``).
+        """
+        if not isinstance(self.client, aiohttp.ClientSession):
+            self.client = self.get_client()
+        if not isinstance(body, bytes):
+            text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            body = text.encode()
+        try:
+            async with self.client.post(
+                url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                compress=False,
+                timeout=timeout,
+            ) as response:
+                return response.status, response.raw_headers, await response.read()
+        except Exception as exc:
+            with map_aiohttp_exceptions():  # entered on errors only: it costs on every call
+                raise exc
 
 
 class Sender:
@@ -82,12 +124,19 @@ class Sender:
     ) -> None:
         self._transport = transport
         self._url = httpx.URL(url)  # parsed once, not on every request
+        self._yarl_url = yarl.URL(url)
         self._secret = api_key
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "User-Agent": f"batchrun/{__version__}",
             "Accept": "application/json",
         }
+        # What httpx adds for a JSON body, for the direct POST (``Transport.post_json``).
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        # The direct POST's deadline: connect, send and the whole answer, as ``fail_after``
+        # gives the httpx path, for less (one timer, no cancel scope). Exact: aiohttp would
+        # round a timeout over 5 s up to a whole second.
+        self._whole_timeout = aiohttp.ClientTimeout(total=timeout_s, ceil_threshold=float("inf"))
         self._timeout_s = timeout_s
 
     async def send(self, request: Request) -> Reply:
@@ -95,6 +144,8 @@ class Sender:
         try:
             if request.body.get("stream") is True:
                 result, rate = await self._send_streamed(request)
+            elif isinstance(self._transport, Transport):  # aiohttp's own timer times it
+                result, rate = await self._send_plain(request)
             else:
                 with anyio.fail_after(self._timeout_s):
                     result, rate = await self._send_plain(request)
@@ -108,18 +159,27 @@ class Sender:
         return self._transport.handle_async_request(post)
 
     async def _send_plain(self, request: Request) -> tuple[Result, RateInfo]:
-        response = await self._post(request)
-        try:
-            body = await response.aread()
-        finally:
-            await response.aclose()
-        rate = parse_rate_info(response.headers.raw)
-        if response.status_code != 200:
-            raise self._status_error(response.status_code, body, rate)
+        status, raw, body = await self._post_whole(request)
+        rate = parse_rate_info(raw)
+        if status != 200:
+            raise self._status_error(status, body, rate)
         try:
             return parse_completion(json.loads(body)), rate
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise RetryableError("malformed_response", f"unreadable answer: {exc}") from None
+
+    async def _post_whole(self, request: Request) -> tuple[int, RawHeaders, bytes]:
+        if isinstance(self._transport, Transport):
+            body = request.wire or request.body  # the builder's canonical bytes when it has them
+            return await self._transport.post_json(
+                self._yarl_url, body, self._json_headers, self._whole_timeout
+            )
+        response = await self._post(request)  # any other httpx transport (tests)
+        try:
+            body = await response.aread()
+        finally:
+            await response.aclose()
+        return response.status_code, response.headers.raw, body
 
     async def _send_streamed(self, request: Request) -> tuple[Result, RateInfo]:
         with anyio.fail_after(self._timeout_s):

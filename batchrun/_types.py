@@ -29,6 +29,9 @@ class Request:
     # "ascii" | "mixed" | "wide" (``_budget.text_kind``), set once by the request builder so
     # that the budget does not walk the text again on every reservation.
     text_kind: str | None = None
+    # The body as canonical JSON (UTF-8), when the builder wrote it for the fingerprint:
+    # sent as is, so the body is not encoded a second time (``Transport.post_json``).
+    wire: bytes | None = None
 
     @property
     def est_tokens(self) -> int:

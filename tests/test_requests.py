@@ -13,7 +13,12 @@ import pytest
 from batchrun._config import InputConfig, Job, OutputConfig, RequestConfig
 from batchrun._errors import JobError
 from batchrun._input import open_input
-from batchrun._requests import RequestBuilder, estimate_prompt_tokens, fingerprint
+from batchrun._requests import (
+    RequestBuilder,
+    canonical_json,
+    estimate_prompt_tokens,
+    fingerprint,
+)
 from batchrun._template import Template
 from batchrun._types import Request, Result
 
@@ -312,3 +317,6 @@ def test_fast_fingerprint_and_estimate_equal_the_generic_ones(request_fields: An
         key = None if job.request.dedupe else item.key
         assert item.fingerprint == fingerprint(item.body, key)
         assert item.est_prompt_tokens == estimate_prompt_tokens(item.body)
+        # What is sent: the same JSON as the body (the canonical text, already encoded).
+        assert item.wire is None or json.loads(item.wire) == item.body
+        assert item.wire is None or item.wire == canonical_json(item.body).encode()

@@ -4,6 +4,7 @@ proxies from the environment (real sockets on loopback)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from httpx_aiohttp import AiohttpTransport
 
 from batchrun._emulator import EmulatorProcess
 from batchrun._errors import FatalApiError, JobError, PermanentError, RetryableError
@@ -331,3 +333,49 @@ def test_an_answer_without_content_is_the_same_row_plain_or_streamed(content: st
     plain.latency_ms = streamed.latency_ms = None
     assert streamed == plain
     assert plain.response is None  # "" and null cannot be told apart in a stream
+
+
+# --- the direct aiohttp POST against httpx's path (real emulator on loopback) ----------
+
+
+def _outcome(transport: httpx.AsyncBaseTransport, url: str, body: dict[str, Any]) -> Any:
+    """What one send ends as: the answer (less its latency) and rate info, or the error."""
+
+    async def main() -> Any:
+        async with transport:
+            sender = Sender(transport, url=url + COMPLETIONS_PATH, api_key=KEY, timeout_s=0.5)
+            try:
+                reply = await sender.send(Request("row-1", body, "v1:abc", 10, 64))
+            except (RetryableError, PermanentError, FatalApiError) as exc:
+                kind = getattr(exc, "error_type", None) or ""
+                kind = "http_5xx" if kind.startswith("http_5") else kind  # the server picks
+                return type(exc).__name__, kind, getattr(exc, "retry_after", None) is None
+            return dataclasses.replace(reply.result, latency_ms=None), reply.rate
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("flags", "model"),
+    [
+        ((), "gpt-5.5"),
+        ((), "no-such-model"),
+        (("--fail-rate", "1"), "gpt-5.5"),
+        (("--drop-rate", "1"), "gpt-5.5"),
+        (("--malformed-rate", "1"), "gpt-5.5"),
+        (("--stall-rate", "1", "--stall-s", "2"), "gpt-5.5"),
+        (("--rpm", "1"), "gpt-5.5"),
+    ],
+)
+def test_the_direct_post_ends_every_answer_as_the_httpx_path_does(
+    emulator: Callable[..., EmulatorProcess], flags: tuple[str, ...], model: str
+) -> None:
+    """``make_transport``'s whole answers skip httpx's types (``Transport.post_json``);
+    answers, rate headers, error types and timeouts stay what httpx-aiohttp gave."""
+    emu = emulator(*flags)
+    body = {"model": model, "messages": [{"role": "user", "content": "héllo"}]}
+    direct = [_outcome(make_transport(2, emu.base_url), emu.base_url, body) for _ in range(2)]
+    via_httpx = [_outcome(AiohttpTransport(), emu.base_url, body) for _ in range(2)]
+    assert direct[1:] == via_httpx[1:]  # --rpm 1: the first send of all is the only ok one
+    if not flags:
+        assert direct == via_httpx
