@@ -219,8 +219,11 @@ async def test_a_checkpoint_with_text_fingerprints_is_migrated_to_binary_keys(
         assert ckpt.spent_usd() == 0.25
         await write_all(ckpt, [(Request("a", {}, real, 1, 1), paid(0.5))])  # a retry replaces
         assert ckpt.lookup([real])[real].result.cost_usd == 0.75  # both charges, one key
-    stored = sqlite3.connect(ckpt_path).execute("SELECT fingerprint FROM charges").fetchall()
-    assert stored == [(bytes.fromhex(real[3:]),)] * 2
+    db = sqlite3.connect(ckpt_path)
+    stored = db.execute("SELECT fingerprint FROM charges").fetchall()
+    assert stored == [(bytes.fromhex(real[3:]),)]  # the new charge is the answer's own (m006)
+    answer = db.execute("SELECT paid_usd FROM answers WHERE fingerprint = ?", stored[0])
+    assert answer.fetchall() == [(0.5,)]
 
 
 def test_a_checkpoint_from_a_newer_batchrun_is_refused_not_misread(ckpt_path: Path) -> None:
