@@ -47,6 +47,7 @@ from batchrun._answers import (
     insert_new,
     is_compact,
     key_params,
+    key_prefix,
     replace,
     split_replaced,
     where_keys,
@@ -82,7 +83,7 @@ Row = tuple[Any, ...]
 _RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result) if f.name != "charges")
 _TS = _RESULT_FIELDS.index("completed_at")
 _result_values = attrgetter(*_RESULT_FIELDS)
-_ROW_COLUMNS = ("fingerprint", "owner_key", *_RESULT_FIELDS, "paid_usd")
+_ROW_COLUMNS = ("fingerprint", "owner_key", *_RESULT_FIELDS, "paid_usd", "key_prefix")
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
@@ -110,7 +111,8 @@ def _to_row(item: RequestResult) -> Row:
     request, result = item
     values = list(_result_values(result))
     values[_TS] = _to_micros(values[_TS])
-    return (fp_key(request.fingerprint), request.key, *values, own_charge(result))
+    key = fp_key(request.fingerprint)
+    return (key, request.key, *values, own_charge(result), key_prefix(key))
 
 
 def _to_answer(row: Row) -> Answer:

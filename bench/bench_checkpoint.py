@@ -14,7 +14,7 @@ Each phase runs in its own subprocess so its peak RSS is its own. Phases:
   layout before issue 14's compact one), with the checkpoint's pragmas but its page
   cache, 4,096 rows per transaction, no stream, no thread.
 - ``bare-new``: the same into today's layout (``m006_compact_answers``: the index
-  on an 8-byte prefix), 64 rows a statement, with every pragma the checkpoint sets.
+  on an 8-byte integer prefix), 64 rows a statement, with every pragma the checkpoint sets.
 - ``lookup``: a resume that finds everything done: every fingerprint looked up
   in batches of 4096, Answers built.
 - ``bare-lookup``: baseline, the same ``IN (...)`` queries, raw tuples only.
@@ -106,7 +106,7 @@ def phase_write(rows: int, db: Path) -> dict[str, float]:
     return figures
 
 
-OLD_COLUMNS = _ROW_COLUMNS[:-1]  # m001's table has no paid_usd
+OLD_COLUMNS = _ROW_COLUMNS[:-2]  # m001's table has no paid_usd, key_prefix
 OLD_INSERT_SQL = f"INSERT INTO answers VALUES ({', '.join('?' * len(OLD_COLUMNS))})"
 
 
@@ -119,7 +119,7 @@ def phase_bare(rows: int, db: Path) -> dict[str, float]:
         MIGRATIONS[0](conn)  # the answers table up to m005: its key is the primary key
         batch: list[tuple[object, ...]] = []
         for i in range(rows):
-            batch.append(_to_row(item(i))[:-1])
+            batch.append(_to_row(item(i))[:-2])
             if len(batch) == COMMIT_ROWS or i == rows - 1:
                 conn.execute("BEGIN")
                 conn.executemany(OLD_INSERT_SQL, batch)
