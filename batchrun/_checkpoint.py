@@ -187,7 +187,7 @@ class _Pending:
             self.deadline = anyio.current_time() + COMMIT_INTERVAL_S
         request, result = item
         self.fingerprints.append(request.fingerprint)
-        if result.charges:  # an answer keeps its known charges (own_charge); the rest:
+        if result.charges:  # those the answer row does not keep (own_charge)
             self.charges.extend(charge_rows(request, result))
         if result.status != "pending":
             self.rows.append(_to_row(item))
@@ -333,7 +333,8 @@ class Checkpoint:
     ) -> None:
         """Store every ``(request, result)`` received, committing in batches: the answer
         (its ``cost_usd`` as priced by the dispatcher, plus earlier runs' known charges
-        when it replaces a failed answer) and each of ``result.charges``.
+        when it replaces a failed answer) with its known charges (``paid_usd``), and
+        its other ``result.charges`` in the charges table (``batchrun._charges``).
 
         A batch commits when ``COMMIT_ROWS`` are pending or ``COMMIT_INTERVAL_S``
         after its first item, in a worker thread; ``on_commit(fingerprints)``
