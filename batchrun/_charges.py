@@ -1,8 +1,15 @@
-"""The checkpoint's record of charges: every attempt that may have been billed, appended.
+"""The checkpoint's record of charges: every attempt that may have been billed, kept.
 
-Answers are replaced when a failed row is retried; charges never are. So the spend a
-later budget counts (``SPEND_SQL``) and a row's ``cost_usd`` (the charges of its
-request whose usage came back, over every run) survive ``--retry-failed``.
+An answer keeps its own known charges (attempts whose usage came back) in its row,
+``answers.paid_usd``; the ``charges`` table is appended the rest: attempts without
+usage (charged at the worst case reserved), and the attempts of a row given up unanswered.
+Since ``m006_compact_answers`` (before it, every charge was a row of the table), so a
+commit of answers that each cost one attempt writes no charge rows at all (issue 14).
+
+Answers are replaced when a failed row is retried; charges never are: the replacing
+answer's ``paid_usd`` is the old one's plus its own (``_answers.replace``). So the spend a
+later budget counts (``spent``) and a row's ``cost_usd`` (its request's known charges,
+over every run) survive ``--retry-failed``.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 
+from batchrun._answers import is_compact
 from batchrun._fpkey import fp_key
 from batchrun._types import Request, Result
 
@@ -19,12 +27,8 @@ INSERT_CHARGES_SQL = (
     "INSERT INTO charges (fingerprint, cost_usd, usage_known, at) VALUES (?, ?, ?, ?)"
 )
 SPEND_SQL = "SELECT TOTAL(cost_usd) FROM charges"
+OWN_SPEND_SQL = "SELECT TOTAL(paid_usd) FROM answers"  # since m006
 OLD_SPEND_SQL = "SELECT TOTAL(cost_usd) FROM answers"  # a checkpoint not yet migrated
-# A retried request's answer replaces the old one, but its cost is every known charge.
-ROW_COST_ON_REPLACE = (
-    "cost_usd = COALESCE((SELECT SUM(c.cost_usd) FROM charges AS c"
-    " WHERE c.fingerprint = excluded.fingerprint AND c.usage_known = 1), excluded.cost_usd)"
-)
 
 
 def m003_charges(conn: sqlite3.Connection) -> None:
@@ -46,10 +50,22 @@ def m003_charges(conn: sqlite3.Connection) -> None:
     )
 
 
+def own_charge(result: Result) -> float | None:
+    """What an answer keeps in its row: the sum of its known charges (None: none)."""
+    if result.status == "pending":
+        return None  # no answer row: every charge goes to the table
+    known = [charge.cost_usd for charge in result.charges if charge.usage_known]
+    return sum(known) if known else None
+
+
 def charge_rows(request: Request, result: Result) -> Iterator[ChargeRow]:
+    """The charges table's rows for ``result``: all of a pending one's, else those
+    without usage."""
+    answered = result.status != "pending"
     key = fp_key(request.fingerprint)
     for charge in result.charges:
-        yield key, charge.cost_usd, int(charge.usage_known), int(charge.at * 1e6)
+        if not (answered and charge.usage_known):
+            yield key, charge.cost_usd, int(charge.usage_known), int(charge.at * 1e6)
 
 
 # Answers stored while the model had no price: usage known, nothing charged for it.
@@ -59,19 +75,28 @@ _UNPRICED = (
     " WHERE a.cost_usd IS NULL AND a.prompt_tokens IS NOT NULL"
 )
 _UNCHARGED = " AND NOT EXISTS (SELECT 1 FROM charges AS c WHERE c.fingerprint = a.fingerprint)"
+_UNPAID = " AND a.paid_usd IS NULL"
 
 
 def unpriced_usage(conn: sqlite3.Connection) -> tuple[int, int, int]:
     """(prompt, cached, completion) tokens of answers that were never charged."""
-    has = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'charges'")
-    prompt, cached, completion = conn.execute(
-        _UNPRICED + (_UNCHARGED if has.fetchone() else "")
-    ).fetchone()
+    sql = _UNPRICED
+    if _has_charges(conn):
+        sql += _UNCHARGED + (_UNPAID if is_compact(conn) else "")
+    prompt, cached, completion = conn.execute(sql).fetchone()
     return int(prompt), int(cached), int(completion)
 
 
 def spent(conn: sqlite3.Connection) -> float:
     """Everything recorded as spent (worst case for attempts without usage)."""
-    has = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'charges'")
-    (total,) = conn.execute(SPEND_SQL if has.fetchone() else OLD_SPEND_SQL).fetchone()
+    if not _has_charges(conn):
+        return float(conn.execute(OLD_SPEND_SQL).fetchone()[0])
+    (total,) = conn.execute(SPEND_SQL).fetchone()
+    if is_compact(conn):
+        total += conn.execute(OWN_SPEND_SQL).fetchone()[0]
     return float(total)
+
+
+def _has_charges(conn: sqlite3.Connection) -> bool:
+    has = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'charges'")
+    return has.fetchone() is not None

@@ -42,14 +42,18 @@ import anyio.to_thread
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from batchrun._batchdone import DoneBatch
-from batchrun._charges import (
-    INSERT_CHARGES_SQL,
-    ROW_COST_ON_REPLACE,
-    charge_rows,
-    spent,
-    unpriced_usage,
+from batchrun._answers import (
+    chunks,
+    insert_new,
+    is_compact,
+    key_params,
+    key_prefix,
+    replace,
+    split_replaced,
+    where_keys,
 )
+from batchrun._batchdone import DoneBatch
+from batchrun._charges import INSERT_CHARGES_SQL, charge_rows, own_charge, spent, unpriced_usage
 from batchrun._errors import JobError
 from batchrun._fpkey import fp_key
 from batchrun._keptlimits import KeptLimits, read_kept, write_kept
@@ -64,10 +68,8 @@ COMMIT_INTERVAL_S = 0.5
 COMMIT_ROWS = 4096
 """Pending answers that trigger a commit before the interval is up. Large, as a commit
 writes each B-tree page it touched and random keys share pages only in a big one."""
-_ROWS_PER_INSERT = 64  # rows per multi-row INSERT statement: one bind-and-step, not 64
 _GATHER_S = 0.02
 """How long the writer lets answers gather in its stream after it wakes for one."""
-_MAX_PARAMS = 900  # below SQLite's historical 999-variable limit
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -77,31 +79,18 @@ Row = tuple[Any, ...]
 
 # A Result is stored field by field, in its own field order, so reading one back
 # is a single positional constructor call (lookup cost matters at 1M rows). Its last
-# field, ``charges``, goes to the charges table instead.
+# field, ``charges``, goes to ``paid_usd`` (known charges) and the charges table (others).
 _RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result) if f.name != "charges")
 _TS = _RESULT_FIELDS.index("completed_at")
 _result_values = attrgetter(*_RESULT_FIELDS)
-_ROW_COLUMNS = ("fingerprint", "owner_key", *_RESULT_FIELDS)
-_REPLACED = ", ".join(f"{c} = excluded.{c}" for c in _ROW_COLUMNS[1:] if c != "cost_usd")
-
-
-@cache
-def _insert_sql(rows: int) -> str:
-    one = f"({', '.join('?' * len(_ROW_COLUMNS))})"
-    return (
-        f"INSERT INTO answers ({', '.join(_ROW_COLUMNS)}) VALUES {', '.join([one] * rows)} "
-        f"ON CONFLICT (fingerprint) DO UPDATE SET {_REPLACED}, {ROW_COST_ON_REPLACE}"
-    )
-
-
-_INSERT_SQL = _insert_sql(1)
+_ROW_COLUMNS = ("fingerprint", "owner_key", *_RESULT_FIELDS, "paid_usd", "key_prefix")
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
-    whole = len(rows) - len(rows) % _ROWS_PER_INSERT  # in groups, then the rest one by one
-    groups = _chunks(rows[:whole], _ROWS_PER_INSERT)
-    conn.executemany(_insert_sql(_ROWS_PER_INSERT), ([v for r in g for v in r] for g in groups))
-    conn.executemany(_INSERT_SQL, rows[whole:])
+    new, replacing = split_replaced(conn, rows)
+    insert_new(conn, _ROW_COLUMNS, new)
+    for row in replacing:  # after the new ones: a key may repeat within one commit
+        replace(conn, _ROW_COLUMNS, row)
 
 
 def _to_micros(when: datetime | None) -> int | None:
@@ -122,7 +111,8 @@ def _to_row(item: RequestResult) -> Row:
     request, result = item
     values = list(_result_values(result))
     values[_TS] = _to_micros(values[_TS])
-    return (fp_key(request.fingerprint), request.key, *values)
+    key = fp_key(request.fingerprint)
+    return (key, request.key, *values, own_charge(result), key_prefix(key))
 
 
 def _to_answer(row: Row) -> Answer:
@@ -132,15 +122,10 @@ def _to_answer(row: Row) -> Answer:
 
 
 @cache
-def _lookup_sql(params: int, include_failed: bool) -> str:
+def _lookup_sql(params: int, include_failed: bool, compact: bool) -> str:
     columns = ", ".join(("fingerprint", "owner_key", *_RESULT_FIELDS))
     failed = "" if include_failed else " AND status != 'error'"
-    marks = ", ".join("?" * params)
-    return f"SELECT {columns} FROM answers WHERE fingerprint IN ({marks}){failed}"
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    return (items[start : start + size] for start in range(0, len(items), size))
+    return f"SELECT {columns} FROM answers {where_keys(params, compact)}{failed}"
 
 
 # ---------------------------------------------------------------- sqlite helpers
@@ -202,7 +187,7 @@ class _Pending:
             self.deadline = anyio.current_time() + COMMIT_INTERVAL_S
         request, result = item
         self.fingerprints.append(request.fingerprint)
-        if result.charges:
+        if result.charges:  # those the answer row does not keep (own_charge)
             self.charges.extend(charge_rows(request, result))
         if result.status != "pending":
             self.rows.append(_to_row(item))
@@ -291,13 +276,13 @@ class Checkpoint:
         most one in-progress commit of the writer task.
         """
         with self._using("look up answers"):
-            return _select_answers(self._conn, fingerprints, include_failed)
+            return _select_answers(self._conn, fingerprints, include_failed, True)
 
     def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:
         """Which of ``fingerprints`` have an answer: ``lookup`` without reading the answers
         (what a resume asks of every row before it sends anything)."""
         with self._using("look up answers"):
-            return _select_answered(self._conn, fingerprints, include_failed)
+            return _select_answered(self._conn, fingerprints, include_failed, True)
 
     def done_batch(self, digest: bytes, *, include_failed: bool = True) -> DoneBatch | None:
         """The recorded batch (``_batchdone``) named ``digest``, unless it is not recorded
@@ -348,7 +333,8 @@ class Checkpoint:
     ) -> None:
         """Store every ``(request, result)`` received, committing in batches: the answer
         (its ``cost_usd`` as priced by the dispatcher, plus earlier runs' known charges
-        when it replaces a failed answer) and each of ``result.charges``.
+        when it replaces a failed answer) with its known charges (``paid_usd``), and
+        its other ``result.charges`` in the charges table (``batchrun._charges``).
 
         A batch commits when ``COMMIT_ROWS`` are pending or ``COMMIT_INTERVAL_S``
         after its first item, in a worker thread; ``on_commit(fingerprints)``
@@ -453,26 +439,28 @@ def _foreign_job(path: Path, owner: str, job_name: str) -> JobError:
 
 
 def _select_answered(
-    conn: sqlite3.Connection, fingerprints: Sequence[str], include_failed: bool
+    conn: sqlite3.Connection, fingerprints: Sequence[str], include_failed: bool, compact: bool
 ) -> set[str]:
     by_key = {fp_key(fp): fp for fp in fingerprints}
     failed = "" if include_failed else " AND status != 'error'"
     found: set[str] = set()
-    for chunk in _chunks(list(by_key), _MAX_PARAMS):
-        marks = ", ".join("?" * len(chunk))
-        sql = f"SELECT fingerprint FROM answers WHERE fingerprint IN ({marks}){failed}"
-        found.update(by_key[key] for (key,) in conn.execute(sql, chunk))
+    for chunk in chunks(key_params(list(by_key), compact)):
+        sql = f"SELECT fingerprint FROM answers {where_keys(len(chunk), compact)}{failed}"
+        # A prefix may also match keys not asked for: only whole keys count.
+        found.update(by_key[key] for (key,) in conn.execute(sql, chunk) if key in by_key)
     return found
 
 
 def _select_answers(
-    conn: sqlite3.Connection, fingerprints: Sequence[str], include_failed: bool
+    conn: sqlite3.Connection, fingerprints: Sequence[str], include_failed: bool, compact: bool
 ) -> dict[str, Answer]:
     by_key = {fp_key(fp): fp for fp in fingerprints}  # dedupe keeps many rows to one probe
     found: dict[str, Answer] = {}
-    for chunk in _chunks(list(by_key), _MAX_PARAMS):
-        for row in conn.execute(_lookup_sql(len(chunk), include_failed), chunk):
-            found[by_key[row[0]]] = _to_answer(row)
+    for chunk in chunks(key_params(list(by_key), compact)):
+        for row in conn.execute(_lookup_sql(len(chunk), include_failed, compact), chunk):
+            fingerprint = by_key.get(row[0])
+            if fingerprint is not None:  # not another key with the same prefix
+                found[fingerprint] = _to_answer(row)
     return found
 
 
@@ -490,6 +478,8 @@ class CheckpointReader:
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
+        with _translated(path, "read its schema"):
+            self._compact = is_compact(conn)  # not migrated here: may be an older layout
 
     @classmethod
     def open(cls, path: Path, *, job_name: str) -> CheckpointReader | None:
@@ -516,12 +506,12 @@ class CheckpointReader:
     ) -> dict[str, Answer]:
         """As ``Checkpoint.lookup``."""
         with _translated(self.path, "look up answers"):
-            return _select_answers(self._conn, fingerprints, include_failed)
+            return _select_answers(self._conn, fingerprints, include_failed, self._compact)
 
     def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:
         """As ``Checkpoint.answered``."""
         with _translated(self.path, "look up answers"):
-            return _select_answered(self._conn, fingerprints, include_failed)
+            return _select_answered(self._conn, fingerprints, include_failed, self._compact)
 
     def spent_usd(self) -> float:
         """As ``Checkpoint.spent_usd``."""

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+from batchrun._answers import m006_compact_answers
 from batchrun._batchdone import m005_done_batches
 from batchrun._charges import m003_charges
 from batchrun._fpkey import m004_binary_keys
@@ -66,6 +67,7 @@ def m002_meta(conn: sqlite3.Connection) -> None:
 _migration(m003_charges)
 _migration(m004_binary_keys)
 _migration(m005_done_batches)
+_migration(m006_compact_answers)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

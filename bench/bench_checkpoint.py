@@ -9,8 +9,12 @@ Each phase runs in its own subprocess so its peak RSS is its own. Phases:
   write figures include this producer cost, so it is shown for subtraction.
 - ``write``: ``Checkpoint.open`` + ``write_results`` fed through an anyio memory
   stream, as the dispatcher feeds it; CPU counts the worker thread too.
-- ``bare``: baseline, the same row tuples ``executemany``'d into an equivalent
-  table with the same pragmas, 512 rows per transaction, no stream, no thread.
+- ``bare``: baseline, the same row tuples ``executemany``'d one per statement into
+  the answers table as it was up to m005 (a unique index on the 32-byte key, the
+  layout before issue 14's compact one), with the checkpoint's pragmas but its page
+  cache, 4,096 rows per transaction, no stream, no thread.
+- ``bare-new``: the same into today's layout (``m006_compact_answers``: the index
+  on an 8-byte integer prefix), 64 rows a statement, with every pragma the checkpoint sets.
 - ``lookup``: a resume that finds everything done: every fingerprint looked up
   in batches of 4096, Answers built.
 - ``bare-lookup``: baseline, the same ``IN (...)`` queries, raw tuples only.
@@ -33,7 +37,8 @@ from pathlib import Path
 
 import anyio
 
-from batchrun._checkpoint import _INSERT_SQL, COMMIT_ROWS, MIGRATIONS, Checkpoint, _to_row
+from batchrun._answers import insert_new
+from batchrun._checkpoint import _ROW_COLUMNS, COMMIT_ROWS, MIGRATIONS, Checkpoint, _to_row
 from batchrun._fpkey import fp_key
 from batchrun._types import Charge, Request, Result
 
@@ -101,20 +106,45 @@ def phase_write(rows: int, db: Path) -> dict[str, float]:
     return figures
 
 
+OLD_COLUMNS = _ROW_COLUMNS[:-2]  # m001's table has no paid_usd, key_prefix
+OLD_INSERT_SQL = f"INSERT INTO answers VALUES ({', '.join('?' * len(OLD_COLUMNS))})"
+
+
 def phase_bare(rows: int, db: Path) -> dict[str, float]:
     def run() -> None:
         conn = sqlite3.connect(db, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA wal_autocheckpoint=8000")  # the checkpoint's pragmas, all of them
-        MIGRATIONS[0](conn)  # the same answers table
-        MIGRATIONS[2](conn)  # and the charges its upsert reads (none written here)
+        conn.execute("PRAGMA wal_autocheckpoint=8000")
+        MIGRATIONS[0](conn)  # the answers table up to m005: its key is the primary key
+        batch: list[tuple[object, ...]] = []
+        for i in range(rows):
+            batch.append(_to_row(item(i))[:-2])
+            if len(batch) == COMMIT_ROWS or i == rows - 1:
+                conn.execute("BEGIN")
+                conn.executemany(OLD_INSERT_SQL, batch)
+                conn.execute("COMMIT")
+                batch = []
+        conn.close()
+
+    db.unlink(missing_ok=True)
+    return measure(run)
+
+
+def phase_bare_new(rows: int, db: Path) -> dict[str, float]:
+    def run() -> None:
+        conn = sqlite3.connect(db, isolation_level=None)
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=8000"):
+            conn.execute(f"PRAGMA {pragma}")
+        conn.execute("PRAGMA cache_size=-32768")
+        MIGRATIONS[0](conn)
+        MIGRATIONS[-1](conn)  # m006: today's answers table
         batch: list[tuple[object, ...]] = []
         for i in range(rows):
             batch.append(_to_row(item(i)))
             if len(batch) == COMMIT_ROWS or i == rows - 1:
                 conn.execute("BEGIN")
-                conn.executemany(_INSERT_SQL, batch)
+                insert_new(conn, _ROW_COLUMNS, batch)
                 conn.execute("COMMIT")
                 batch = []
         conn.close()
@@ -166,11 +196,13 @@ PHASES = {
     "synth": phase_synth,
     "write": phase_write,
     "bare": phase_bare,
+    "bare-new": phase_bare_new,
     "lookup": phase_lookup,
     "bare-lookup": phase_bare_lookup,
 }
 DATABASE = {"write": "ckpt.sqlite", "lookup": "ckpt.sqlite", "bare": "bare.sqlite"}
 DATABASE["bare-lookup"] = DATABASE["synth"] = "bare.sqlite"
+DATABASE["bare-new"] = "bare-new.sqlite"
 
 
 # ---------------------------------------------------------------- driver
@@ -199,12 +231,18 @@ def print_table(rows: int, results: dict[str, dict[str, float]]) -> None:
             f"{f['wall_s'] / rows * 1e6:11.2f} | {f['cpu_s'] / rows * 1e6:10.2f} | "
             f"{f['rss_mb']:11.0f} |"
         )
-    write, synth, bare = results["write"], results["synth"], results["bare"]
+    synth = results["synth"]
+
+    def minus_synth(name: str, unit: str) -> str:
+        return f"{(results[name][unit] - synth[unit]) / rows * 1e6:.2f}"
+
     print(
-        f"\nwrite minus synth: {(write['wall_s'] - synth['wall_s']) / rows * 1e6:.2f} µs/row wall, "
-        f"{(write['cpu_s'] - synth['cpu_s']) / rows * 1e6:.2f} µs/row CPU; "
-        f"bare minus synth: {(bare['wall_s'] - synth['wall_s']) / rows * 1e6:.2f} µs/row wall"
+        f"\nwrite minus synth: {minus_synth('write', 'wall_s')} µs/row wall, "
+        f"{minus_synth('write', 'cpu_s')} µs/row CPU; "
+        f"bare minus synth: {minus_synth('bare', 'cpu_s')} µs/row CPU (up to m005's layout), "
+        f"bare-new minus synth: {minus_synth('bare-new', 'cpu_s')} µs/row CPU"
     )
+    write = results["write"]
     print(f"checkpoint size: {write['db_mb']:.0f} MB ({write['db_mb'] * 1e6 / rows:.0f} bytes/row)")
 
 

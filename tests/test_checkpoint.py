@@ -202,7 +202,9 @@ async def test_a_checkpoint_with_text_fingerprints_is_migrated_to_binary_keys(
     real = "v1:" + "0123456789abcdef" * 4  # a sha256 fingerprint, as _requests makes
     Checkpoint.open(ckpt_path, job_name="job").close()
     db = sqlite3.connect(ckpt_path)
-    db.execute("DELETE FROM _migrations WHERE name = 'm004_binary_keys'")
+    db.execute("DROP TABLE answers")
+    MIGRATIONS[0](db)  # the answers table as m001 made it (before m006's layout)
+    db.execute("DELETE FROM _migrations WHERE name IN ('m004_binary_keys', 'm006_compact_answers')")
     db.execute(
         "INSERT INTO answers (fingerprint, owner_key, status, cost_usd, attempts)"
         " VALUES (?, 'a', 'ok', 0.25, 1), ('v1:b', 'b', 'error', NULL, 1)",
@@ -219,8 +221,11 @@ async def test_a_checkpoint_with_text_fingerprints_is_migrated_to_binary_keys(
         assert ckpt.spent_usd() == 0.25
         await write_all(ckpt, [(Request("a", {}, real, 1, 1), paid(0.5))])  # a retry replaces
         assert ckpt.lookup([real])[real].result.cost_usd == 0.75  # both charges, one key
-    stored = sqlite3.connect(ckpt_path).execute("SELECT fingerprint FROM charges").fetchall()
-    assert stored == [(bytes.fromhex(real[3:]),)] * 2
+    db = sqlite3.connect(ckpt_path)
+    stored = db.execute("SELECT fingerprint FROM charges").fetchall()
+    assert stored == [(bytes.fromhex(real[3:]),)]  # the new charge is the answer's own (m006)
+    answer = db.execute("SELECT paid_usd FROM answers WHERE fingerprint = ?", stored[0])
+    assert answer.fetchall() == [(0.5,)]
 
 
 def test_a_checkpoint_from_a_newer_batchrun_is_refused_not_misread(ckpt_path: Path) -> None:

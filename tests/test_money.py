@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import billed_usd, run_batchrun, write_csv, write_job
 
-from batchrun._checkpoint import Checkpoint
+from batchrun._checkpoint import MIGRATIONS, Checkpoint
 from batchrun._report import report
 
 
@@ -173,8 +173,13 @@ def test_a_checkpoint_from_before_charges_keeps_its_spend(tmp_path: Path) -> Non
     Checkpoint.open(path, job_name="j").close()
     db = sqlite3.connect(path)
     db.execute("DROP TABLE charges")
+    db.execute("DROP TABLE answers")
+    MIGRATIONS[0](db)  # the answers table as m001 made it (before m006's layout)
     # ... and so from before binary keys (m004): its fingerprints are text.
-    db.execute("DELETE FROM _migrations WHERE name IN ('m003_charges', 'm004_binary_keys')")
+    db.execute(
+        "DELETE FROM _migrations WHERE name IN"
+        " ('m003_charges', 'm004_binary_keys', 'm006_compact_answers')"
+    )
     db.execute(
         "INSERT INTO answers (fingerprint, owner_key, status, cost_usd, attempts)"
         " VALUES ('v1:a', 'a', 'ok', 0.25, 1), ('v1:b', 'b', 'error', NULL, 1)"

@@ -26,6 +26,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from batchrun._batchdone import WRITTEN_FROM_KEY  # noqa: E402
+from batchrun._charges import spent  # noqa: E402
 from batchrun._emulator import EmulatorProcess  # noqa: E402
 from batchrun._jobfile import load_job  # noqa: E402
 from batchrun._runner import RunOptions, RunSummary, run_job  # noqa: E402
@@ -384,7 +385,7 @@ def _charges(store: Path) -> float:
     total = 0.0
     for path in store.glob("*.sqlite"):
         with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as conn:
-            total += conn.execute("SELECT TOTAL(cost_usd) FROM charges").fetchone()[0]
+            total += spent(conn)  # the charges table and the answers' own (m006)
     return total
 
 
