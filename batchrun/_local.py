@@ -119,7 +119,8 @@ class LocalRun(Run):
         self, table: InputTable, builder: RequestBuilder, ckpt: JobStore
     ) -> Iterator[list[Request | Result]]:
         """Every row's item, batch by batch; batches recorded as done (``_batchdone``)
-        are counted and skipped without building their rows."""
+        are counted and skipped without building their rows, and a built batch the
+        checkpoint has every answer for is recorded as done on the spot (``_answered``)."""
         if self._selector() is not None:  # --limit, --shard: batches are never whole
             yield from self._selected_items(table, builder)
             return
@@ -128,17 +129,39 @@ class LocalRun(Run):
         for batch in table.batches(BATCH_ROWS):
             first, start = start, start + batch.num_rows
             digest = batch_digest(batch, first, job_key)
-            if (done := ckpt.done_batch(digest, include_failed=include_failed)) is not None:
-                self.progress.reused += done.requests
-                self.progress.finished += batch.num_rows
-                self.progress.failed += done.invalid
-                if skipped is not None:
-                    skipped.append(digest)
-                continue
-            skipped = None  # this batch is built: the output is written afresh
-            if items := builder.build(batch, first, row_keys(batch, self.job, first)):
-                yield items
+            done = ckpt.done_batch(digest, include_failed=include_failed)
+            if done is not None and skipped is not None:
+                skipped.append(digest)
+            elif done is None:
+                skipped = None  # this batch is built: the output is written afresh
+                items = builder.build(batch, first, row_keys(batch, self.job, first))
+                if (done := self._answered(ckpt, digest, items)) is None:
+                    if items:
+                        yield items
+                    continue
+            self.progress.reused += done.requests
+            self.progress.finished += batch.num_rows
+            self.progress.failed += done.invalid
         self._skipped_all = skipped
+
+    def _answered(
+        self, ckpt: JobStore, digest: bytes, items: list[Request | Result]
+    ) -> DoneBatch | None:
+        """The batch as done, recorded, when the checkpoint has every request's answer
+        (what the output pass would record): after a kill -9, before any output pass,
+        the next resume then skips it unbuilt. None when a request is unanswered (or,
+        with ``--retry-failed``, failed); the pipeline then sends what is missing."""
+        fingerprints = [item.fingerprint for item in items if isinstance(item, Request)]
+        if fingerprints and not ckpt.answered(fingerprints[-1:]):
+            return None  # one probe: a batch not yet sent costs no more than that
+        found = ckpt.answered(fingerprints, include_failed=False)
+        failed = {fp for fp in fingerprints if fp not in found}  # or unanswered
+        if failed and (self.options.retry_failed or len(ckpt.answered(list(failed))) < len(failed)):
+            return None
+        invalid = len(items) - len(fingerprints)
+        done = DoneBatch(digest, len(fingerprints), invalid, errors=bool(failed))
+        ckpt.record_done_batches([done])
+        return done
 
     def _selected_items(
         self, table: InputTable, builder: RequestBuilder
