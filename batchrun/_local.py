@@ -152,14 +152,17 @@ class LocalRun(Run):
         the next resume then skips it unbuilt. None when a request is unanswered (or,
         with ``--retry-failed``, failed); the pipeline then sends what is missing."""
         fingerprints = [item.fingerprint for item in items if isinstance(item, Request)]
-        if fingerprints and not ckpt.answered(fingerprints[-1:]):
+        retry = self.options.retry_failed
+        if fingerprints and not ckpt.answered(fingerprints[-1:], include_failed=not retry):
             return None  # one probe: a batch not yet sent costs no more than that
-        found = ckpt.answered(fingerprints, include_failed=False)
-        failed = {fp for fp in fingerprints if fp not in found}  # or unanswered
-        if failed and (self.options.retry_failed or len(ckpt.answered(list(failed))) < len(failed)):
+        found = ckpt.answered(fingerprints, include_failed=not retry)
+        if len(found) < len(set(fingerprints)):
             return None
+        # Without --retry-failed the answers' status is not read (the key index alone
+        # answers, about half the cost): the batch is recorded as perhaps holding errors,
+        # so a --retry-failed run still builds it and its output pass records it exactly.
         invalid = len(items) - len(fingerprints)
-        done = DoneBatch(digest, len(fingerprints), invalid, errors=bool(failed))
+        done = DoneBatch(digest, len(fingerprints), invalid, errors=not retry)
         ckpt.record_done_batches([done])
         return done
 
