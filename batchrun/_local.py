@@ -134,9 +134,9 @@ class LocalRun(Run):
                 skipped.append(digest)
             elif done is None:
                 skipped = None  # this batch is built: the output is written afresh
-                items = builder.build(batch, first, row_keys(batch, self.job, first))
-                if (done := self._answered(ckpt, digest, items)) is None:
-                    if items:
+                keys = row_keys(batch, self.job, first)
+                if (done := self._answered(ckpt, digest, builder, batch, first, keys)) is None:
+                    if items := builder.build(batch, first, keys):
                         yield items
                     continue
             self.progress.reused += done.requests
@@ -145,24 +145,33 @@ class LocalRun(Run):
         self._skipped_all = skipped
 
     def _answered(
-        self, ckpt: JobStore, digest: bytes, items: list[Request | Result]
+        self,
+        ckpt: JobStore,
+        digest: bytes,
+        builder: RequestBuilder,
+        batch: pa.RecordBatch,
+        first: int,
+        keys: list[str],
     ) -> DoneBatch | None:
         """The batch as done, recorded, when the checkpoint has every request's answer
         (what the output pass would record): after a kill -9, before any output pass,
         the next resume then skips it unbuilt. None when a request is unanswered (or,
         with ``--retry-failed``, failed); the pipeline then sends what is missing."""
-        fingerprints = [item.fingerprint for item in items if isinstance(item, Request)]
-        retry = self.options.retry_failed
-        if fingerprints and not ckpt.answered(fingerprints[-1:], include_failed=not retry):
-            return None  # one probe: a batch not yet sent costs no more than that
-        found = ckpt.answered(fingerprints, include_failed=not retry)
-        if len(found) < len(set(fingerprints)):
+        include_failed = not self.options.retry_failed
+        end = batch.num_rows - 1
+        last = builder.build(batch.slice(end), first + end, keys[end:]) if keys else []
+        probe = [item.fingerprint for item in last if isinstance(item, Request)]
+        if probe and not ckpt.answered(probe, include_failed=include_failed):
+            return None  # one row built and looked up: a batch not yet sent costs no more
+        found = _fingerprints(builder, batch, first, keys)
+        fingerprints = [fp for fp in found if fp is not None]
+        if len(ckpt.answered(fingerprints, include_failed=include_failed)) < len(set(fingerprints)):
             return None
         # Without --retry-failed the answers' status is not read (the key index alone
         # answers, about half the cost): the batch is recorded as perhaps holding errors,
         # so a --retry-failed run still builds it and its output pass records it exactly.
-        invalid = len(items) - len(fingerprints)
-        done = DoneBatch(digest, len(fingerprints), invalid, errors=not retry)
+        invalid = len(found) - len(fingerprints)
+        done = DoneBatch(digest, len(fingerprints), invalid, errors=include_failed)
         ckpt.record_done_batches([done])
         return done
 
@@ -269,6 +278,18 @@ class _DoneBatches:
         errors = any(answers[r.fingerprint].result.status == "error" for r in requests)
         digest = batch_digest(batch, first, self.job_key)
         self.found.append(DoneBatch(digest, len(requests), len(items) - len(requests), errors))
+
+
+def _fingerprints(
+    builder: RequestBuilder, batch: pa.RecordBatch, first: int, keys: list[str]
+) -> list[str | None]:
+    """Each row's request fingerprint (None: invalid), without building the requests
+    where the builder can (``RequestBuilder.fingerprints``)."""
+    found = builder.fingerprints(batch, keys)
+    if found is None:
+        items = builder.build(batch, first, keys)
+        found = [item.fingerprint if isinstance(item, Request) else None for item in items]
+    return found
 
 
 def _requests_word(count: int) -> str:
