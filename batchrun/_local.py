@@ -142,6 +142,7 @@ class LocalRun(Run):
             self.progress.reused += done.requests
             self.progress.finished += batch.num_rows
             self.progress.failed += done.invalid
+            yield []  # nothing to send, but the pipeline's turn: signals, progress, answers
         self._skipped_all = skipped
 
     def _answered(
