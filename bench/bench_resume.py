@@ -226,14 +226,15 @@ def _result(now: datetime) -> Result:
     )
 
 
-def _requests(job_path: Path, rows: int) -> Iterator[Request]:
-    """The requests of the first ``rows`` rows, as a run builds them."""
+def _requests(job_path: Path, rows: int, from_row: int = 0) -> Iterator[Request]:
+    """The requests of rows ``from_row`` up to ``rows``, as a run builds them."""
     table, builder = prepare(load_job(job_path))
     start = 0
     for batch in table.batches():
-        for item in builder.build(batch, start):
-            if isinstance(item, Request) and int(item.key[1:]) < rows:
-                yield item
+        if start + batch.num_rows > from_row:
+            for item in builder.build(batch, start):
+                if isinstance(item, Request) and from_row <= int(item.key[1:]) < rows:
+                    yield item
         start += batch.num_rows
         if start >= rows:
             return
@@ -359,7 +360,7 @@ def forget(job_path: Path, rows: int, *, done_batches: str) -> None:
     received, and ``done_batches`` done-batch records: ``"all"`` (a kill -9 before any
     output pass) or ``"last"`` (the batches those rows are in)."""
     job = load_job(job_path)
-    last = [r for r in _requests(job_path, rows) if int(r.key[1:]) >= rows - LEFT_TO_DO]
+    last = list(_requests(job_path, rows, from_row=rows - LEFT_TO_DO))
     keys = [(fp_key(r.fingerprint),) for r in last]
     with Checkpoint.open(job.output.checkpoint_path, job_name=job.name) as ckpt:
         conn = ckpt._conn
