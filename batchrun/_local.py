@@ -45,6 +45,7 @@ SIGNAL_GRACE_S = 20.0
 COMMIT_GRACE_S = 5.0
 """After that, how long the checkpoint writer has to commit what came back."""
 BATCH_ROWS = 4096  # built_batches' and write_output's batch size: the same batches
+_TURN_EVERY = 64  # recorded batches skipped (~1 ms each) between the pipeline's turns
 
 
 class LocalRun(Run):
@@ -119,7 +120,8 @@ class LocalRun(Run):
         self, table: InputTable, builder: RequestBuilder, ckpt: JobStore
     ) -> Iterator[list[Request | Result]]:
         """Every row's item, batch by batch; batches recorded as done (``_batchdone``)
-        are counted and skipped without building their rows."""
+        are counted and skipped without building their rows, and a built batch the
+        checkpoint has every answer for is recorded as done on the spot (``_answered``)."""
         if self._selector() is not None:  # --limit, --shard: batches are never whole
             yield from self._selected_items(table, builder)
             return
@@ -128,17 +130,53 @@ class LocalRun(Run):
         for batch in table.batches(BATCH_ROWS):
             first, start = start, start + batch.num_rows
             digest = batch_digest(batch, first, job_key)
-            if (done := ckpt.done_batch(digest, include_failed=include_failed)) is not None:
-                self.progress.reused += done.requests
-                self.progress.finished += batch.num_rows
-                self.progress.failed += done.invalid
-                if skipped is not None:
-                    skipped.append(digest)
-                continue
-            skipped = None  # this batch is built: the output is written afresh
-            if items := builder.build(batch, first, row_keys(batch, self.job, first)):
-                yield items
+            done = ckpt.done_batch(digest, include_failed=include_failed)
+            if done is not None and skipped is not None:
+                skipped.append(digest)
+            elif done is None:
+                skipped = None  # this batch is built: the output is written afresh
+                keys = row_keys(batch, self.job, first)
+                if (done := self._answered(ckpt, digest, builder, batch, first, keys)) is None:
+                    if items := builder.build(batch, first, keys):
+                        yield items
+                    continue
+            self.progress.reused += done.requests
+            self.progress.finished += batch.num_rows
+            self.progress.failed += done.invalid
+            if skipped is None or len(skipped) % _TURN_EVERY == 0:
+                yield []  # nothing to send, but the pipeline's turn: signals, progress
         self._skipped_all = skipped
+
+    def _answered(
+        self,
+        ckpt: JobStore,
+        digest: bytes,
+        builder: RequestBuilder,
+        batch: pa.RecordBatch,
+        first: int,
+        keys: list[str],
+    ) -> DoneBatch | None:
+        """The batch as done, recorded, when the checkpoint has every request's answer
+        (what the output pass would record): after a kill -9, before any output pass,
+        the next resume then skips it unbuilt. None when a request is unanswered (or,
+        with ``--retry-failed``, failed); the pipeline then sends what is missing."""
+        include_failed = not self.options.retry_failed
+        end = batch.num_rows - 1
+        last = builder.build(batch.slice(end), first + end, keys[end:]) if keys else []
+        probe = [item.fingerprint for item in last if isinstance(item, Request)]
+        if probe and not ckpt.answered(probe, include_failed=include_failed):
+            return None  # one row built and looked up: a batch not yet sent costs no more
+        found = _fingerprints(builder, batch, first, keys)
+        fingerprints = [fp for fp in found if fp is not None]
+        if len(ckpt.answered(fingerprints, include_failed=include_failed)) < len(set(fingerprints)):
+            return None
+        # Without --retry-failed the answers' status is not read (the key index alone
+        # answers, about half the cost): the batch is recorded as perhaps holding errors,
+        # so a --retry-failed run still builds it and its output pass records it exactly.
+        invalid = len(found) - len(fingerprints)
+        done = DoneBatch(digest, len(fingerprints), invalid, errors=include_failed)
+        ckpt.record_done_batches([done])
+        return done
 
     def _selected_items(
         self, table: InputTable, builder: RequestBuilder
@@ -243,6 +281,18 @@ class _DoneBatches:
         errors = any(answers[r.fingerprint].result.status == "error" for r in requests)
         digest = batch_digest(batch, first, self.job_key)
         self.found.append(DoneBatch(digest, len(requests), len(items) - len(requests), errors))
+
+
+def _fingerprints(
+    builder: RequestBuilder, batch: pa.RecordBatch, first: int, keys: list[str]
+) -> list[str | None]:
+    """Each row's request fingerprint (None: invalid), without building the requests
+    where the builder can (``RequestBuilder.fingerprints``)."""
+    found = builder.fingerprints(batch, keys)
+    if found is None:
+        items = builder.build(batch, first, keys)
+        found = [item.fingerprint if isinstance(item, Request) else None for item in items]
+    return found
 
 
 def _requests_word(count: int) -> str:

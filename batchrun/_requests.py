@@ -166,6 +166,28 @@ class RequestBuilder:
             out.append(self._request(key, prompts[i], system, urls))
         return out
 
+    def fingerprints(self, batch: pa.RecordBatch, keys: list[str]) -> list[str | None] | None:
+        """Each row's ``Request.fingerprint`` as ``build`` makes it (None: an invalid row),
+        at a fraction of its cost: no body, estimate or ``Request``. What a resume asks of
+        the checkpoint about rows it may not send. None when this job's requests take the
+        generic path or carry images: ``build`` them."""
+        if self._canonical is None or self.image_column is not None:
+            return None
+        texts = {name: _column_text(batch.column(name)) for name in self._text_columns}
+        prompts = _render(self.prompt, texts, batch.num_rows)
+        systems = _render(self.system, texts, batch.num_rows) if self.system else None
+        blank = _blank_rows(self.prompt, texts, prompts)
+        text, dedupe = self._canonical.text, self.job.request.dedupe
+        out: list[str | None] = []
+        for i, key in enumerate(keys):
+            system = systems[i] if systems else None
+            system = system if system and system.strip() else None  # as ``_request``
+            hashed = (
+                None if blank[i] else _hash(text(system, prompts[i], []), None if dedupe else key)
+            )
+            out.append(hashed)
+        return out
+
     def _request(self, key: str, prompt: str, system: str | None, urls: list[str]) -> Request:
         # Runs for every row, in the run and again in the output pass: names read once.
         request = self.job.request

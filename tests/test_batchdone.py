@@ -3,6 +3,7 @@ and still sends exactly the rows an edit changed (issue 14)."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 from conftest import API_KEY, PRICE, review_rows, run_batchrun, write_csv, write_job
 
 from batchrun._batchdone import batch_digest
+from batchrun._jobfile import load_job
+from batchrun._local import LocalRun
 from batchrun._requests import RequestBuilder
 from batchrun._runner import RunOptions, run_job_file
 
@@ -79,3 +82,57 @@ def test_the_digest_names_the_rows_their_place_and_the_job() -> None:
     assert batch_digest(batch, 0, "other") != digest
     # A slice carries its parent's buffers: never equal to other rows, at worst a miss.
     assert batch_digest(edited.slice(0, 1), 0, "job") != batch_digest(batch.slice(1), 0, "job")
+
+
+def test_after_a_kill_9_the_resume_records_the_batches_it_finds_answered(
+    tmp_path: Path, emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = emulator()
+    job = write_job(tmp_path, rows=ROWS)
+    monkeypatch.chdir(tmp_path)
+    options = RunOptions(api_key=API_KEY)
+    sets = [f'api.base_url="{emu.base_url}"']
+    assert run_job_file(job, sets=sets, options=options).sent == ROWS
+    # A kill -9 before the output pass: no batch recorded, and r04097 (second batch) unsent.
+    checkpoint = load_job(job).output.checkpoint_path
+    with sqlite3.connect(checkpoint) as conn:
+        conn.execute("DELETE FROM done_batches")
+        conn.execute("DELETE FROM answers WHERE owner_key = 'r04097'")
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("killed before the output pass")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(LocalRun, "_write_output", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_job_file(job, sets=sets, options=options)
+    assert emu.ledger()["requests_received"] == ROWS + 1  # r04097 only
+    with sqlite3.connect(checkpoint) as conn:
+        recorded = conn.execute("SELECT requests, invalid, errors FROM done_batches").fetchall()
+    assert recorded == [(4096, 0, 1)]  # the first batch (perhaps with errors: not read)
+
+    built = count_builds(monkeypatch)
+    summary = run_job_file(job, sets=sets, options=options)
+    assert (summary.sent, summary.reused_from_checkpoint) == (0, ROWS)
+    # The producer skipped the first batch unbuilt; of the second it built one row (a
+    # probe) and found every fingerprint answered; the output pass built every row.
+    assert built == [1, 4096, 4]
+
+    # An edit in the batch recorded during the resume is still sent, and only it.
+    rows = review_rows(ROWS)
+    rows[7]["text"] = "edited after the resume recorded its batch"
+    write_csv(tmp_path / "input.csv", rows)
+    assert run_job_file(job, sets=sets, options=options).sent == 1
+
+
+def count_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The row count of every ``RequestBuilder.build`` call from now on."""
+    built: list[int] = []
+    original = RequestBuilder.build
+
+    def counting(self: RequestBuilder, batch: pa.RecordBatch, *args: Any) -> Any:
+        built.append(batch.num_rows)
+        return original(self, batch, *args)
+
+    monkeypatch.setattr(RequestBuilder, "build", counting)
+    return built

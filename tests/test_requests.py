@@ -320,3 +320,30 @@ def test_fast_fingerprint_and_estimate_equal_the_generic_ones(request_fields: An
         # What is sent: the same JSON as the body (the canonical text, already encoded).
         assert item.wire is None or json.loads(item.wire) == item.body
         assert item.wire is None or item.wire == canonical_json(item.body).encode()
+
+
+@pytest.mark.parametrize(
+    "request_fields",
+    [
+        {},
+        {"system_prompt": "You label {text}.", "dedupe": False},
+        {"system_prompt": "  {empty}  ", "prompt": "{empty}{text}", "extra": {"temperature": 0.5}},
+    ],
+)
+def test_fingerprints_without_building_equal_the_built_requests(
+    request_fields: dict[str, Any],
+) -> None:
+    texts = ["", " ", 'a "quote"\n', "é ünïcode", None]
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "id": [f"r{i}" for i in range(20)],
+            "text": [texts[i % 5] for i in range(20)],
+            "empty": [""] * 20,
+        }
+    )
+    builder = RequestBuilder(make_job(**request_fields), batch.schema)
+    keys = batch.column("id").to_pylist()
+    built = builder.build(batch, 0, keys)
+    expected = [item.fingerprint if isinstance(item, Request) else None for item in built]
+    assert builder.fingerprints(batch, keys) == expected
+    assert None in expected and len(set(expected)) > 2  # blank rows are invalid in both
