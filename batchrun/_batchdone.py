@@ -93,15 +93,18 @@ WRITTEN_FROM_KEY = "batchrun.written_from"
 """The output's metadata key naming the state it was written from (``output_state``)."""
 
 
-def output_state(job: Job, digests: Iterable[bytes], *, synthetic: bool) -> str:
+def output_state(job: Job, digests: Iterable[bytes], *, synthetic: bool, commits: int) -> str:
     """Hex digest of what an output holds when every input batch was done: the done
-    batches' digests in order, and what turns answers into the output's columns (the
+    batches' digests in order, the checkpoint's count of answer commits (an answer
+    replaced after the output was written, say by a ``--retry-failed`` killed before its
+    output pass, leaves every batch done but changes the count), and what turns answers
+    into the output's columns (the
     config hash covers template, model, pricing, output columns and prefix; both are
     named again so a change of hashing never hides them). A rerun that skipped every
     batch computes the same value only if nothing the output depends on changed."""
     digest = hashlib.blake2b(digest_size=32)
     pricing = {model: dataclasses.asdict(price) for model, price in job.pricing.items()}
-    what = [__version__, job.name, job.config_hash, job.output.prefix, synthetic, pricing]
+    what = [__version__, job.name, job.config_hash, job.output.prefix, synthetic, pricing, commits]
     digest.update(json.dumps(what, sort_keys=True, default=repr).encode() + b"\0")
     for done in digests:
         digest.update(done)

@@ -392,6 +392,14 @@ class Checkpoint:
         with self._using("write answers"), transaction(self._conn):
             self._conn.executemany(INSERT_CHARGES_SQL, charges)  # first: answers read them
             _insert_rows(self._conn, rows)
+            self._conn.execute(_COUNT_COMMIT_SQL)
+
+    def commits(self) -> int:
+        """How many commits of answers this file has had: an output written at one count
+        is stale at another (a ``--retry-failed`` killed before its output pass)."""
+        with self._using("read the commit count"):
+            row = self._conn.execute(_COMMITS_SQL).fetchone()
+        return int(row[0]) if row else 0
 
     @contextmanager
     def _using(self, doing: str) -> Iterator[None]:
@@ -399,6 +407,13 @@ class Checkpoint:
             if self._job_lock is None:
                 raise JobError(f"checkpoint {self.path} is closed")
             yield
+
+
+_COUNT_COMMIT_SQL = (
+    "INSERT INTO meta VALUES ('answer_commits', '1')"
+    " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+)
+_COMMITS_SQL = "SELECT value FROM meta WHERE key = 'answer_commits'"
 
 
 async def _receive_until_due(

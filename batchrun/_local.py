@@ -82,11 +82,12 @@ class LocalRun(Run):
                     " every answer is in the checkpoint)",
                     self.job.output.path,
                 )
-            stats = self._kept_output()
+            commits = ckpt.commits()
+            stats = self._kept_output(commits)
             if stats is None:
                 done = _DoneBatches(request_key(self.job))
                 whole = self._selector() is None
-                footer = functools.partial(self._written_from, done)
+                footer = functools.partial(self._written_from, done, commits)
                 stats = self._write_output(
                     table, builder, ckpt.lookup, done if whole else None, footer if whole else None
                 )
@@ -95,7 +96,7 @@ class LocalRun(Run):
 
     # --- keeping an output nothing changed -------------------------------------------
 
-    def _kept_output(self) -> OutputStats | None:
+    def _kept_output(self, commits: int) -> OutputStats | None:
         """The existing output's counts, when this run sent nothing, skipped every input
         batch as done, and the output was written from exactly those batches under this
         config (``batchrun.written_from``): rewriting it would give the same rows."""
@@ -103,18 +104,21 @@ class LocalRun(Run):
             return None
         if self.progress.dispatch.sent or any(ray_dir(self.job).glob("*.sqlite")):
             return None  # new answers, or a Ray worker's file the done batches do not cover
-        state = output_state(self.job, self._skipped_all, synthetic=self.options.emulate)
+        state = output_state(
+            self.job, self._skipped_all, synthetic=self.options.emulate, commits=commits
+        )
         stats = kept_output(self.job, WRITTEN_FROM_KEY, state)
         if stats is not None:
             log.info("%s is up to date (every row done, nothing changed): kept", stats.path)
         return stats
 
-    def _written_from(self, done: _DoneBatches) -> dict[str, str]:
+    def _written_from(self, done: _DoneBatches, commits: int) -> dict[str, str]:
         """The output's ``batchrun.written_from`` when every batch it wrote was done."""
         if len(done.found) != done.batches:
             return {}
         digests = [batch.digest for batch in done.found]
-        return {WRITTEN_FROM_KEY: output_state(self.job, digests, synthetic=self.options.emulate)}
+        state = output_state(self.job, digests, synthetic=self.options.emulate, commits=commits)
+        return {WRITTEN_FROM_KEY: state}
 
     def _items(
         self, table: InputTable, builder: RequestBuilder, ckpt: JobStore

@@ -124,6 +124,10 @@ class JobStore:
             spent += sum(self.price.cost(*f.unpriced_usage()) for f in files)
         return spent
 
+    def commits(self) -> int:
+        """As ``Checkpoint.commits``, of the run's own file (0 for a read-only view)."""
+        return 0 if self.own is None else self.own.commits()
+
     def learned_limits(self) -> KeptLimits:
         if self.own is not None:
             return self.own.learned_limits()

@@ -315,7 +315,7 @@ def build_state(job_path: Path, workdir: Path) -> Figures:
 
     def footer() -> dict[str, str]:
         digests = [batch.digest for batch in done.found]
-        return {WRITTEN_FROM_KEY: output_state(job, digests, synthetic=False)}
+        return {WRITTEN_FROM_KEY: output_state(job, digests, synthetic=False, commits=0)}
 
     table, builder = prepare(job)
     build = builder.build

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pyarrow.parquet as pq
 import pytest
 from conftest import API_KEY, PRICE, review_rows, run_batchrun, write_csv, write_job
 
+from batchrun._checkpoint import Checkpoint
+from batchrun._engine import prepare
 from batchrun._jobfile import load_job
 from batchrun._runner import RunOptions, run_job_file
+from batchrun._types import Request, RequestResult, Result
 
 ROWS = 4100  # two input batches: 4096 rows and 4
 SAME = ("rows", "by_status", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd")
@@ -113,6 +118,57 @@ def test_retry_failed_with_errors_rewrites_the_output(tmp_path: Path, emulator: 
     assert run_batchrun(job, emu).returncode == 0
     assert identity(output) == after  # the retried answers are what the kept file holds
     assert pq.read_table(output).equals(table)
+
+
+def test_answers_committed_after_the_output_was_written_rewrite_it(
+    tmp_path: Path, emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``--retry-failed`` killed after its answers committed but before its output
+    pass leaves every batch done: the next run must not keep the output with the errors."""
+    job_path = write_job(tmp_path, rows=100, limits={"max_attempts": 1, "max_failed_rows": 100})
+    emu = emulator("--fail-rate", "0.3", "--seed", "5")
+    assert run_batchrun(job_path, emu).returncode == 0
+    output = tmp_path / "out.parquet"
+    failed = pq.read_table(output).to_pandas().query("status == 'error'")["id"].astype(str)
+    assert len(failed) > 0
+    monkeypatch.chdir(tmp_path)
+    _commit_ok_answers(job_path, set(failed))  # what the killed retry committed
+
+    after = run_batchrun(job_path, emu)
+    assert after.returncode == 0, after.stderr
+    assert "kept" not in after.stderr
+    rows = pq.read_table(output).to_pandas().set_index(pq.read_table(output)["id"].to_pandas())
+    assert (rows.loc[list(failed), "status"] == "ok").all()
+
+
+def _commit_ok_answers(job_path: Path, keys: set[str]) -> None:
+    """An ``ok`` answer for each row of ``keys``, committed by the real checkpoint writer."""
+    job = load_job(job_path, sets=[])
+    table, builder = prepare(job)
+    items: list[RequestResult] = []
+    for batch in table.batches(4096):
+        ids = [str(v) for v in batch.column("id").to_pylist()]
+        for item in builder.build(batch, 0, ids):
+            if isinstance(item, Request) and item.key in keys:
+                items.append(
+                    (
+                        item,
+                        Result(
+                            "ok", response="retried", attempts=1, completed_at=datetime.now(UTC)
+                        ),
+                    )
+                )
+    assert len(items) == len(keys)
+
+    async def write() -> None:
+        send, receive = anyio.create_memory_object_stream[RequestResult](len(items))
+        with Checkpoint.open(job.output.checkpoint_path, job_name=job.name) as ckpt:
+            async with send:
+                for item in items:
+                    send.send_nowait(item)
+            await ckpt.write_results(receive)
+
+    anyio.run(write)
 
 
 def test_an_output_edited_by_someone_else_is_rewritten(tmp_path: Path, emulator: Any) -> None:
