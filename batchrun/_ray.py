@@ -14,8 +14,8 @@ Global limits. One small ``_Coordinator`` actor holds what the workers share
   number of workers, and a busy worker uses what idle ones do not;
 - ``concurrency``: leased to workers batch by batch (``Slots``); a worker may get none
   and wait;
-- limits learned from the API's headers: each worker paces to ``1 / max(planned,
-  joined)`` of them;
+- limits learned from the API's headers: admitted on the same log as configured ones
+  (a worker's admission call carries what its answers stated);
 - the 429 pause: a worker that must pause pushes "resume at" (wall clock) to it, and
   every worker's gate reads it at most ``GATE_REFRESH_S`` old before each send;
 - the budget: ``max_cost_usd`` minus what every run of the job spent, leased to workers
@@ -331,8 +331,8 @@ class _Coordinator(StopShare):
     def resume_time(self) -> float:
         return self.resume_at
 
-    def admit(self, tokens: list[int]) -> list[float]:
-        return self.pace.admit(tokens)
+    def admit(self, tokens: list[int], learned: tuple[int | None, int | None]) -> list[float]:
+        return self.pace.admit(tokens, learned)
 
     def take_slots(self, worker: str, want: int) -> tuple[int, str | None]:
         """(slots leased for one batch, why the run stopped or None)."""

@@ -51,6 +51,9 @@ def ray_session(address: str | None) -> Iterator[None]:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         ray.init(
+            # "local": a new instance even when another is running on this machine
+            # (without it, Ray joins the one /tmp/ray/ray_current_cluster names).
+            address="local",
             num_cpus=os.cpu_count(),
             include_dashboard=False,
             log_to_driver=False,
