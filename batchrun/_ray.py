@@ -69,7 +69,7 @@ from batchrun._output import (
 )
 from batchrun._pipeline import Pipeline, Progress
 from batchrun._ratelimit import Pacer, PauseGate
-from batchrun._raystart import import_ray, ray_session
+from batchrun._raystart import StartMarks, import_ray, process_started, ray_session
 from batchrun._raystop import DriverSignals, StopShare, log_stopped, run_watched
 from batchrun._requests import RequestBuilder
 from batchrun._shares import (
@@ -104,7 +104,10 @@ class RayRun(Run):
     signalled: tuple[str, int, int] | None = None  # (signal, on the wire, abandoned)
 
     def execute(self) -> RunSummary:
+        self.marks = StartMarks()  # where the start-up goes: logged at the end
+        self.marks.mark("run began")
         ray = import_ray()
+        self.marks.mark("Ray imported")
         self._require_id_column()
         table, builder = self._prepare()
         api_key = self._api_key()
@@ -118,12 +121,18 @@ class RayRun(Run):
             self.progress.total = self._total(table)
             try:
                 with ray_session(self.options.ray_address):
+                    self.marks.mark("Ray ready")
                     stats = self._run_on_ray(ray, table, api_key, spent)
             except KeyboardInterrupt:  # SIGINT, or SIGTERM through the CLI
                 self.stopped = "interrupted"
                 stats = self._write_saved(table, builder, ckpt, store)
         log_stopped(self.signalled)
+        self._log_start()
         return self._summary(stats)
+
+    def _log_start(self) -> None:
+        origin = process_started() or min(self.marks.at["run began"])
+        log.info("Ray start-up, seconds after the driver started: %s", self.marks.line(origin))
 
     def _write_saved(
         self, table: InputTable, builder: RequestBuilder, ckpt: Checkpoint, store: Path
@@ -173,6 +182,7 @@ class RayRun(Run):
             num_cpus=WORKER_CPUS,
         )
         log.info("Ray engine: %d workers sharing the job's limits", workers)
+        self.marks.mark("dataset planned")
         with DriverSignals(self, coordinator):  # a signal: stop sending, save, then stop Ray
             return self._write(ray, ds, coordinator, table.schema)
 
@@ -204,6 +214,8 @@ class RayRun(Run):
         def batches() -> Iterator[pa.RecordBatch]:
             shown = 0.0
             for part in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                if "first rows back" not in self.marks.at:
+                    self.marks.mark("first rows back")
                 for batch in part.to_batches():
                     if batch.num_rows:
                         yield batch
@@ -232,6 +244,7 @@ class RayRun(Run):
             return
         for batch in totals.batches:
             _merge(stats, batch)
+        self.marks.update(totals.marks)
         self.stopped = self.stopped or totals.stopped
         self.fatal_message = totals.fatal_message
 
@@ -296,6 +309,7 @@ class _Totals:
     batches: list[dict[str, Any]]
     stopped: str | None
     fatal_message: str | None
+    marks: dict[str, list[float]]
 
 
 class _Coordinator(StopShare):
@@ -316,6 +330,14 @@ class _Coordinator(StopShare):
         self.counters: dict[str, dict[str, float]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.claims = Claims(limits.timeout_s + SIGNAL_GRACE_S if limits else math.inf)
+        self.marks = StartMarks()
+        self.marks.mark("coordinator started", process_started())
+        self.marks.mark("coordinator ready")
+
+    def mark(self, step: str, wall: float | None) -> None:
+        """A worker's step of the start (``StartMarks``)."""
+        if wall is not None:
+            self.marks.mark(step, wall)
 
     def join(self, worker: str) -> int:
         self.joined.append(worker)
@@ -381,7 +403,13 @@ class _Coordinator(StopShare):
         summed: Counter[str] = Counter()
         for counters in self.counters.values():
             summed.update(counters)
-        return _Totals(dict(summed), list(self.batches.values()), self.stopped, self.fatal_message)
+        return _Totals(
+            dict(summed),
+            list(self.batches.values()),
+            self.stopped,
+            self.fatal_message,
+            self.marks.at,
+        )
 
 
 class SharedGate(PauseGate):
@@ -458,6 +486,8 @@ class _Worker:
         import ray
 
         self.ray, self.spec, self.coordinator, self.job = ray, spec, coordinator, spec.job
+        coordinator.mark.remote("worker processes started", process_started())
+        self.marked: set[str] = set()  # the steps of the start this worker has told
         self.id = f"{spec.run_id}-{uuid.uuid4().hex[:8]}"
         index = ray.get(coordinator.join.remote(self.id))
         own = Checkpoint.open(
@@ -487,8 +517,16 @@ class _Worker:
         )
         self.builder = RequestBuilder(self.job, spec.schema)
         self.out_schema = output_schema(self.job, spec.schema)
+        self._mark("workers ready")
+
+    def _mark(self, step: str) -> None:
+        """Tell the coordinator when this worker first reached ``step`` (no wait)."""
+        if step not in self.marked:
+            self.marked.add(step)
+            self.coordinator.mark.remote(step, time.time())
 
     def __call__(self, part: pa.Table) -> pa.Table:
+        self._mark("first batch at each worker")
         batch = conform(part.combine_chunks().to_batches()[0], self.spec.schema)
         items = self.builder.build(batch, 0)
         keys = row_keys(batch, self.job, 0)
@@ -532,6 +570,7 @@ class _Worker:
         slots = self._take_slots(sum(isinstance(item, Request) for item in items))
         if slots == 0:
             return  # the run stopped while this worker waited
+        self._mark("first sends of each worker")
         self.dispatcher.share = 1 / divisor  # of limits learned from the API's headers
         self.dispatcher.limits = replace(self.job.limits, concurrency=slots)
         stop: tuple[str, str | None] | None = None
