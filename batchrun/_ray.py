@@ -70,10 +70,9 @@ from batchrun._output import (
 from batchrun._pipeline import Pipeline, Progress
 from batchrun._ratelimit import Pacer, PauseGate
 from batchrun._raystart import StartMarks, import_ray, process_started, ray_session
-from batchrun._raystop import DriverSignals, StopShare, log_stopped, run_watched
+from batchrun._raystop import WATCH_S, DriverSignals, StopShare, log_stopped, run_watched
 from batchrun._requests import RequestBuilder
 from batchrun._shares import (
-    POLL_S,
     BudgetPool,
     Call,
     GlobalPace,
@@ -356,15 +355,23 @@ class _Coordinator(StopShare):
     def admit(self, tokens: list[int], learned: tuple[int | None, int | None]) -> list[float]:
         return self.pace.admit(tokens, learned)
 
-    def take_slots(self, worker: str, want: int) -> tuple[int, str | None]:
-        """(slots leased for one batch, why the run stopped or None)."""
+    async def take_slots(
+        self, worker: str, want: int, wait_s: float = 0.0
+    ) -> tuple[int, str | None]:
+        """(slots leased for one batch, why the run stopped or None); waits up to
+        ``wait_s`` for slots to be given back while none are to be had."""
         self.claims.alive(worker)  # waiting for slots, its claims still hold
         if self.stop_deadline is not None:
             return 0, self.stopped  # a signal: no batch starts sending
-        return self.slots.take(worker, want), self.stopped
+        granted = self.slots.take(worker, want)
+        if not granted:
+            await self.changed(wait_s)
+            granted = 0 if self.stop_deadline is not None else self.slots.take(worker, want)
+        return granted, self.stopped
 
     def give_back_slots(self, worker: str) -> None:
         self.slots.give_back(worker)
+        self.wake()
 
     def lease(
         self, worker: str, want: float, need: float, returned: float, closed: bool
@@ -384,13 +391,22 @@ class _Coordinator(StopShare):
 
     def release(self, batch: str) -> None:
         self.claims.release(batch)
+        self.wake()
 
-    def held(self, batch: str, fingerprints: list[str]) -> tuple[list[str], str | None]:
+    async def held(
+        self, batch: str, fingerprints: list[str], worker: str, wait_s: float = 0.0
+    ) -> tuple[list[str], str | None]:
+        """(which of ``fingerprints`` other batches hold, why the run stopped or None);
+        waits up to ``wait_s`` for a release while some are held."""
+        self.claims.alive(worker)
+        if self.claims.held_by_others(batch, fingerprints) and self.stopped is None:
+            await self.changed(wait_s)
         return self.claims.held_by_others(batch, fingerprints), self.stopped
 
     def stop(self, reason: str, message: str | None = None) -> None:
         if self.stopped is None or reason == "fatal":
             self.stopped, self.fatal_message = reason, message
+        self.wake()
 
     def report(
         self, worker: str, counters: dict[str, float], batch: str, stats: dict[str, Any]
@@ -558,12 +574,12 @@ class _Worker:
     def _wait_for_claims(self, batch: str, fingerprints: list[str]) -> bool:
         """Wait until other batches released ``fingerprints``; False if the run stopped."""
         while True:
-            held, stopped = self.ray.get(self.coordinator.held.remote(batch, fingerprints))
+            asked = self.coordinator.held.remote(batch, fingerprints, self.id, WATCH_S)
+            held, stopped = self.ray.get(asked)
             if stopped is not None:
                 return False
             if not held:
                 return True
-            time.sleep(POLL_S)
 
     def _answer(self, items: list[Request | Result], divisor: int) -> None:
         """Send the batch's unanswered rows with the slots leased for it."""
@@ -597,11 +613,11 @@ class _Worker:
         if requests == 0:
             return 1  # nothing to send: no slot needed
         want = min(self.job.limits.concurrency, requests)
-        while True:
-            slots, stopped = self.ray.get(self.coordinator.take_slots.remote(self.id, want))
+        while True:  # each call waits up to WATCH_S for slots given back
+            asked = self.coordinator.take_slots.remote(self.id, want, WATCH_S)
+            slots, stopped = self.ray.get(asked)
             if slots or stopped is not None:
                 return int(slots)
-            time.sleep(POLL_S)
 
     def _counters(self) -> dict[str, float]:
         p, c = self.progress, self.progress.dispatch
