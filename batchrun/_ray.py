@@ -48,13 +48,12 @@ from typing import Any
 
 import anyio
 import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from batchrun._checkpoint import Checkpoint
 from batchrun._claims import Claims, split_claimed, unique_fingerprints
 from batchrun._config import Job, Limits
 from batchrun._dispatch import Dispatcher
-from batchrun._engine import Run, RunSummary, shard_of
+from batchrun._engine import Run, RunSummary
 from batchrun._errors import FatalApiError, JobError
 from batchrun._input import InputTable, conform, row_keys
 from batchrun._local import SIGNAL_GRACE_S
@@ -69,6 +68,7 @@ from batchrun._output import (
 )
 from batchrun._pipeline import Pipeline, Progress
 from batchrun._ratelimit import Pacer, PauseGate
+from batchrun._raydata import in_shard, read_input
 from batchrun._raystart import StartMarks, import_ray, process_started, ray_session
 from batchrun._raystop import WATCH_S, DriverSignals, StopShare, log_stopped, run_watched
 from batchrun._requests import RequestBuilder
@@ -196,7 +196,7 @@ class RayRun(Run):
         job, shard = self.job, self.options.shard
         if shard is not None:
             ds = ds.map_batches(
-                _in_shard, fn_kwargs={"job": job, "shard": shard}, batch_format="pyarrow"
+                in_shard, fn_kwargs={"job": job, "shard": shard}, batch_format="pyarrow"
             )
         if self.options.limit is not None:
             ds = ds.limit(self.options.limit)
@@ -250,40 +250,6 @@ class RayRun(Run):
 
 def _cluster_cpus(ray: Any) -> int:
     return max(int(ray.cluster_resources().get("CPU", 1)), 1)
-
-
-def read_input(ray: Any, table: InputTable) -> Any:
-    """The input as a Ray dataset, file by file in the local engine's order and types
-    (CSV columns as strings, empty fields null), conformed to the unified schema."""
-    parts = []
-    for file in table.files:
-        # The file's own filesystem (local, S3, GCS): read tasks on any node open it with
-        # their own credentials (a pickled pyarrow filesystem carries none it found itself).
-        where = {"filesystem": file.found.fs, "partitioning": None}
-        if file.is_csv:
-            convert = pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in file.schema.names},
-                strings_can_be_null=True,
-                null_values=[""],
-            )
-            parts.append(ray.data.read_csv(file.found.path, convert_options=convert, **where))
-        else:
-            parts.append(ray.data.read_parquet(file.found.path, **where))
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    return ds.map_batches(
-        _conformed, fn_kwargs={"schema": table.schema}, batch_format="pyarrow", batch_size=None
-    )
-
-
-def _conformed(part: pa.Table, schema: pa.Schema) -> pa.Table:
-    batches = [conform(batch, schema) for batch in part.to_batches()]
-    return pa.Table.from_batches(batches, schema=schema)
-
-
-def _in_shard(part: pa.Table, job: Job, shard: tuple[int, int]) -> pa.Table:
-    index, count = shard
-    keys = [key for batch in part.to_batches() for key in row_keys(batch, job, 0)]
-    return part.filter(pa.array([shard_of(key, count) == index for key in keys], pa.bool_()))
 
 
 def _merge(stats: OutputStats, counted: dict[str, Any]) -> None:
