@@ -68,7 +68,7 @@ from batchrun._output import (
 )
 from batchrun._pipeline import Pipeline, Progress
 from batchrun._ratelimit import Pacer, PauseGate
-from batchrun._raydata import in_shard, read_input
+from batchrun._raydata import in_shard, is_small, read_here, read_input
 from batchrun._raystart import StartMarks, import_ray, process_started, ray_session
 from batchrun._raystop import WATCH_S, DriverSignals, StopShare, log_stopped, run_watched
 from batchrun._requests import RequestBuilder
@@ -192,8 +192,11 @@ class RayRun(Run):
         return max(limit - spent, 0.0)
 
     def _dataset(self, ray: Any, table: InputTable) -> Any:
-        ds = read_input(ray, table)
         job, shard = self.job, self.options.shard
+        if is_small(table):
+            ds = read_here(ray, table, job, shard, BATCH_ROWS)
+            return ds if self.options.limit is None else ds.limit(self.options.limit)
+        ds = read_input(ray, table)
         if shard is not None:
             ds = ds.map_batches(
                 in_shard, fn_kwargs={"job": job, "shard": shard}, batch_format="pyarrow"

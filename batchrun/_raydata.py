@@ -3,6 +3,10 @@
 Apart from ``batchrun._ray`` so that a read task's process imports only this (pyarrow
 and ``batchrun._input``), not the dispatcher's HTTP stack: it is on the way to the
 first batch of every run.
+
+A small input (``SMALL_INPUT_BYTES``) is read by the driver instead, with the local
+engine's reader, and handed to Ray as ready blocks of one batch each: no read task
+then, and so no worker process to start for one before the first batch can go out.
 """
 
 from __future__ import annotations
@@ -14,6 +18,28 @@ import pyarrow.csv as pacsv
 
 from batchrun._config import Job
 from batchrun._input import InputTable, conform, row_keys
+
+SMALL_INPUT_BYTES = 16 << 20
+"""Input files up to this size in all are read by the driver (``read_here``)."""
+
+
+def is_small(table: InputTable) -> bool:
+    sizes = [file.found.size for file in table.files]
+    return None not in sizes and sum(size or 0 for size in sizes) <= SMALL_INPUT_BYTES
+
+
+def read_here(
+    ray: Any, table: InputTable, job: Job, shard: tuple[int, int] | None, rows: int
+) -> Any:
+    """The input, read here, as a Ray dataset of blocks of at most ``rows`` rows (in
+    the local engine's order and types), only ``shard``'s rows if one is given."""
+    parts = []
+    for batch in table.batches(rows):
+        part = pa.Table.from_batches([batch])
+        parts.append(part if shard is None else in_shard(part, job, shard))
+    if not parts:
+        parts = [table.schema.empty_table()]
+    return ray.data.from_arrow(parts)
 
 
 def read_input(ray: Any, table: InputTable) -> Any:
@@ -52,4 +78,4 @@ def in_shard(part: pa.Table, job: Job, shard: tuple[int, int]) -> pa.Table:
     return part.filter(pa.array([shard_of(key, count) == index for key in keys], pa.bool_()))
 
 
-__all__ = ["in_shard", "read_input"]
+__all__ = ["in_shard", "is_small", "read_here", "read_input"]
