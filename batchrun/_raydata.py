@@ -21,6 +21,8 @@ from batchrun._input import InputTable, conform, row_keys
 
 SMALL_INPUT_BYTES = 16 << 20
 """Input files up to this size in all are read by the driver (``read_here``)."""
+BLOCK_ROWS = 1024
+"""Rows per block of an input the driver reads (a worker's batch: ``_ray.BATCH_ROWS``)."""
 
 
 def is_small(table: InputTable) -> bool:
@@ -28,13 +30,11 @@ def is_small(table: InputTable) -> bool:
     return None not in sizes and sum(size or 0 for size in sizes) <= SMALL_INPUT_BYTES
 
 
-def read_here(
-    ray: Any, table: InputTable, job: Job, shard: tuple[int, int] | None, rows: int
-) -> Any:
-    """The input, read here, as a Ray dataset of blocks of at most ``rows`` rows (in
-    the local engine's order and types), only ``shard``'s rows if one is given."""
+def read_here(ray: Any, table: InputTable, job: Job, shard: tuple[int, int] | None) -> Any:
+    """The input, read here, as a Ray dataset of blocks of at most ``BLOCK_ROWS`` rows
+    (in the local engine's order and types), only ``shard``'s rows if one is given."""
     parts = []
-    for batch in table.batches(rows):
+    for batch in table.batches(BLOCK_ROWS):
         part = pa.Table.from_batches([batch])
         parts.append(part if shard is None else in_shard(part, job, shard))
     if not parts:
