@@ -39,7 +39,10 @@ def read_here(ray: Any, table: InputTable, job: Job, shard: tuple[int, int] | No
         parts.append(part if shard is None else in_shard(part, job, shard))
     if not parts:
         parts = [table.schema.empty_table()]
-    return ray.data.from_arrow(parts)
+    # from_blocks describes the blocks here; from_arrow runs a remote task per block for
+    # that and waits for it, i.e. for a worker process to start (seconds on a busy host).
+    from_blocks = getattr(ray.data, "from_blocks", ray.data.from_arrow)
+    return from_blocks(parts)
 
 
 def read_input(ray: Any, table: InputTable) -> Any:
