@@ -194,8 +194,7 @@ class RayRun(Run):
     def _dataset(self, ray: Any, table: InputTable) -> Any:
         job, shard = self.job, self.options.shard
         if is_small(table):
-            ds = read_here(ray, table, job, shard)
-            return ds if self.options.limit is None else ds.limit(self.options.limit)
+            return read_here(ray, table, job, shard, self.options.limit, BATCH_ROWS)
         ds = read_input(ray, table)
         if shard is not None:
             ds = ds.map_batches(

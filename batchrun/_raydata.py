@@ -11,6 +11,7 @@ then, and so no worker process to start for one before the first batch can go ou
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pyarrow as pa
@@ -21,8 +22,6 @@ from batchrun._input import InputTable, conform, row_keys
 
 SMALL_INPUT_BYTES = 16 << 20
 """Input files up to this size in all are read by the driver (``read_here``)."""
-BLOCK_ROWS = 1024
-"""Rows per block of an input the driver reads (a worker's batch: ``_ray.BATCH_ROWS``)."""
 
 
 def is_small(table: InputTable) -> bool:
@@ -30,13 +29,29 @@ def is_small(table: InputTable) -> bool:
     return None not in sizes and sum(size or 0 for size in sizes) <= SMALL_INPUT_BYTES
 
 
-def read_here(ray: Any, table: InputTable, job: Job, shard: tuple[int, int] | None) -> Any:
-    """The input, read here, as a Ray dataset of blocks of at most ``BLOCK_ROWS`` rows
-    (in the local engine's order and types), only ``shard``'s rows if one is given."""
-    parts = []
-    for batch in table.batches(BLOCK_ROWS):
+def read_here(
+    ray: Any,
+    table: InputTable,
+    job: Job,
+    shard: tuple[int, int] | None,
+    limit: int | None,
+    rows: int,
+) -> Any:
+    """The input, read here, as a Ray dataset of blocks of at most ``rows`` rows (one
+    worker batch each: every worker gets some), in the local engine's order and types;
+    only ``shard``'s rows if one is given, and the first ``limit``."""
+    parts: list[pa.Table] = []
+    left = math.inf if limit is None else limit
+    for batch in table.batches(rows):
         part = pa.Table.from_batches([batch])
-        parts.append(part if shard is None else in_shard(part, job, shard))
+        part = part if shard is None else in_shard(part, job, shard)
+        if left < part.num_rows:
+            part = part.slice(0, int(left))
+        left -= part.num_rows
+        if part.num_rows:
+            parts.append(part)
+        if left <= 0:
+            break
     if not parts:
         parts = [table.schema.empty_table()]
     # from_blocks describes the blocks here; from_arrow runs a remote task per block for
