@@ -281,6 +281,7 @@ def test_a_pause_pushed_by_one_worker_holds_back_another(ray_address: str) -> No
     from batchrun._ray import SharedGate, _Coordinator
 
     coordinator = ray.remote(num_cpus=0)(_Coordinator).remote(2, None)
+    ray.get(coordinator.resume_time.remote())  # the actor is up: its start is not the pause
     first, second = SharedGate(coordinator), SharedGate(coordinator)
     first.pause_for(1.0)
     time.sleep(0.1)  # the push is one-way; let it land
