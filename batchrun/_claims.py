@@ -13,8 +13,8 @@ releases its claims before it waits for anyone else's, so two batches waiting on
 other's fingerprints never deadlock.
 
 A claim is not held forever: a worker holding claims shows it is alive on every call it
-makes while it works (asking for slots, or whether a signal stopped the run: every
-``STOP_POLL_S`` while a batch runs). Claims whose worker has not been seen for
+makes while it works (waiting for slots or claims, or for a signal to stop the run: at
+least every ``WATCH_S`` while a batch runs). Claims whose worker has not been seen for
 ``stale_s`` (the coordinator uses the request timeout plus the signal grace) are
 released, so when a worker dies and Ray does not retry its batch, the batches waiting
 on its fingerprints send them themselves instead of waiting forever.

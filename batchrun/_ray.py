@@ -14,8 +14,8 @@ Global limits. One small ``_Coordinator`` actor holds what the workers share
   number of workers, and a busy worker uses what idle ones do not;
 - ``concurrency``: leased to workers batch by batch (``Slots``); a worker may get none
   and wait;
-- limits learned from the API's headers: each worker paces to ``1 / max(planned,
-  joined)`` of them;
+- limits learned from the API's headers: admitted on the same log as configured ones
+  (a worker's admission call carries what its answers stated);
 - the 429 pause: a worker that must pause pushes "resume at" (wall clock) to it, and
   every worker's gate reads it at most ``GATE_REFRESH_S`` old before each send;
 - the budget: ``max_cost_usd`` minus what every run of the job spent, leased to workers
@@ -48,13 +48,12 @@ from typing import Any
 
 import anyio
 import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from batchrun._checkpoint import Checkpoint
 from batchrun._claims import Claims, split_claimed, unique_fingerprints
 from batchrun._config import Job, Limits
 from batchrun._dispatch import Dispatcher
-from batchrun._engine import Run, RunSummary, shard_of
+from batchrun._engine import Run, RunSummary
 from batchrun._errors import FatalApiError, JobError
 from batchrun._input import InputTable, conform, row_keys
 from batchrun._local import SIGNAL_GRACE_S
@@ -69,11 +68,11 @@ from batchrun._output import (
 )
 from batchrun._pipeline import Pipeline, Progress
 from batchrun._ratelimit import Pacer, PauseGate
-from batchrun._raystart import import_ray, ray_session
-from batchrun._raystop import DriverSignals, StopShare, log_stopped, run_watched
+from batchrun._raydata import in_shard, is_small, read_here, read_input
+from batchrun._raystart import StartMarks, import_ray, process_started, ray_session
+from batchrun._raystop import WATCH_S, DriverSignals, StopShare, log_stopped, run_watched
 from batchrun._requests import RequestBuilder
 from batchrun._shares import (
-    POLL_S,
     BudgetPool,
     Call,
     GlobalPace,
@@ -106,7 +105,10 @@ class RayRun(Run):
     signalled: tuple[str, int, int] | None = None  # (signal, on the wire, abandoned)
 
     def execute(self) -> RunSummary:
+        self.marks = StartMarks()  # where the start-up goes: logged at the end
+        self.marks.mark("run began")
         ray = import_ray()
+        self.marks.mark("Ray imported")
         self._require_id_column()
         table, builder = self._prepare()
         api_key = self._api_key()
@@ -120,12 +122,18 @@ class RayRun(Run):
             self.progress.total = self._total(table)
             try:
                 with ray_session(self.options.ray_address):
+                    self.marks.mark("Ray ready")
                     stats = self._run_on_ray(ray, table, api_key, spent)
             except KeyboardInterrupt:  # SIGINT, or SIGTERM through the CLI
                 self.stopped = "interrupted"
                 stats = self._write_saved(table, builder, ckpt, store)
         log_stopped(self.signalled)
+        self._log_start()
         return self._summary(stats)
+
+    def _log_start(self) -> None:
+        origin = process_started() or min(self.marks.at["run began"])
+        log.info("Ray start-up, seconds after the driver started: %s", self.marks.line(origin))
 
     def _write_saved(
         self, table: InputTable, builder: RequestBuilder, ckpt: Checkpoint, store: Path
@@ -177,6 +185,7 @@ class RayRun(Run):
             num_cpus=WORKER_CPUS,
         )
         log.info("Ray engine: %d workers sharing the job's limits", workers)
+        self.marks.mark("dataset planned")
         with DriverSignals(self, coordinator):  # a signal: stop sending, save, then stop Ray
             return self._write(ray, ds, coordinator, table.schema)
 
@@ -187,11 +196,13 @@ class RayRun(Run):
         return max(limit - spent, 0.0)
 
     def _dataset(self, ray: Any, table: InputTable) -> Any:
-        ds = read_input(ray, table)
         job, shard = self.job, self.options.shard
+        if is_small(table):
+            return read_here(ray, table, job, shard, self.options.limit, BATCH_ROWS)
+        ds = read_input(ray, table)
         if shard is not None:
             ds = ds.map_batches(
-                _in_shard, fn_kwargs={"job": job, "shard": shard}, batch_format="pyarrow"
+                in_shard, fn_kwargs={"job": job, "shard": shard}, batch_format="pyarrow"
             )
         if self.options.limit is not None:
             ds = ds.limit(self.options.limit)
@@ -208,6 +219,8 @@ class RayRun(Run):
         def batches() -> Iterator[pa.RecordBatch]:
             shown = 0.0
             for part in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                if "first rows back" not in self.marks.at:
+                    self.marks.mark("first rows back")
                 for batch in part.to_batches():
                     if batch.num_rows:
                         yield batch
@@ -236,6 +249,7 @@ class RayRun(Run):
             return
         for batch in totals.batches:
             _merge(stats, batch)
+        self.marks.update(totals.marks)
         self.stopped = self.stopped or totals.stopped
         self.fatal_message = totals.fatal_message
 
@@ -250,40 +264,6 @@ def _on_this_node(ray: Any) -> Any:
 
 def _cluster_cpus(ray: Any) -> int:
     return max(int(ray.cluster_resources().get("CPU", 1)), 1)
-
-
-def read_input(ray: Any, table: InputTable) -> Any:
-    """The input as a Ray dataset, file by file in the local engine's order and types
-    (CSV columns as strings, empty fields null), conformed to the unified schema."""
-    parts = []
-    for file in table.files:
-        # The file's own filesystem (local, S3, GCS): read tasks on any node open it with
-        # their own credentials (a pickled pyarrow filesystem carries none it found itself).
-        where = {"filesystem": file.found.fs, "partitioning": None}
-        if file.is_csv:
-            convert = pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in file.schema.names},
-                strings_can_be_null=True,
-                null_values=[""],
-            )
-            parts.append(ray.data.read_csv(file.found.path, convert_options=convert, **where))
-        else:
-            parts.append(ray.data.read_parquet(file.found.path, **where))
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    return ds.map_batches(
-        _conformed, fn_kwargs={"schema": table.schema}, batch_format="pyarrow", batch_size=None
-    )
-
-
-def _conformed(part: pa.Table, schema: pa.Schema) -> pa.Table:
-    batches = [conform(batch, schema) for batch in part.to_batches()]
-    return pa.Table.from_batches(batches, schema=schema)
-
-
-def _in_shard(part: pa.Table, job: Job, shard: tuple[int, int]) -> pa.Table:
-    index, count = shard
-    keys = [key for batch in part.to_batches() for key in row_keys(batch, job, 0)]
-    return part.filter(pa.array([shard_of(key, count) == index for key in keys], pa.bool_()))
 
 
 def _merge(stats: OutputStats, counted: dict[str, Any]) -> None:
@@ -311,6 +291,7 @@ class _Totals:
     batches: list[dict[str, Any]]
     stopped: str | None
     fatal_message: str | None
+    marks: dict[str, list[float]]
 
 
 class _Coordinator(StopShare):
@@ -333,6 +314,14 @@ class _Coordinator(StopShare):
         self.rows: dict[str, dict[str, float]] = {}  # each batch's rows
         self.batches: dict[str, dict[str, Any]] = {}
         self.claims = Claims(limits.timeout_s + SIGNAL_GRACE_S if limits else math.inf)
+        self.marks = StartMarks()
+        self.marks.mark("coordinator started", process_started())
+        self.marks.mark("coordinator ready")
+
+    def mark(self, step: str, wall: float | None) -> None:
+        """A worker's step of the start (``StartMarks``)."""
+        if wall is not None:
+            self.marks.mark(step, wall)
 
     def join(self, worker: str) -> int:
         """A worker starts (its life's number); a worker Ray restarted after its node was
@@ -355,18 +344,26 @@ class _Coordinator(StopShare):
     def resume_time(self) -> float:
         return self.resume_at
 
-    def admit(self, tokens: list[int]) -> list[float]:
-        return self.pace.admit(tokens)
+    def admit(self, tokens: list[int], learned: tuple[int | None, int | None]) -> list[float]:
+        return self.pace.admit(tokens, learned)
 
-    def take_slots(self, worker: str, want: int) -> tuple[int, str | None]:
-        """(slots leased for one batch, why the run stopped or None)."""
+    async def take_slots(
+        self, worker: str, want: int, wait_s: float = 0.0
+    ) -> tuple[int, str | None]:
+        """(slots leased for one batch, why the run stopped or None); waits up to
+        ``wait_s`` for slots to be given back while none are to be had."""
         self.claims.alive(worker)  # waiting for slots, its claims still hold
         if self.stop_deadline is not None:
             return 0, self.stopped  # a signal: no batch starts sending
-        return self.slots.take(worker, want), self.stopped
+        granted = self.slots.take(worker, want)
+        if not granted:
+            await self.changed(wait_s)
+            granted = 0 if self.stop_deadline is not None else self.slots.take(worker, want)
+        return granted, self.stopped
 
     def give_back_slots(self, worker: str) -> None:
         self.slots.give_back(worker)
+        self.wake()
 
     def lease(
         self, worker: str, want: float, need: float, returned: float, closed: bool
@@ -386,13 +383,22 @@ class _Coordinator(StopShare):
 
     def release(self, batch: str) -> None:
         self.claims.release(batch)
+        self.wake()
 
-    def held(self, batch: str, fingerprints: list[str]) -> tuple[list[str], str | None]:
+    async def held(
+        self, batch: str, fingerprints: list[str], worker: str, wait_s: float = 0.0
+    ) -> tuple[list[str], str | None]:
+        """(which of ``fingerprints`` other batches hold, why the run stopped or None);
+        waits up to ``wait_s`` for a release while some are held."""
+        self.claims.alive(worker)
+        if self.claims.held_by_others(batch, fingerprints) and self.stopped is None:
+            await self.changed(wait_s)
         return self.claims.held_by_others(batch, fingerprints), self.stopped
 
     def stop(self, reason: str, message: str | None = None) -> None:
         if self.stopped is None or reason == "fatal":
             self.stopped, self.fatal_message = reason, message
+        self.wake()
 
     def report(self, life: str, counters: Counts, batch: str, rows: Counts, stats: Counts) -> None:
         # Keyed, not added: every worker life's sends count, and a batch's rows count
@@ -406,7 +412,13 @@ class _Coordinator(StopShare):
         summed: Counter[str] = Counter()
         for counters in [*self.counters.values(), *self.rows.values()]:
             summed.update(counters)
-        return _Totals(dict(summed), list(self.batches.values()), self.stopped, self.fatal_message)
+        return _Totals(
+            dict(summed),
+            list(self.batches.values()),
+            self.stopped,
+            self.fatal_message,
+            self.marks.at,
+        )
 
 
 class SharedGate(PauseGate):
@@ -483,6 +495,8 @@ class _Worker:
         import ray
 
         self.ray, self.spec, self.coordinator, self.job = ray, spec, coordinator, spec.job
+        coordinator.mark.remote("worker processes started", process_started())
+        self.marked: set[str] = set()  # the steps of the start this worker has told
         # The actor's id: the same when Ray restarts it on another node after its node
         # was lost, so the coordinator frees what its last life held.
         actor = ray.get_runtime_context().get_actor_id() or uuid.uuid4().hex
@@ -516,8 +530,16 @@ class _Worker:
         )
         self.builder = RequestBuilder(self.job, spec.schema)
         self.out_schema = output_schema(self.job, spec.schema)
+        self._mark("workers ready")
+
+    def _mark(self, step: str) -> None:
+        """Tell the coordinator when this worker first reached ``step`` (no wait)."""
+        if step not in self.marked:
+            self.marked.add(step)
+            self.coordinator.mark.remote(step, time.time())
 
     def __call__(self, part: pa.Table) -> pa.Table:
+        self._mark("first batch at each worker")
         batch = conform(part.combine_chunks().to_batches()[0], self.spec.schema)
         items = self.builder.build(batch, 0)
         keys = row_keys(batch, self.job, 0)
@@ -553,18 +575,19 @@ class _Worker:
     def _wait_for_claims(self, batch: str, fingerprints: list[str]) -> bool:
         """Wait until other batches released ``fingerprints``; False if the run stopped."""
         while True:
-            held, stopped = self.ray.get(self.coordinator.held.remote(batch, fingerprints))
+            asked = self.coordinator.held.remote(batch, fingerprints, self.id, WATCH_S)
+            held, stopped = self.ray.get(asked)
             if stopped is not None:
                 return False
             if not held:
                 return True
-            time.sleep(POLL_S)
 
     def _answer(self, items: list[Request | Result], divisor: int) -> None:
         """Send the batch's unanswered rows with the slots leased for it."""
         slots = self._take_slots(sum(isinstance(item, Request) for item in items))
         if slots == 0:
             return  # the run stopped while this worker waited
+        self._mark("first sends of each worker")
         self.dispatcher.share = 1 / divisor  # of limits learned from the API's headers
         self.dispatcher.limits = replace(self.job.limits, concurrency=slots)
         stop: tuple[str, str | None] | None = None
@@ -591,11 +614,11 @@ class _Worker:
         if requests == 0:
             return 1  # nothing to send: no slot needed
         want = min(self.job.limits.concurrency, requests)
-        while True:
-            slots, stopped = self.ray.get(self.coordinator.take_slots.remote(self.id, want))
+        while True:  # each call waits up to WATCH_S for slots given back
+            asked = self.coordinator.take_slots.remote(self.id, want, WATCH_S)
+            slots, stopped = self.ray.get(asked)
             if slots or stopped is not None:
                 return int(slots)
-            time.sleep(POLL_S)
 
     def _counters(self) -> dict[str, float]:
         """This life's sends and spend, in all its batches."""

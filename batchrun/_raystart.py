@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,6 +52,9 @@ def ray_session(address: str | None) -> Iterator[None]:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         ray.init(
+            # "local": a new instance even when another is running on this machine
+            # (without it, Ray joins the one /tmp/ray/ray_current_cluster names).
+            address="local",
             num_cpus=os.cpu_count(),
             include_dashboard=False,
             log_to_driver=False,
@@ -94,4 +98,43 @@ def _configure_data(ray: Any) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-__all__ = ["import_ray", "local_temp_dir", "ray_session"]
+class StartMarks:
+    """When each step of a Ray run's start came, on the wall clock (steps happen in
+    several processes, maybe on several hosts); logged by the driver at the end."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, list[float]] = {}
+
+    def mark(self, step: str, wall: float | None = None) -> None:
+        self.at.setdefault(step, []).append(time.time() if wall is None else wall)
+
+    def update(self, other: dict[str, list[float]]) -> None:
+        for step, walls in other.items():
+            self.at.setdefault(step, []).extend(walls)
+
+    def seconds(self, origin: float) -> dict[str, tuple[float, float]]:
+        """Each step's first and last time, in seconds after ``origin``, in time order."""
+        spans = {step: (min(w) - origin, max(w) - origin) for step, w in self.at.items() if w}
+        return dict(sorted(spans.items(), key=lambda item: item[1]))
+
+    def line(self, origin: float) -> str:
+        parts = []
+        for step, (first, last) in self.seconds(origin).items():
+            span = f"{first:.1f}" if last - first < 0.05 else f"{first:.1f}-{last:.1f}"
+            parts.append(f"{step} {span}")
+        return ", ".join(parts)
+
+
+def process_started() -> float | None:
+    """When this process started (wall clock), from ``/proc`` (None where there is none)."""
+    try:
+        with open("/proc/self/stat") as stat:
+            ticks = int(stat.read().rpartition(")")[2].split()[19])
+        with open("/proc/uptime") as uptime:
+            up = float(uptime.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time() - up + ticks / os.sysconf("SC_CLK_TCK")
+
+
+__all__ = ["StartMarks", "import_ray", "local_temp_dir", "process_started", "ray_session"]

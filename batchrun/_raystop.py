@@ -6,9 +6,10 @@ The local engine's promise (``batchrun._local``) across processes:
   arrives on a wakeup fd the moment it is delivered, whatever the main thread is doing
   inside Ray, and the thread tells the coordinator at once (``StopShare.interrupt``,
   with the grace deadline).
-- Each worker running a batch asks the coordinator every ``STOP_POLL_S``
-  (``run_watched``) and, once told, calls ``Pipeline.stop_sending`` with the grace
-  left: nothing more is sent, the sends on the wire get the grace to come back and the
+- Each worker running a batch waits on the coordinator for the stop (``run_watched``:
+  a call that returns when the signal comes, or after ``WATCH_S`` to show the worker
+  is alive) and, once told, calls ``Pipeline.stop_sending`` with the grace left:
+  nothing more is sent, the sends on the wire get the grace to come back and the
   checkpoint writer commits every answer. The coordinator leases no more slots, so no
   batch starts sending after the stop.
 - A batch holds its slots until its answers are committed: when no slots are held
@@ -22,6 +23,8 @@ The local engine's promise (``batchrun._local``) across processes:
 from __future__ import annotations
 
 import _thread
+import asyncio
+import contextlib
 import logging
 import math
 import select
@@ -46,9 +49,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("batchrun")
 
-STOP_POLL_S = 0.025
-"""How often a worker running a batch asks whether a signal stopped the run: the latest
-send after a signal is at most this (plus a call to the coordinator) after it."""
+WATCH_S = 1.0
+"""Longest a worker's wait for the stop lasts before it asks again (a heartbeat for its
+claims, ``batchrun._claims``); the stop itself reaches it at once."""
 SETTLE_POLL_S = 0.05
 FINISH_S = 10.0
 """Once the workers have saved everything, how long the run may take to end by itself."""
@@ -65,15 +68,35 @@ class StopShare:
     on_the_wire = 0
     abandoned = 0
 
+    _changed: asyncio.Event | None = None
+
     def interrupt(self, deadline: float) -> None:
         self.stop_deadline = deadline
         self.stopped = self.stopped or "interrupted"
+        self.wake()
 
-    def interrupted(self, worker: str) -> float | None:
-        """The grace deadline (wall clock) once a signal stopped the run, else None.
-        Asked often by a working ``worker``: it is alive (its claims hold)."""
+    async def interrupted(self, worker: str, wait_s: float = 0.0) -> float | None:
+        """The grace deadline (wall clock) once a signal stopped the run, else None
+        (after waiting up to ``wait_s`` for it). Asked by a working ``worker``: it is
+        alive (its claims hold)."""
         self.claims.alive(worker)
+        if self.stop_deadline is None:
+            await self.changed(wait_s)
         return self.stop_deadline
+
+    async def changed(self, wait_s: float) -> None:
+        """Return at the next ``wake`` (a stop, slots or claims given back), or after
+        ``wait_s``. Coordinator calls run on one event loop: no lock is needed."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), wait_s)
+
+    def wake(self) -> None:
+        """Wake every call waiting in ``changed``."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def stopped_sending(self, on_the_wire: int, abandoned: int) -> None:
         self.on_the_wire += on_the_wire
@@ -106,8 +129,8 @@ async def run_watched(
 
 
 async def _watch(pipeline: Pipeline, call: Call, worker: str, stop: list[int]) -> None:
-    while (deadline := await call("interrupted", worker)) is None:
-        await anyio.sleep(STOP_POLL_S)
+    while (deadline := await call("interrupted", worker, WATCH_S)) is None:
+        pass  # no stop within WATCH_S: ask again
     stop.append(pipeline.stop_sending(max(deadline - time.time(), 0.0)))
 
 

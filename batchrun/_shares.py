@@ -5,7 +5,8 @@ workers share, and hands it out only to workers that have work, so every limit h
 for the job as a whole whatever the number of workers, and an idle worker takes none:
 
 - ``GlobalPace``: every send of every worker is admitted on one log of the job's
-  ``requests_per_minute`` and ``tokens_per_minute`` (the ``Pacer``'s rules: a GCRA pace
+  ``requests_per_minute`` and ``tokens_per_minute``, configured or stated by the API's
+  headers to any worker (the ``Pacer``'s rules: a GCRA pace
   plus an exact log of the last ``SPAN_S``). A worker asks for the sends it has waiting
   (one call for all of them, ``SharedPacer``) and gets, for each, how long to wait before
   sending. A send may reach the API up to ``MARGIN_S`` later than admitted and no window
@@ -31,11 +32,13 @@ import anyio
 from batchrun._budget import Budget
 from batchrun._config import Price
 from batchrun._errors import PermanentError
-from batchrun._ratelimit import MARGIN_S, Axis, LearnedLimits, Pacer
+from batchrun._ratelimit import MARGIN_S, Axis, LearnedLimits, Pacer, RateInfo
 from batchrun._types import Request
 
 Call = Callable[..., Awaitable[Any]]
 """``await call("method", *args)``: a coordinator method, over Ray or directly in tests."""
+Stated = tuple[int | None, int | None]
+"""Requests and tokens per minute an API's headers stated (None: not stated)."""
 LATE_S = 0.8 * MARGIN_S
 """An admission whose answer took longer than this is asked for again (it may be late)."""
 MAX_REASKS = 3
@@ -61,11 +64,19 @@ class GlobalPace:
         self._tokens.retune(1.0, now)
         self._last = -math.inf  # admissions are in time order: the log stays sorted
 
-    def admit(self, tokens: list[int]) -> list[float]:
+    def admit(self, tokens: list[int], learned: Stated = (None, None)) -> list[float]:
         """For each request (its estimated tokens), seconds from now until it may be sent;
-        ``inf`` for one that no window can ever hold."""
+        ``inf`` for one that no window can ever hold. ``learned``: the RPM and TPM a
+        worker's answers stated (its headers), held from now on for every worker."""
         now = self._clock()
+        self.learn(*learned, now=now)
         return [self._admit_one(amount, now) for amount in tokens]
+
+    def learn(self, rpm: int | None, tpm: int | None, *, now: float) -> None:
+        for axis, value in ((self._requests, rpm), (self._tokens, tpm)):
+            if value and value != axis.learned:
+                axis.learned = value
+                axis.retune(1.0, now)
 
     def _admit_one(self, amount: int, now: float) -> float:
         requests, tokens = self._requests, self._tokens
@@ -146,9 +157,10 @@ class BudgetPool:
 
 
 class SharedPacer(Pacer):
-    """A worker's pacer: learned limits at its share (as ``Pacer``), and the job's
-    configured limits admitted by the coordinator's ``GlobalPace``, for all of the
-    worker's waiting sends in one call."""
+    """A worker's pacer: the job's configured limits, and those the API's headers state,
+    admitted by the coordinator's ``GlobalPace`` for all of the worker's waiting sends in
+    one call (the limits learned ride along on it); a 429's pause and a limit guessed
+    from a 429 are paced here, at the worker's share (as ``Pacer``)."""
 
     def __init__(
         self,
@@ -160,23 +172,33 @@ class SharedPacer(Pacer):
         share: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(None, None, learned, share=share, clock=clock)
+        # The base paces no stated limit: the coordinator holds them all.
+        super().__init__(None, None, LearnedLimits(), share=share, clock=clock)
+        self.learned = learned if learned is not None else LearnedLimits()
         self._call = call
-        self._global = bool(rpm or tpm)  # without configured limits there is nothing to ask
-        self._stated_tpm = tpm
+        self._rpm, self._tpm = rpm, tpm
         self._queue: list[_Ticket] = []
         self._answered: anyio.Event | None = None
 
+    def observe(self, info: RateInfo) -> None:
+        """Limits stated by an answer's headers go to the coordinator with the next
+        admission: like configured ones, they then hold for all workers at once."""
+        if info.limit_requests:
+            self.learned.rpm = info.limit_requests
+        if info.limit_tokens:
+            self.learned.tpm = info.limit_tokens
+
     async def acquire(self, tokens: int) -> float:
-        await super().acquire(tokens)  # learned limits, and a bare 429's pause
-        if not self._global:
-            return self._clock()
+        await super().acquire(tokens)  # a bare 429's pause, or a limit guessed from it
+        if not (self._rpm or self._tpm or self.learned.rpm or self.learned.tpm):
+            return self._clock()  # no limit known yet: nothing to ask
         delay = await self._admission(tokens)
         if delay == math.inf:
+            tpm = min(v for v in (self._tpm, self.learned.tpm) if v)
             raise PermanentError(
                 "too_large_for_limit",
                 f"the request counts {tokens} tokens against a limit of"
-                f" {self._stated_tpm} tokens per minute: it can never be sent",
+                f" {tpm} tokens per minute: it can never be sent",
             )
         if delay > 0:
             await anyio.sleep(delay)
@@ -217,7 +239,8 @@ class SharedPacer(Pacer):
         # Waits count from the answer, so a slow answer makes sends late, never early.
         for _ in range(MAX_REASKS):
             asked = self._clock()
-            delays: list[float] = await self._call("admit", tokens)
+            learned = (self.learned.rpm, self.learned.tpm)
+            delays: list[float] = await self._call("admit", tokens, learned)
             if self._clock() - asked <= LATE_S:
                 break
         return delays

@@ -25,6 +25,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from batchrun import _raydata  # noqa: E402
 from batchrun._batchdone import WRITTEN_FROM_KEY  # noqa: E402
 from batchrun._charges import spent  # noqa: E402
 from batchrun._emulator import EmulatorProcess  # noqa: E402
@@ -115,12 +116,16 @@ def _assert_same_rows(expected: pa.Table, actual: pa.Table) -> None:
             assert actual[name].to_pylist() == expected[name].to_pylist(), name
 
 
+@pytest.mark.parametrize("read_by", ["driver", "read tasks"])
 def test_demo_job_output_equals_the_local_engines_row_for_row(
-    ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_by: str
 ) -> None:
     # One batch: its three duplicate reviews are deduped as the local engine does
     # (across workers too: see test_identical_requests_on_two_workers_are_sent_once).
+    # A small input is read by the driver; a larger one by Ray Data's read tasks.
     monkeypatch.chdir(ROOT)
+    if read_by == "read tasks":
+        monkeypatch.setattr(_raydata, "SMALL_INPUT_BYTES", -1)
     outputs = {}
     for engine in ("local", "ray"):
         out = tmp_path / f"{engine}.parquet"
@@ -277,6 +282,7 @@ def test_a_pause_pushed_by_one_worker_holds_back_another(ray_address: str) -> No
     from batchrun._ray import SharedGate, _Coordinator
 
     coordinator = ray.remote(num_cpus=0)(_Coordinator).remote(2, None)
+    ray.get(coordinator.resume_time.remote())  # the actor is up: its start is not the pause
     first, second = SharedGate(coordinator), SharedGate(coordinator)
     first.pause_for(1.0)
     time.sleep(0.1)  # the push is one-way; let it land

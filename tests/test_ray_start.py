@@ -67,3 +67,21 @@ def test_the_temp_dir_chosen_for_ray() -> None:
 
 def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("RAY_TMPDIR", "RAY_ADDRESS")}
+
+
+def test_a_local_ray_is_a_new_instance_even_with_another_running(monkeypatch: Any) -> None:
+    # Without an address, ray.init joins the instance /tmp/ray/ray_current_cluster names
+    # (another user's, or a test cluster's) and dies on num_cpus ("When connecting to an
+    # existing cluster, num_cpus ... must not be provided"). Starting a second real
+    # instance here would be that machine-wide file's business, so ray.init is recorded.
+    import ray
+
+    from batchrun._raystart import ray_session
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    with ray_session(None):
+        pass
+    assert calls[0]["address"] == "local"

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from trio.testing import MockClock
 
 from batchrun._config import Price
+from batchrun._ratelimit import RateInfo
 from batchrun._shares import BudgetPool, GlobalPace, LeasedBudget, SharedPacer, Slots
 from batchrun._types import Request
 
@@ -26,8 +27,8 @@ class Coordinator:
         self.slots = Slots(concurrency)
         self.money = BudgetPool(money)
 
-    def admit(self, tokens: list[int]) -> list[float]:
-        return self.pace.admit(tokens)
+    def admit(self, tokens: list[int], learned: tuple[int | None, int | None]) -> list[float]:
+        return self.pace.admit(tokens, learned)
 
     def lease(self, *args: Any) -> float | None:
         return self.money.lease(*args)
@@ -136,6 +137,31 @@ def test_a_busy_worker_uses_the_whole_limit_while_others_are_idle() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(sender)
             tg.start_soon(sender)
+
+    _run(main)
+    assert _max_in_window([(t, 1) for t in sends]) <= 60
+    assert sends[-1] - sends[0] < 125  # 120 sends at 60 a minute (a 60.5 s window)
+
+
+def test_limits_learned_from_headers_hold_for_all_workers_and_a_busy_one_uses_them_whole() -> None:
+    # No limit in the job; the API states 60 RPM. Two workers learn it: together they keep
+    # it in every window, and the one with the most work is not held to half of it.
+    sends: list[float] = []
+
+    async def main() -> None:
+        coordinator = Coordinator(None, None, 4, math.inf)
+        call = _caller(coordinator, random.Random(2), latency=0.01)
+
+        async def worker(rows: int) -> None:
+            pacer = SharedPacer(call, None, None, share=1 / 2, clock=anyio.current_time)
+            pacer.observe(RateInfo(limit_requests=60))
+            for _ in range(rows):
+                await pacer.acquire(100)
+                sends.append(anyio.current_time())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker, 110)
+            tg.start_soon(worker, 10)
 
     _run(main)
     assert _max_in_window([(t, 1) for t in sends]) <= 60

@@ -25,6 +25,7 @@ class Ledger:
         self.in_flight = 0  # chat-completion requests received and not yet answered
         self.max_in_flight = 0
         self.last_received_at: float | None = None  # wall clock (time.time()), for signal tests
+        self.first_received_at: float | None = None  # wall clock, for start-up benches
         self.requests_billed = 0
         self.rate_limited = 0
         self.status_counts: Counter[int] = Counter()
@@ -37,6 +38,8 @@ class Ledger:
     def receive(self, now: float) -> None:
         self.requests_received += 1
         self.last_received_at = time.time()
+        if self.first_received_at is None:
+            self.first_received_at = self.last_received_at
         self.received_window.add(now)
 
     def started(self) -> None:
@@ -61,6 +64,7 @@ class Ledger:
         data: dict[str, Any] = {
             "requests_received": self.requests_received,
             "last_received_at": self.last_received_at,
+            "first_received_at": self.first_received_at,
             "requests_billed": self.requests_billed,
             "completions": {str(k): v for k, v in sorted(self.status_counts.items())},
             "tokens": dict(self.tokens),
