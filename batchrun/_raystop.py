@@ -59,7 +59,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopShare:
-    """The coordinator's part of a signal (a mixin of ``batchrun._ray._Coordinator``)."""
+    """The coordinator's part of a signal (a mixin of ``batchrun._coordinator.Coordinator``)."""
 
     stopped: str | None
     slots: Slots

@@ -279,9 +279,10 @@ def test_the_budget_holds_across_workers(
 def test_a_pause_pushed_by_one_worker_holds_back_another(ray_address: str) -> None:
     import anyio
 
-    from batchrun._ray import SharedGate, _Coordinator
+    from batchrun._coordinator import Coordinator
+    from batchrun._ray import SharedGate
 
-    coordinator = ray.remote(num_cpus=0)(_Coordinator).remote(2, None)
+    coordinator = ray.remote(num_cpus=0)(Coordinator).remote(2, None)
     ray.get(coordinator.resume_time.remote())  # the actor is up: its start is not the pause
     first, second = SharedGate(coordinator), SharedGate(coordinator)
     first.pause_for(1.0)

@@ -118,9 +118,9 @@ class LedgerWatch:
 
 def test_a_restarted_worker_frees_what_its_last_life_held() -> None:
     from batchrun._config import Limits
-    from batchrun._ray import _Coordinator
+    from batchrun._coordinator import Coordinator
 
-    coordinator = _Coordinator(2, 1.0, Limits(concurrency=4))
+    coordinator = Coordinator(2, 1.0, Limits(concurrency=4))
     first = coordinator.join("worker-a")
     assert coordinator.take_slots("worker-a", 4) == (4, None)
     assert coordinator.lease("worker-a", 0.5, 0.1, 0.0, False) == 0.5
@@ -132,9 +132,9 @@ def test_a_restarted_worker_frees_what_its_last_life_held() -> None:
 
 
 def test_a_batch_run_again_counts_its_rows_once_and_every_send() -> None:
-    from batchrun._ray import _Coordinator
+    from batchrun._coordinator import Coordinator
 
-    coordinator = _Coordinator(2, None)
+    coordinator = Coordinator(2, None)
     stats = {"rows": 25}
     coordinator.report("a-0", {"sent": 25}, "r00000+25", {"finished": 25, "reused": 0}, stats)
     # Ray runs it again to rebuild its output lost with a node: every answer is stored.

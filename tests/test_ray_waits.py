@@ -11,13 +11,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from batchrun._config import Limits
-from batchrun._ray import _Coordinator
+from batchrun._coordinator import Coordinator
 
 LONG_S = 30.0  # a wait that would fail the test if it ran out
 
 
-def _coordinator(concurrency: int = 4) -> _Coordinator:
-    return _Coordinator(2, None, Limits(concurrency=concurrency))
+def _coordinator(concurrency: int = 4) -> Coordinator:
+    return Coordinator(2, None, Limits(concurrency=concurrency))
 
 
 async def _timed(wait: Awaitable[Any], change: Callable[[], None]) -> tuple[Any, float]:

@@ -20,7 +20,7 @@ from batchrun._types import Request
 
 
 class Coordinator:
-    """The actor's share/lease surface, as ``batchrun._ray._Coordinator`` exposes it."""
+    """The actor's share/lease surface, as ``batchrun._coordinator.Coordinator`` exposes it."""
 
     def __init__(self, rpm: int | None, tpm: int | None, concurrency: int, money: float) -> None:
         self.pace = GlobalPace(rpm, tpm, clock=anyio.current_time)
