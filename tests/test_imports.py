@@ -108,3 +108,16 @@ def test_every_module_is_at_most_600_lines() -> None:
         if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+def test_no_test_imports_the_tests_package() -> None:
+    """``tests`` is not a package on an installed project's path (CI runs pytest without
+    PYTHONPATH): helpers come from ``conftest`` by its own name."""
+    tests = Path(__file__).resolve().parent
+    offenders = [
+        f"{path.name}: {node.module}"
+        for path in sorted(tests.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests"
+    ]
+    assert offenders == []

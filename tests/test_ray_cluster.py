@@ -29,10 +29,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from conftest import batchrun_command, batchrun_env, write_job  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from batchrun._emulator import EmulatorProcess  # noqa: E402
-from tests.conftest import batchrun_command, batchrun_env, write_job  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
