@@ -12,6 +12,7 @@ before (a worker commits its answers every ``COMMIT_INTERVAL_S`` = 0.5 s).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -122,11 +123,11 @@ def test_a_restarted_worker_frees_what_its_last_life_held() -> None:
 
     coordinator = Coordinator(2, 1.0, Limits(concurrency=4))
     first = coordinator.join("worker-a")
-    assert coordinator.take_slots("worker-a", 4) == (4, None)
+    assert asyncio.run(coordinator.take_slots("worker-a", 4)) == (4, None)
     assert coordinator.lease("worker-a", 0.5, 0.1, 0.0, False) == 0.5
     # Its node is lost mid-batch; Ray restarts the actor (same id) elsewhere.
     assert coordinator.join("worker-a") != first  # a new life, a new checkpoint file
-    assert coordinator.take_slots("worker-b", 4) == (4, None)
+    assert asyncio.run(coordinator.take_slots("worker-b", 4)) == (4, None)
     assert coordinator.money is not None and not coordinator.money.open
     assert coordinator.state() == (2, None)  # still two workers sharing learned limits
 
