@@ -62,10 +62,12 @@ def charge_rows(request: Request, result: Result) -> Iterator[ChargeRow]:
     """The charges table's rows for ``result``: all of a pending one's, else those
     without usage."""
     answered = result.status != "pending"
+    others = [c for c in result.charges if not (answered and c.usage_known)]
+    if not others:  # the common case, on every answer: no key to convert
+        return
     key = fp_key(request.fingerprint)
-    for charge in result.charges:
-        if not (answered and charge.usage_known):
-            yield key, charge.cost_usd, int(charge.usage_known), int(charge.at * 1e6)
+    for charge in others:
+        yield key, charge.cost_usd, int(charge.usage_known), int(charge.at * 1e6)
 
 
 # Answers stored while the model had no price: usage known, nothing charged for it.

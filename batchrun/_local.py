@@ -170,7 +170,7 @@ class LocalRun(Run):
         probe = [item.fingerprint for item in last if isinstance(item, Request)]
         if probe and not ckpt.answered(probe, include_failed=include_failed):
             return None  # one row built and looked up: a batch not yet sent costs no more
-        found = _fingerprints(builder, batch, first, keys)
+        found = builder.fingerprints(batch, first, keys)
         fingerprints = [fp for fp in found if fp is not None]
         if len(ckpt.answered(fingerprints, include_failed=include_failed)) < len(set(fingerprints)):
             return None
@@ -285,18 +285,6 @@ class _DoneBatches:
         errors = any(answers[r.fingerprint].result.status == "error" for r in requests)
         digest = batch_digest(batch, first, self.job_key)
         self.found.append(DoneBatch(digest, len(requests), len(items) - len(requests), errors))
-
-
-def _fingerprints(
-    builder: RequestBuilder, batch: pa.RecordBatch, first: int, keys: list[str]
-) -> list[str | None]:
-    """Each row's request fingerprint (None: invalid), without building the requests
-    where the builder can (``RequestBuilder.fingerprints``)."""
-    found = builder.fingerprints(batch, keys)
-    if found is None:
-        items = builder.build(batch, first, keys)
-        found = [item.fingerprint if isinstance(item, Request) else None for item in items]
-    return found
 
 
 def _requests_word(count: int) -> str:

@@ -72,16 +72,20 @@ def fingerprint(body: Mapping[str, Any], key: str | None = None) -> str:
 
 
 def _hash(canonical: str, key: str | None) -> str:
-    if key is not None:
-        canonical = encode_basestring(key) + canonical
-    return f"{FINGERPRINT_VERSION}:{hashlib.sha256(canonical.encode()).hexdigest()}"
+    return _hash_bytes(canonical.encode(), key)
 
 
 def _hash_bytes(canonical: bytes, key: str | None) -> str:
-    """``_hash`` of a canonical text already encoded (UTF-8 encodes piece by piece)."""
+    """``_hash`` of a canonical text already encoded (UTF-8 encodes piece by piece, so
+    the key's bytes then the body's are the bytes of the joined text)."""
     if key is not None:
         canonical = encode_basestring(key).encode() + canonical
     return f"{FINGERPRINT_VERSION}:{hashlib.sha256(canonical).hexdigest()}"
+
+
+def _nonblank(system: str | None) -> str | None:
+    """A system prompt that renders blank is left out of the request."""
+    return system if system and system.strip() else None
 
 
 class _CanonicalWriter:
@@ -166,13 +170,14 @@ class RequestBuilder:
             out.append(self._request(key, prompts[i], system, urls))
         return out
 
-    def fingerprints(self, batch: pa.RecordBatch, keys: list[str]) -> list[str | None] | None:
-        """Each row's ``Request.fingerprint`` as ``build`` makes it (None: an invalid row),
-        at a fraction of its cost: no body, estimate or ``Request``. What a resume asks of
-        the checkpoint about rows it may not send. None when this job's requests take the
-        generic path or carry images: ``build`` them."""
+    def fingerprints(self, batch: pa.RecordBatch, first: int, keys: list[str]) -> list[str | None]:
+        """Each row's ``Request.fingerprint`` as ``build`` makes it (None: an invalid row):
+        what a resume asks of the checkpoint about rows it may not send. Without a body,
+        estimate or ``Request`` (a third of the cost), unless this job's requests take
+        the generic path or carry images: then they are built."""
         if self._canonical is None or self.image_column is not None:
-            return None
+            built = self.build(batch, first, keys)
+            return [item.fingerprint if isinstance(item, Request) else None for item in built]
         texts = {name: _column_text(batch.column(name)) for name in self._text_columns}
         prompts = _render(self.prompt, texts, batch.num_rows)
         systems = _render(self.system, texts, batch.num_rows) if self.system else None
@@ -180,8 +185,7 @@ class RequestBuilder:
         text, dedupe = self._canonical.text, self.job.request.dedupe
         out: list[str | None] = []
         for i, key in enumerate(keys):
-            system = systems[i] if systems else None
-            system = system if system and system.strip() else None  # as ``_request``
+            system = _nonblank(systems[i]) if systems else None
             hashed = (
                 None if blank[i] else _hash(text(system, prompts[i], []), None if dedupe else key)
             )
@@ -191,7 +195,7 @@ class RequestBuilder:
     def _request(self, key: str, prompt: str, system: str | None, urls: list[str]) -> Request:
         # Runs for every row, in the run and again in the output pass: names read once.
         request = self.job.request
-        system = system if system and system.strip() else None
+        system = _nonblank(system)
         user = {"role": "user", "content": self._user_content(prompt, urls) if urls else prompt}
         messages: list[dict[str, Any]] = [user]
         if system is not None:

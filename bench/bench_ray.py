@@ -47,7 +47,8 @@ output = 10.0
 """
 
 
-def _input(directory: Path, rows: int) -> Path:
+def write_input(directory: Path, rows: int) -> Path:
+    """``rows`` rows of ``id`` and ``text`` in ``in.parquet`` (also ``bench_ray_start``'s)."""
     path = directory / "in.parquet"
     ids = [f"r{i:06d}" for i in range(rows)]
     pq.write_table(pa.table({"id": ids, "text": [f"row {i}" for i in range(rows)]}), path)
@@ -90,7 +91,7 @@ def main() -> None:
     print(f"{args.rows} rows, {limit}, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp, ray_session(None):
         directory = Path(tmp)
-        source = _input(directory, args.rows)
+        source = write_input(directory, args.rows)
         print(_one(directory, source, args, None), flush=True)
         for workers in (int(n) for n in args.workers.split(",")):
             print(_one(directory, source, args, workers), flush=True)

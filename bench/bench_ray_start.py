@@ -24,28 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from bench_ray import JOB, write_input  # the same job and input as the steady-state bench
 
 from batchrun._emulator import EmulatorProcess
 
 KEY = "sk-bench-ray-start"
-JOB = """\
-[job]
-name = "bench-ray-start"
-[input]
-path = "{input}"
-id_column = "id"
-[request]
-model = "gpt-5.5"
-prompt = "Label: {{text}}"
-max_completion_tokens = 16
-[limits]
-concurrency = 64
-requests_per_minute = {rpm}
-[output]
-path = "{output}"
-"""
 STEP = re.compile(r"(?P<step>[A-Za-z][A-Za-z ]*?) (?P<first>[\d.]+)(?:-(?P<last>[\d.]+))?$")
 
 
@@ -96,9 +79,7 @@ def main() -> None:
     print(f"{args.rows} rows, {args.workers} workers, {args.rpm} RPM; load {load:.1f}")
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         directory = Path(tmp)
-        ids = [f"r{i:06d}" for i in range(args.rows)]
-        texts = [f"row {i}" for i in range(args.rows)]
-        pq.write_table(pa.table({"id": ids, "text": texts}), directory / "in.parquet")
+        write_input(directory, args.rows)
         rounds = [_round(directory, args, n) for n in range(args.rounds)]
     steps = list(dict.fromkeys(step for r in rounds for step in r))
     order = sorted(steps, key=lambda s: float(rounds[0].get(s, "1e9").split("-")[0]))

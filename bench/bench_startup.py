@@ -21,15 +21,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from bench_process import measure  # one child process: wall, CPU (os.wait4), peak RSS
 
 from batchrun._emulator import EmulatorProcess
 
-KEY = "sk-bench"
 BARE = "import pyarrow, pyarrow.csv, pyarrow.parquet, httpx, aiohttp, anyio, uvloop"
 JOB = """\
 [job]
@@ -48,23 +47,6 @@ input = 1.25
 cached_input = 0.125
 output = 10.0
 """
-
-
-def measure(command: list[str], cwd: Path) -> dict[str, float]:
-    """Wall seconds, CPU seconds (user + sys) and peak RSS (MB) of one child process."""
-    env = {**os.environ, "MODELSTREAM_API_KEY": KEY}
-    # An installed package has its .pyc files; compiling batchrun on every start is not
-    # what a user pays (the warm-up round writes them).
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    started = time.perf_counter()
-    child = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise RuntimeError(f"{command} exited {child.returncode}")
-    cpu = usage.ru_utime + usage.ru_stime
-    return {"wall_s": wall, "cpu_s": cpu, "rss_mb": usage.ru_maxrss / 1024}
 
 
 def commands(emu: EmulatorProcess) -> dict[str, list[str]]:

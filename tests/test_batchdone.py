@@ -33,18 +33,10 @@ def test_a_rerun_of_a_finished_job_builds_rows_only_for_the_output(
     emu = emulator()
     job = write_job(tmp_path, rows=ROWS)
     monkeypatch.chdir(tmp_path)
-    built: list[int] = []
-    original = RequestBuilder.build
-
-    def counting(self: RequestBuilder, batch: pa.RecordBatch, *args: Any) -> Any:
-        built.append(batch.num_rows)
-        return original(self, batch, *args)
-
-    monkeypatch.setattr(RequestBuilder, "build", counting)
     options = RunOptions(api_key=API_KEY)
     sets = [f'api.base_url="{emu.base_url}"']
     assert run_job_file(job, sets=sets, options=options).sent == ROWS
-    built.clear()
+    built = count_builds(monkeypatch)
     # Limits are no part of a request: the batches are still known as done.
     summary = run_job_file(job, sets=[*sets, "limits.concurrency=8"], options=options)
     assert (summary.sent, summary.reused_from_checkpoint) == (0, ROWS)

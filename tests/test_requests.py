@@ -345,5 +345,5 @@ def test_fingerprints_without_building_equal_the_built_requests(
     keys = batch.column("id").to_pylist()
     built = builder.build(batch, 0, keys)
     expected = [item.fingerprint if isinstance(item, Request) else None for item in built]
-    assert builder.fingerprints(batch, keys) == expected
+    assert builder.fingerprints(batch, 0, keys) == expected
     assert None in expected and len(set(expected)) > 2  # blank rows are invalid in both
