@@ -78,7 +78,8 @@ class Coordinator(StopShare):
         return self.lives - 1
 
     def state(self) -> tuple[int, str | None]:
-        """(how many workers split the learned limits, why the run stopped or None)."""
+        """(how many workers split a pace guessed from a bare 429, which no header states;
+        why the run stopped or None). Stated limits are global (``GlobalPace``)."""
         return max(self.planned, len(self.joined)), self.stopped
 
     def pause_until(self, wall: float) -> None:

@@ -444,7 +444,7 @@ class _Worker:
         if slots == 0:
             return  # the run stopped while this worker waited
         self._mark("first sends of each worker")
-        self.dispatcher.share = 1 / divisor  # of limits learned from the API's headers
+        self.dispatcher.share = 1 / divisor  # of a pace guessed from a bare 429
         self.dispatcher.limits = replace(self.job.limits, concurrency=slots)
         stop: tuple[str, str | None] | None = None
         try:

@@ -129,7 +129,7 @@ def test_a_restarted_worker_frees_what_its_last_life_held() -> None:
     assert coordinator.join("worker-a") != first  # a new life, a new checkpoint file
     assert asyncio.run(coordinator.take_slots("worker-b", 4)) == (4, None)
     assert coordinator.money is not None and not coordinator.money.open
-    assert coordinator.state() == (2, None)  # still two workers sharing learned limits
+    assert coordinator.state() == (2, None)  # still two workers sharing a pace guessed from a 429
 
 
 def test_a_batch_run_again_counts_its_rows_once_and_every_send() -> None:
