@@ -123,6 +123,8 @@ class Sender:
         self, transport: httpx.AsyncBaseTransport, *, url: str, api_key: str, timeout_s: float
     ) -> None:
         self._transport = transport
+        # Whole answers skip httpx's types where the transport is ours (``post_json``).
+        self._direct = transport if isinstance(transport, Transport) else None
         self._url = httpx.URL(url)  # parsed once, not on every request
         self._yarl_url = yarl.URL(url)
         self._secret = api_key
@@ -144,7 +146,7 @@ class Sender:
         try:
             if request.body.get("stream") is True:
                 result, rate = await self._send_streamed(request)
-            elif isinstance(self._transport, Transport):  # aiohttp's own timer times it
+            elif self._direct is not None:  # aiohttp's own timer times it
                 result, rate = await self._send_plain(request)
             else:
                 with anyio.fail_after(self._timeout_s):
@@ -169,9 +171,9 @@ class Sender:
             raise RetryableError("malformed_response", f"unreadable answer: {exc}") from None
 
     async def _post_whole(self, request: Request) -> tuple[int, RawHeaders, bytes]:
-        if isinstance(self._transport, Transport):
+        if self._direct is not None:
             body = request.wire or request.body  # the builder's canonical bytes when it has them
-            return await self._transport.post_json(
+            return await self._direct.post_json(
                 self._yarl_url, body, self._json_headers, self._whole_timeout
             )
         response = await self._post(request)  # any other httpx transport (tests)
