@@ -187,7 +187,8 @@ def test_a_job_survives_a_lost_node_and_a_lost_driver_on_one_shared_store(
     _assert_every_row_ok_and_counted_once(tmp_path)
     # The lost node's workers wrote answers into the shared store; Ray restarted them.
     assert lost.files["lost"] and lost.files["kept"], lost.files
-    assert all(_answers_in(path) for path in lost.files["lost"]), lost.files
+    # (A worker whose batches were all answered by the killed run writes nothing: any.)
+    assert any(_answers_in(path) for path in lost.files["lost"]), lost.files
     assert lost.restarted and min(lost.restarted.values()) >= 1, lost.restarted
     # Re-billed: at most what each loss had on the wire plus a second of answers.
     twice = after_ray["billed_more_than_once"]
@@ -246,6 +247,7 @@ def _ray_run_losing_a_node(
     lost = workers.pop(victim.node_id)
     kept = [pid for on_node in workers.values() for _, pid in on_node]
     files = {"lost": _worker_files([pid for _, pid in lost]), "kept": _worker_files(kept)}
+    _wait_answers(files["lost"], driver)
     lost_at = time.monotonic()
     cluster.remove_node(victim, allow_graceful=False)
     gone_at = _wait_gone([pid for _, pid in lost])
@@ -303,6 +305,15 @@ def _wait_billed(emu: EmulatorProcess, at_least: int, driver: subprocess.Popen[s
         time.sleep(0.05)
 
 
+def _wait_answers(files: list[Path], driver: subprocess.Popen[str]) -> None:
+    """Until one of ``files`` holds a committed answer (a worker commits every 0.5 s)."""
+    deadline = time.monotonic() + 60
+    while not any(_answers_in(path) for path in files):
+        assert driver.poll() is None, driver.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"no answer in {files} after 60 s"
+        time.sleep(0.05)
+
+
 def _workers(cluster: Cluster) -> dict[str, list[tuple[str, int]]]:
     """The live worker actors (actor id, process id), by node id."""
     by_node: dict[str, list[tuple[str, int]]] = {n.node_id: [] for n in cluster.worker_nodes}
@@ -344,5 +355,8 @@ def _running(pid: int) -> bool:
 
 def _answers_in(path: Path) -> int:
     with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as conn:
-        count: int = conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        try:
+            count: int = conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        except sqlite3.OperationalError:  # its schema is not written yet
+            return 0
     return count
