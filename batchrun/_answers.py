@@ -26,7 +26,6 @@ from typing import Any
 Row = tuple[Any, ...]
 
 _MAX_PARAMS = 900  # below SQLite's historical 999-variable limit
-_ROWS_PER_INSERT = 64  # rows per multi-row INSERT statement: one bind-and-step, not 64
 _ANSWER_COLUMNS = """
     fingerprint TEXT NOT NULL,
     owner_key TEXT NOT NULL,
@@ -124,19 +123,14 @@ def split_replaced(conn: sqlite3.Connection, rows: list[Row]) -> tuple[list[Row]
 
 
 @cache
-def insert_sql(columns: tuple[str, ...], rows: int) -> str:
-    one = f"({', '.join('?' * len(columns))})"
-    return f"INSERT INTO answers ({', '.join(columns)}) VALUES {', '.join([one] * rows)}"
+def insert_sql(columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO answers ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
 def insert_new(conn: sqlite3.Connection, columns: tuple[str, ...], rows: list[Row]) -> None:
-    """Append answers whose keys have none yet: 64 rows a statement, then the rest."""
-    whole = len(rows) - len(rows) % _ROWS_PER_INSERT
-    groups = chunks(rows[:whole], _ROWS_PER_INSERT)
-    conn.executemany(
-        insert_sql(columns, _ROWS_PER_INSERT), ([v for r in g for v in r] for g in groups)
-    )
-    conn.executemany(insert_sql(columns, 1), rows[whole:])
+    """Append answers whose keys have none yet, a row a statement: at 1M rows that costs
+    6.7 µs a row against 9.6 for 64-row statements (``bench/bench_checkpoint.py``)."""
+    conn.executemany(insert_sql(columns), rows)
 
 
 _KNOWN_IN_TABLE = "SELECT SUM(cost_usd) FROM charges WHERE fingerprint = ? AND usage_known = 1"
