@@ -213,6 +213,7 @@ class _DispatchRun:
         self.slow = dispatcher.slow
         out, self.finished = anyio.create_memory_object_stream[RequestResult](math.inf)
         self.out = out
+        self.backlog = 0  # answers in the forwarder's stream (cheaper than its statistics())
 
     async def run(
         self, requests: MemoryObjectReceiveStream[Request], results: ResultSink
@@ -231,6 +232,7 @@ class _DispatchRun:
         # The only task that may wait on the consumer; workers never do.
         async with self.finished:
             async for item in self.finished:
+                self.backlog -= 1
                 await results.send(item)
 
     async def _worker(
@@ -263,13 +265,14 @@ class _DispatchRun:
     def _emit(self, out: MemoryObjectSendStream[RequestResult], item: RequestResult) -> None:
         # Straight to the consumer when it has room (the usual case), else to the
         # forwarder's backlog; either way without waiting.
-        if self.finished.statistics().current_buffer_used == 0:
+        if self.backlog == 0:
             try:
                 self.results.send_nowait(item)
                 return
             except anyio.WouldBlock:
                 pass
         out.send_nowait(item)
+        self.backlog += 1
 
     def _stop_taking_work(self, reason: Literal["budget", "interrupted"] = "budget") -> None:
         """Budget or signal: cancel every worker not in the middle of a send (waiting on

@@ -30,7 +30,7 @@ from batchrun._engine import Run, RunSummary, budget_for, learned_limits_kept
 from batchrun._errors import FatalApiError
 from batchrun._input import InputTable, row_keys
 from batchrun._loop import run_async
-from batchrun._output import OutputStats, kept_output
+from batchrun._output import Item, OutputStats, kept_output
 from batchrun._pipeline import Pipeline
 from batchrun._requests import RequestBuilder, built_batches
 from batchrun._store import JobStore, clear_ray_dir, local_store, ray_dir
@@ -274,12 +274,12 @@ class _DoneBatches:
     def __call__(
         self,
         batch: pa.RecordBatch,
-        items: Sequence[Request | Result],
+        items: Sequence[Item],
         answers: Mapping[str, Answer],
     ) -> None:
         first, self.start = self.start, self.start + batch.num_rows
         self.batches += 1
-        requests = [item for item in items if isinstance(item, Request)]
+        requests = [item for item in items if not isinstance(item, Result)]
         if not all(request.fingerprint in answers for request in requests):
             return
         errors = any(answers[r.fingerprint].result.status == "error" for r in requests)

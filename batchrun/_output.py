@@ -37,11 +37,13 @@ from batchrun._errors import JobError, OutputError
 from batchrun._files import describe, is_remote, resolve
 from batchrun._input import InputTable
 from batchrun._parse import ARROW_TYPES, parse_response
-from batchrun._requests import RequestBuilder, Selector, built_batches
-from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS, Answer, Request, Result
+from batchrun._requests import RequestBuilder, Selector, keyed_batches
+from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS, Answer, Keyed, Request, Result
 
 Lookup = Callable[[Sequence[str]], Mapping[str, Answer]]
-BatchHook = Callable[[pa.RecordBatch, Sequence[Request | Result], Mapping[str, Answer]], None]
+Item = Keyed | Request | Result
+"""A row as the output pass sees it: keyed (or built) if valid, its ``Result`` if not."""
+BatchHook = Callable[[pa.RecordBatch, Sequence[Item], Mapping[str, Answer]], None]
 
 RESULT_TYPES: Mapping[str, pa.DataType] = {
     **dict.fromkeys(
@@ -182,7 +184,7 @@ class _Row:
         return 0 if self.shared else self.result.attempts
 
 
-def _rows(job: Job, items: Sequence[Request | Result], answers: Mapping[str, Answer]) -> list[_Row]:
+def _rows(job: Job, items: Sequence[Item], answers: Mapping[str, Answer]) -> list[_Row]:
     rows = []
     for item in items:
         if isinstance(item, Result):  # invalid: never sent
@@ -307,12 +309,12 @@ def output_location(job: Job) -> Path | str:
 def output_batch(
     job: Job,
     batch: pa.RecordBatch,
-    items: Sequence[Request | Result],
+    items: Sequence[Item],
     answers: Mapping[str, Answer],
     schema: pa.Schema,
     stats: OutputStats,
 ) -> pa.RecordBatch:
-    """One input batch's output rows (``items`` from ``RequestBuilder.build``), counted
+    """One input batch's output rows (``items`` from ``RequestBuilder.keyed``), counted
     into ``stats``: the per-batch step of ``write_output``, for engines that answer
     batches elsewhere (Ray) and stream them to ``write_batches``."""
     rows = _rows(job, items, answers)
@@ -357,8 +359,8 @@ def _output_batches(
     batch_size: int,
     on_batch: BatchHook | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    for batch, items in built_batches(table, builder, select=select, batch_size=batch_size):
-        answers = lookup([item.fingerprint for item in items if isinstance(item, Request)])
+    for batch, items in keyed_batches(table, builder, select=select, batch_size=batch_size):
+        answers = lookup([item.fingerprint for item in items if not isinstance(item, Result)])
         if on_batch is not None:
             on_batch(batch, items, answers)
         yield output_batch(job, batch, items, answers, schema, stats)

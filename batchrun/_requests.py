@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from json.encoder import encode_basestring
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pyarrow as pa
 
@@ -22,7 +22,7 @@ from batchrun._config import MAX_IMAGE_URLS, Job
 from batchrun._errors import JobError
 from batchrun._input import InputTable, row_keys
 from batchrun._template import Template
-from batchrun._types import Request, Result
+from batchrun._types import Keyed, Request, Result
 
 FINGERPRINT_VERSION = "v1"
 IMAGE_TOKENS: Mapping[str | None, int] = {"low": 85, "high": 765, "auto": 425, None: 425}
@@ -170,6 +170,19 @@ class RequestBuilder:
             out.append(self._request(key, prompts[i], system, urls))
         return out
 
+    def keyed(
+        self, batch: pa.RecordBatch, start: int, keys: list[str]
+    ) -> list[Keyed | Request | Result]:
+        """``build`` for the output pass, which reads only keys and fingerprints: a
+        ``Keyed`` per row, a third of the cost, unless a row is invalid (its ``Result``
+        says why) or the job's requests are built anyway (``fingerprints``)."""
+        if self._canonical is None or self.image_column is not None:
+            return list(self.build(batch, start, keys))
+        found = self.fingerprints(batch, start, keys)
+        if None in found:
+            return list(self.build(batch, start, keys))
+        return [Keyed(key, fp) for key, fp in zip(keys, found, strict=True) if fp is not None]
+
     def fingerprints(self, batch: pa.RecordBatch, first: int, keys: list[str]) -> list[str | None]:
         """Each row's ``Request.fingerprint`` as ``build`` makes it (None: an invalid row):
         what a resume asks of the checkpoint about rows it may not send. Without a body,
@@ -248,12 +261,36 @@ def built_batches(
     """Each input batch with its rows' requests, the rows ``select`` drops left out.
 
     The one place rows are read, keyed, selected and built: the run, ``plan`` and
-    the output writer all walk the input through it.
+    the output writer (``keyed_batches``) all walk the input through it.
     """
+    return _walk(table, builder.job, builder.build, select, batch_size)
+
+
+def keyed_batches(
+    table: InputTable,
+    builder: RequestBuilder,
+    *,
+    select: Selector | None = None,
+    batch_size: int = 4096,
+) -> Iterator[tuple[pa.RecordBatch, list[Keyed | Request | Result]]]:
+    """``built_batches`` with ``RequestBuilder.keyed``'s rows: the output pass's walk."""
+    return _walk(table, builder.job, builder.keyed, select, batch_size)
+
+
+_Item = TypeVar("_Item")
+
+
+def _walk(
+    table: InputTable,
+    job: Job,
+    make: Callable[[pa.RecordBatch, int, list[str]], list[_Item]],
+    select: Selector | None,
+    batch_size: int,
+) -> Iterator[tuple[pa.RecordBatch, list[_Item]]]:
     start = 0
     for whole in table.batches(batch_size):
-        keys = row_keys(whole, builder.job, start)
-        items = builder.build(whole, start, keys)
+        keys = row_keys(whole, job, start)
+        items = make(whole, start, keys)
         start += whole.num_rows
         if select is None:
             yield whole, items

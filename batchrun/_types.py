@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Status = Literal["ok", "error", "invalid", "pending"]
 
@@ -37,6 +37,14 @@ class Request:
     def est_tokens(self) -> int:
         """What the request counts against a tokens-per-minute limit before its answer."""
         return self.est_prompt_tokens + self.max_completion_tokens
+
+
+class Keyed(NamedTuple):
+    """A valid row's request as the output pass needs it: its key and fingerprint,
+    without the body (``RequestBuilder.keyed``)."""
+
+    key: str
+    fingerprint: str
 
 
 @dataclass(slots=True)

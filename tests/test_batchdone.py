@@ -36,12 +36,14 @@ def test_a_rerun_of_a_finished_job_builds_rows_only_for_the_output(
     options = RunOptions(api_key=API_KEY)
     sets = [f'api.base_url="{emu.base_url}"']
     assert run_job_file(job, sets=sets, options=options).sent == ROWS
-    built = count_builds(monkeypatch)
+    walked = count_builds(monkeypatch)
     # Limits are no part of a request: the batches are still known as done.
     summary = run_job_file(job, sets=[*sets, "limits.concurrency=8"], options=options)
     assert (summary.sent, summary.reused_from_checkpoint) == (0, ROWS)
     assert summary.by_status == {"ok": ROWS}
-    assert sum(built) == ROWS  # the output pass; the producer skipped both batches unbuilt
+    # Only the output pass walked the rows (keys and fingerprints, no bodies); the
+    # producer skipped both batches unbuilt.
+    assert walked == [("keyed", 4096), ("keyed", 4)]
 
 
 def test_edits_send_again_exactly_the_rows_they_change(tmp_path: Path, emulator: Any) -> None:
@@ -103,12 +105,12 @@ def test_after_a_kill_9_the_resume_records_the_batches_it_finds_answered(
         recorded = conn.execute("SELECT requests, invalid, errors FROM done_batches").fetchall()
     assert recorded == [(4096, 0, 1)]  # the first batch (perhaps with errors: not read)
 
-    built = count_builds(monkeypatch)
+    walked = count_builds(monkeypatch)
     summary = run_job_file(job, sets=sets, options=options)
     assert (summary.sent, summary.reused_from_checkpoint) == (0, ROWS)
     # The producer skipped the first batch unbuilt; of the second it built one row (a
-    # probe) and found every fingerprint answered; the output pass built every row.
-    assert built == [1, 4096, 4]
+    # probe) and found every fingerprint answered; the output pass keyed every row.
+    assert walked == [("build", 1), ("keyed", 4096), ("keyed", 4)]
 
     # An edit in the batch recorded during the resume is still sent, and only it.
     rows = review_rows(ROWS)
@@ -117,14 +119,18 @@ def test_after_a_kill_9_the_resume_records_the_batches_it_finds_answered(
     assert run_job_file(job, sets=sets, options=options).sent == 1
 
 
-def count_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The row count of every ``RequestBuilder.build`` call from now on."""
-    built: list[int] = []
-    original = RequestBuilder.build
+def count_builds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every ``RequestBuilder.build`` and ``.keyed`` call from now on: (which, rows)."""
+    walked: list[tuple[str, int]] = []
+    for name in ("build", "keyed"):
+        original = getattr(RequestBuilder, name)
 
-    def counting(self: RequestBuilder, batch: pa.RecordBatch, *args: Any) -> Any:
-        built.append(batch.num_rows)
-        return original(self, batch, *args)
+        def counting(
+            self: RequestBuilder, batch: pa.RecordBatch, *args: Any, _name: str = name,
+            _original: Any = original,
+        ) -> Any:  # fmt: skip
+            walked.append((_name, batch.num_rows))
+            return _original(self, batch, *args)
 
-    monkeypatch.setattr(RequestBuilder, "build", counting)
-    return built
+        monkeypatch.setattr(RequestBuilder, name, counting)
+    return walked

@@ -20,7 +20,7 @@ from batchrun._requests import (
     fingerprint,
 )
 from batchrun._template import Template
-from batchrun._types import Request, Result
+from batchrun._types import Keyed, Request, Result
 
 
 def make_job(**request: Any) -> Job:
@@ -347,3 +347,20 @@ def test_fingerprints_without_building_equal_the_built_requests(
     expected = [item.fingerprint if isinstance(item, Request) else None for item in built]
     assert builder.fingerprints(batch, 0, keys) == expected
     assert None in expected and len(set(expected)) > 2  # blank rows are invalid in both
+
+
+@pytest.mark.parametrize("request_fields", [{}, {"system_prompt": "You label {text}."}])
+def test_keyed_rows_carry_the_built_keys_and_fingerprints(request_fields: dict[str, Any]) -> None:
+    def rows(texts: list[str]) -> tuple[pa.RecordBatch, list[str]]:
+        ids = [f"r{i}" for i in range(len(texts))]
+        return pa.RecordBatch.from_pydict({"id": ids, "text": texts}), ids
+
+    builder = RequestBuilder(make_job(**request_fields), rows(["x"])[0].schema)
+    valid, keys = rows(["a", 'b "quote"\n', "é ünïcode", "a"])
+    built = builder.build(valid, 0, keys)
+    keyed = builder.keyed(valid, 0, keys)
+    assert all(isinstance(item, Keyed) for item in keyed)
+    assert [(i.key, i.fingerprint) for i in keyed] == [(i.key, i.fingerprint) for i in built]
+    # A batch with an invalid row is built: that row's Result says why.
+    invalid, keys = rows(["a", " "])
+    assert builder.keyed(invalid, 0, keys) == builder.build(invalid, 0, keys)
