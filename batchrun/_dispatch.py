@@ -172,7 +172,9 @@ class Dispatcher:
         Returns when the request stream is closed and every row is finished, or early
         with ``stopped="budget"``; raises ``FatalApiError`` on 401/403/unknown model.
         """
-        transport = self._transport or make_transport(self.limits.concurrency, self.url)
+        transport = self._transport or make_transport(
+            self.limits.concurrency, self.url, self._api_key
+        )
         async with transport, aclosing(results):
             sender = Sender(
                 transport, url=self.url, api_key=self._api_key, timeout_s=self.limits.timeout_s

@@ -286,7 +286,7 @@ def _send_through_env_proxy(url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
         try:
-            async with make_transport(2, url) as transport:
+            async with make_transport(2, url, KEY) as transport:
                 sender = Sender(transport, url=url, api_key=KEY, timeout_s=5.0)
                 try:
                     return await sender.send(_request())
@@ -374,8 +374,61 @@ def test_the_direct_post_ends_every_answer_as_the_httpx_path_does(
     answers, rate headers, error types and timeouts stay what httpx-aiohttp gave."""
     emu = emulator(*flags)
     body = {"model": model, "messages": [{"role": "user", "content": "héllo"}]}
-    direct = [_outcome(make_transport(2, emu.base_url), emu.base_url, body) for _ in range(2)]
+    direct = [_outcome(make_transport(2, emu.base_url, KEY), emu.base_url, body) for _ in range(2)]
     via_httpx = [_outcome(AiohttpTransport(), emu.base_url, body) for _ in range(2)]
     assert direct[1:] == via_httpx[1:]  # --rpm 1: the first send of all is the only ok one
     if not flags:
         assert direct == via_httpx
+
+
+class _Recorder:
+    """A loopback API that records each request's head, then answers with COMPLETION
+    (whole, or as one SSE event and [DONE] when the body asks for a stream)."""
+
+    def __init__(self) -> None:
+        self.heads: list[list[tuple[str, str]]] = []
+
+    async def handle(self, reader: Any, writer: Any) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")[1:-2]
+        fields = [
+            (name.lower(), value.strip()) for name, _, value in (h.partition(":") for h in head)
+        ]
+        self.heads.append(fields)
+        body = json.loads(await reader.readexactly(int(dict(fields)["content-length"])))
+        if body.get("stream"):
+            payload, kind = _sse([COMPLETION]), b"text/event-stream"
+        else:
+            payload, kind = json.dumps(COMPLETION).encode(), b"application/json"
+        length = str(len(payload)).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: " + kind + b"\r\nContent-Length: ")
+        writer.write(length + b"\r\n\r\n" + payload)
+        await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_request_carries_the_key_and_its_headers_once(stream: bool) -> None:
+    """Whole answers take the direct POST, streams httpx's path: the same headers, once."""
+    recorder = _Recorder()
+
+    async def main() -> None:
+        server = await asyncio.start_server(recorder.handle, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}{COMPLETIONS_PATH}"
+        try:
+            async with make_transport(2, url, KEY) as transport:
+                sender = Sender(transport, url=url, api_key=KEY, timeout_s=5.0)
+                await sender.send(_request(stream))
+        finally:
+            server.close()
+
+    asyncio.run(main())
+    (fields,) = recorder.heads
+    names = [name for name, _ in fields]
+    expected = {
+        "authorization": f"Bearer {KEY}",
+        "accept": "application/json",
+        "content-type": "application/json",
+    }
+    for name, value in expected.items():
+        assert names.count(name) == 1 and dict(fields)[name] == value, fields
+    assert names.count("user-agent") == 1 and dict(fields)["user-agent"].startswith("batchrun/")
