@@ -1,7 +1,7 @@
 """The output Parquet: every input column, then batchrun's columns, written atomically.
 
-``write_output`` streams the input again, rebuilds each row's request (cheap, and
-it yields the fingerprint the checkpoint keys answers by), looks the answers up
+``write_output`` streams the input again, keys each row again (``RequestBuilder.keyed``:
+its key and the fingerprint the checkpoint keys answers by, no body), looks the answers up
 batch by batch and writes through a temp file beside the output (a dot-name that
 discovery skips), which is swapped in only once complete: ``os.replace`` locally,
 a server-side copy on an object store (S3 CopyObject, GCS rewrite: the new object
