@@ -62,7 +62,7 @@ from batchrun._jobfile import load_job
 from batchrun._local import BATCH_ROWS, _DoneBatches
 from batchrun._output import write_output
 from batchrun._runner import RunOptions, run_job_file
-from batchrun._types import Answer, Charge, Request, Result
+from batchrun._types import Answer, Charge, Keyed, Request, Result
 
 KEY = "sk-bench"
 LEFT_TO_DO = 1000
@@ -284,9 +284,9 @@ class _Staging:
         """Every row answered: the stand-in lookup of the output pass."""
         return {fp: Answer(self.owners[fp], self.result) for fp in fingerprints}
 
-    def add(self, items: Sequence[Request | Result]) -> None:
-        """Store the answers of a batch's requests (``RequestBuilder.build`` calls this)."""
-        pairs = [(item, self.result) for item in items if isinstance(item, Request)]
+    def add(self, items: Sequence[Keyed | Request | Result]) -> None:
+        """Store the answers of a batch's rows (``RequestBuilder.keyed`` calls this)."""
+        pairs = [(item, self.result) for item in items if not isinstance(item, Result)]
         self.owners = {request.fingerprint: request.key for request, _ in pairs}
         self.conn.execute("BEGIN")
         self.conn.executemany(
@@ -318,14 +318,14 @@ def build_state(job_path: Path, workdir: Path) -> Figures:
         return {WRITTEN_FROM_KEY: output_state(job, digests, synthetic=False, commits=0)}
 
     table, builder = prepare(job)
-    build = builder.build
+    keyed = builder.keyed  # the output pass's walk
 
-    def build_and_store(*args: Any) -> list[Request | Result]:
-        items = build(*args)
+    def key_and_store(*args: Any) -> list[Keyed | Request | Result]:
+        items = keyed(*args)
         staging.add(items)
         return items
 
-    builder.build = build_and_store  # type: ignore[method-assign]
+    builder.keyed = key_and_store  # type: ignore[method-assign]
     metadata = {"batchrun.job": job.name}
     write_output(job, table, builder, staging.lookup, metadata, on_batch=done, footer=footer)
     staging.conn.close()
