@@ -328,11 +328,14 @@ def _worker_files(pids: list[int]) -> list[Path]:
     found = set()
     for pid in pids:
         for fd in Path(f"/proc/{pid}/fd").iterdir():
-            target = Path(os.readlink(fd))
-            if target.parent.name.endswith(".ray") and target.suffix == ".sqlite":
-                flags = (fd.parent.parent / "fdinfo" / fd.name).read_text().split()[3]
-                if int(flags, 8) & os.O_ACCMODE == os.O_RDWR:
-                    found.add(target)
+            try:
+                target = Path(os.readlink(fd))
+                if target.parent.name.endswith(".ray") and target.suffix == ".sqlite":
+                    flags = (fd.parent.parent / "fdinfo" / fd.name).read_text().split()[3]
+                    if int(flags, 8) & os.O_ACCMODE == os.O_RDWR:
+                        found.add(target)
+            except FileNotFoundError:  # closed while we looked (a worker opens and
+                continue  # closes the other workers' files as it reads them)
     return sorted(found)
 
 
