@@ -52,6 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchrun import _checkpoint
+from batchrun._answers import key_prefix
 from batchrun._batchdone import WRITTEN_FROM_KEY, batch_digest, output_state, request_key
 from batchrun._charges import charge_rows
 from batchrun._checkpoint import Checkpoint
@@ -361,12 +362,15 @@ def forget(job_path: Path, rows: int, *, done_batches: str) -> None:
     output pass) or ``"last"`` (the batches those rows are in)."""
     job = load_job(job_path)
     last = list(_requests(job_path, rows, from_row=rows - LEFT_TO_DO))
-    keys = [(fp_key(r.fingerprint),) for r in last]
+    keys = [fp_key(r.fingerprint) for r in last]
     with Checkpoint.open(job.output.checkpoint_path, job_name=job.name) as ckpt:
         conn = ckpt._conn
         conn.execute("BEGIN")
-        conn.executemany("DELETE FROM answers WHERE fingerprint = ?", keys)
-        conn.executemany("DELETE FROM charges WHERE fingerprint = ?", keys)
+        conn.executemany(  # by the indexed prefix: answers has no index on the whole key
+            "DELETE FROM answers WHERE key_prefix = ? AND fingerprint = ?",
+            [(key_prefix(key), key) for key in keys],
+        )
+        conn.executemany("DELETE FROM charges WHERE fingerprint = ?", [(k,) for k in keys])
         if done_batches == "all":
             conn.execute("DELETE FROM done_batches")
         else:
