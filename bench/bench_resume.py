@@ -267,7 +267,7 @@ def write_cost(source: Path, workdir: Path, rows: int) -> Figures:
 
 class _Staging:
     """Answer and charge rows in ``_checkpoint``'s own row format, appended to an
-    unindexed side database (cheap), to be copied into the checkpoint in key order."""
+    unindexed side database (cheap), to be copied into the checkpoint in input order."""
 
     def __init__(self, path: Path, now: datetime) -> None:
         self.conn = sqlite3.connect(path, isolation_level=None)
@@ -306,7 +306,9 @@ def build_state(job_path: Path, workdir: Path) -> Figures:
     every input batch recorded as done, and the output written by ``write_output``
     from the input with those answers, its footer naming the done batches
     (``batchrun.written_from``) as a finished run's does. The answers are copied in
-    key order, so SQLite appends to its B-trees instead of touching random pages."""
+    input order, the order a run stores them in (it stores them as they arrive, which is
+    input order give or take the requests in flight), and the key index is built once
+    after them (faster than a million random inserts)."""
     started = time.perf_counter()
     job = load_job(job_path)
     staging_path = workdir / "staging.sqlite"
@@ -343,9 +345,9 @@ def _bulk_copy(conn: sqlite3.Connection, staging: Path) -> None:
     conn.execute("ATTACH DATABASE ? AS staging", (str(staging),))
     columns = ", ".join(_checkpoint._ROW_COLUMNS)
     conn.execute("BEGIN")
-    conn.execute(
-        f"INSERT INTO answers ({columns}) SELECT * FROM staging.answers ORDER BY fingerprint"
-    )
+    conn.execute("DROP INDEX answers_by_prefix")  # m006's, made again below
+    conn.execute(f"INSERT INTO answers ({columns}) SELECT * FROM staging.answers ORDER BY rowid")
+    conn.execute("CREATE INDEX answers_by_prefix ON answers (key_prefix)")
     conn.execute(
         "INSERT INTO charges (fingerprint, cost_usd, usage_known, at)"
         " SELECT * FROM staging.charges ORDER BY fingerprint"
