@@ -139,6 +139,9 @@ class RequestBuilder:
         self.image_column = _image_column(job, schema)
         self._static = _static_fields(job)
         self._canonical = _CanonicalWriter.create(job, self._static)
+        # What hashes a row without building it: none on the generic path (``extra``
+        # replaces messages) or with images, whose rows are built to be hashed.
+        self._hasher = None if self.image_column is not None else self._canonical
         self._image_tokens = IMAGE_TOKENS.get(job.request.image_detail, IMAGE_TOKENS[None])
         self._worst_case = job.request.worst_case_completion_tokens
         system_columns = self.system.columns if self.system else ()
@@ -176,7 +179,7 @@ class RequestBuilder:
         """``build`` for the output pass, which reads only keys and fingerprints: a
         ``Keyed`` per row, a third of the cost, unless a row is invalid (its ``Result``
         says why) or the job's requests are built anyway (``fingerprints``)."""
-        if self._canonical is None or self.image_column is not None:
+        if self._hasher is None:
             return list(self.build(batch, start, keys))
         found = self.fingerprints(batch, start, keys)
         if None in found:
@@ -188,14 +191,15 @@ class RequestBuilder:
         what a resume asks of the checkpoint about rows it may not send. Without a body,
         estimate or ``Request`` (a third of the cost), unless this job's requests take
         the generic path or carry images: then they are built."""
-        if self._canonical is None or self.image_column is not None:
+        hasher = self._hasher
+        if hasher is None:
             built = self.build(batch, first, keys)
             return [item.fingerprint if isinstance(item, Request) else None for item in built]
         texts = {name: _column_text(batch.column(name)) for name in self._text_columns}
         prompts = _render(self.prompt, texts, batch.num_rows)
         systems = _render(self.system, texts, batch.num_rows) if self.system else None
         blank = _blank_rows(self.prompt, texts, prompts)
-        text, dedupe = self._canonical.text, self.job.request.dedupe
+        text, dedupe = hasher.text, self.job.request.dedupe
         out: list[str | None] = []
         for i, key in enumerate(keys):
             system = _nonblank(systems[i]) if systems else None

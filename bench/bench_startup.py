@@ -25,28 +25,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_process import measure  # one child process: wall, CPU (os.wait4), peak RSS
+# One child process (wall, CPU by os.wait4, peak RSS), and the same job as bench_process's.
+from bench_process import JOB, measure
 
 from batchrun._emulator import EmulatorProcess
 
 BARE = "import pyarrow, pyarrow.csv, pyarrow.parquet, httpx, aiohttp, anyio, uvloop"
-JOB = """\
-[job]
-name = "bench-startup"
-[input]
-path = "input.csv"
-id_column = "id"
-[request]
-model = "gpt-5.5"
-prompt = "Label this review: {text}"
-max_completion_tokens = 16
-[output]
-path = "out.parquet"
-[pricing."gpt-5.5"]
-input = 1.25
-cached_input = 0.125
-output = 10.0
-"""
 
 
 def commands(emu: EmulatorProcess) -> dict[str, list[str]]:
