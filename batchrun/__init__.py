@@ -14,15 +14,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchrun._config import (
-    ApiConfig,
-    InputConfig,
-    Job,
-    Limits,
-    OutputConfig,
-    Price,
-    RequestConfig,
-)
 from batchrun._errors import (
     BatchrunError,
     FatalApiError,
@@ -31,6 +22,15 @@ from batchrun._errors import (
     LockedError,
 )
 from batchrun._version import __version__
+from batchrun.job.config import (
+    ApiConfig,
+    InputConfig,
+    Job,
+    Limits,
+    OutputConfig,
+    Price,
+    RequestConfig,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,7 +60,7 @@ __all__ = [
 
 def load_job(path: str | Path, *, sets: Sequence[str] = (), variables: Sequence[str] = ()) -> Job:
     """Load and validate a job file; raises ``JobError`` naming the bad key."""
-    from batchrun._jobfile import load_job as _load
+    from batchrun.job.load import load_job as _load
 
     return _load(path, sets=sets, variables=variables)
 
@@ -172,7 +172,7 @@ def _notebook_job(
         limits=Limits(**picked["limits"]),
         pricing={name: Price(**price) for name, price in pricing.items()},
     )
-    from batchrun._jobfile import validate_job
+    from batchrun.job.load import validate_job
 
     return validate_job(job)
 
@@ -186,7 +186,7 @@ def _pairs(values: Mapping[str, Any] | Sequence[str], *, toml: bool = False) -> 
         return list(values)
     if not toml:
         return [f"{name}={value}" for name, value in values.items()]
-    from batchrun._tomldoc import toml_literal
+    from batchrun.job.document import toml_literal
 
     return [f"{name}={toml_literal(value)}" for name, value in values.items()]
 

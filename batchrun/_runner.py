@@ -1,8 +1,8 @@
 """``batchrun run``: load a job, apply ``--shard`` and ``--emulate``, pick the engine.
 
-The engines (``_local.LocalRun``, ``_ray.RayRun``) are peers on ``_engine.Run``; both
-answer rows with ``_pipeline.Pipeline``. This module decides only which one runs, on
-which job (a shard's own output, an emulated run's own checkpoint) and against which API.
+The engines (``engines.local.LocalRun``, ``engines.ray.engine.RayRun``) are peers on
+``engines.base.Run``; both answer rows with ``engines.pipeline.Pipeline``. This module
+decides only which one runs, on which job (a shard's own output, an emulated run's own checkpoint) and against which API.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from batchrun._config import Job
-from batchrun._engine import EMULATOR_KEY, Run, RunOptions, RunSummary, emulated_job, shard_of
-from batchrun._jobfile import load_job
-from batchrun._pipeline import Progress
+from batchrun.engines.base import EMULATOR_KEY, Run, RunOptions, RunSummary, emulated_job, shard_of
+from batchrun.engines.pipeline import Progress
+from batchrun.job.config import Job
+from batchrun.job.load import load_job
 
 __all__ = [
     "Progress",
@@ -52,7 +52,7 @@ def run_job(
         job = replace(job, output=output)
     if not options.emulate:
         return _engine(options)(job, options, progress).execute()
-    from batchrun._emulator import EmulatorProcess
+    from batchrun.emulator import EmulatorProcess
 
     with EmulatorProcess() as emu:
         log.warning("EMULATED RUN on %s: every answer is synthetic", emu.base_url)
@@ -62,10 +62,12 @@ def run_job(
 
 def _engine(options: RunOptions) -> type[Run]:
     if options.engine == "ray":
-        from batchrun._ray import RayRun  # Ray is an optional extra: imported only when asked
+        from batchrun.engines.ray.engine import (
+            RayRun,  # Ray is an optional extra: imported only when asked
+        )
 
         return RayRun
-    from batchrun._local import LocalRun
+    from batchrun.engines.local import LocalRun
 
     return LocalRun
 

@@ -26,7 +26,7 @@ class Request:
     fingerprint: str
     est_prompt_tokens: int
     max_completion_tokens: int
-    # "ascii" | "mixed" | "wide" (``_budget.text_kind``), set once by the request builder so
+    # "ascii" | "mixed" | "wide" (``send.budget.text_kind``), set once by the request builder so
     # that the budget does not walk the text again on every reservation.
     text_kind: str | None = None
     # The body as canonical JSON (UTF-8), when the builder wrote it for the fingerprint:
@@ -72,7 +72,7 @@ class Result:
     latency_ms: float | None = None
     completed_at: datetime | None = None
     # This run's paid attempts, for the checkpoint's record of charges (not stored with
-    # the answer; empty when read back). Must stay the last field: see _checkpoint.
+    # the answer; empty when read back). Must stay the last field: see store.checkpoint.
     charges: tuple[Charge, ...] = ()
 
 

@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["emulator"]:
         # The emulator parses its own flags (argparse's REMAINDER would reject `--help`).
-        from batchrun._emulator import main as emulator_main
+        from batchrun.emulator import main as emulator_main
 
         sys.exit(emulator_main(argv[1:]))
     parser = _parser()
@@ -281,7 +281,7 @@ def _logs_above_the_bar(progress: _ProgressDisplay | None) -> AbstractContextMan
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     _arrow_without_pandas()
-    from batchrun._plan import plan_job_file
+    from batchrun.plan.planner import plan_job_file
 
     plan = plan_job_file(
         args.job, sets=args.sets, variables=args.var, pilot=args.pilot, emulate=args.emulate
@@ -291,8 +291,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from batchrun._report import render, report
-    from batchrun._report_select import DayRange, load_pricing, parse_day
+    from batchrun.report.aggregate import render, report
+    from batchrun.report.selection import DayRange, load_pricing, parse_day
 
     by = [col.strip() for col in args.by.split(",") if col.strip()]
     days = DayRange(parse_day(args.since, "--since"), parse_day(args.until, "--until"))
@@ -301,7 +301,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for skipped in result.skipped:
         print(f"batchrun: skipped {skipped}", file=sys.stderr)
     if args.format == "html":
-        from batchrun._report_html import render_html
+        from batchrun.report.page import render_html
 
         text = render_html(result)
     else:
@@ -321,7 +321,7 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
-    from batchrun._emulator import main as emulator_main
+    from batchrun.emulator import main as emulator_main
 
     return emulator_main(list(args.args))
 

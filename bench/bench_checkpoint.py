@@ -37,10 +37,10 @@ from pathlib import Path
 
 import anyio
 
-from batchrun._answers import insert_new
-from batchrun._checkpoint import _ROW_COLUMNS, COMMIT_ROWS, MIGRATIONS, Checkpoint, _to_row
-from batchrun._fpkey import fp_key
 from batchrun._types import Charge, Request, Result
+from batchrun.store.answers import insert_new
+from batchrun.store.checkpoint import _ROW_COLUMNS, COMMIT_ROWS, MIGRATIONS, Checkpoint, _to_row
+from batchrun.store.fpkey import fp_key
 
 LOOKUP_BATCH = 4096
 BODY = {"model": "gpt-5.5", "messages": [{"role": "user", "content": "..."}]}
@@ -177,7 +177,7 @@ def phase_lookup(rows: int, db: Path) -> dict[str, float]:
 
 
 def phase_bare_lookup(rows: int, db: Path) -> dict[str, float]:
-    # the stored keys (bytes, _fpkey), converted before timing
+    # the stored keys (bytes, store.fpkey), converted before timing
     batches = [[fp_key(fp) for fp in batch] for batch in fingerprint_batches(rows)]
     conn = sqlite3.connect(db)
     sql = "SELECT * FROM answers WHERE fingerprint IN ({})"

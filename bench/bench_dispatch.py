@@ -33,13 +33,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from httpx_aiohttp import AiohttpTransport
 
-from batchrun._config import InputConfig, Job, Limits, OutputConfig, Price, RequestConfig
-from batchrun._dispatch import Counters, Dispatcher
-from batchrun._emulator import EmulatorProcess
-from batchrun._loop import EVENT_LOOP
-from batchrun._requests import estimate_prompt_tokens
 from batchrun._runner import RunOptions, run_job
 from batchrun._types import Request, Result
+from batchrun.emulator import EmulatorProcess
+from batchrun.engines.loop import EVENT_LOOP
+from batchrun.job.config import InputConfig, Job, Limits, OutputConfig, Price, RequestConfig
+from batchrun.send.dispatch import Counters, Dispatcher
+from batchrun.send.requests import estimate_prompt_tokens
 
 KEY = "sk-bench"
 BARE_HTTPX = "bare httpx + AiohttpTransport loop"

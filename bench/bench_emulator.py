@@ -32,7 +32,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from batchrun._emulator import EmulatorProcess
+from batchrun.emulator import EmulatorProcess
 
 HEADERS = {"authorization": "Bearer sk-bench", "content-type": "application/json"}
 Sender = Callable[[int], Awaitable[None]]

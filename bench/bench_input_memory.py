@@ -37,11 +37,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchrun._config import InputConfig, Job, OutputConfig, Price, RequestConfig
-from batchrun._input import open_input
-from batchrun._output import write_output
-from batchrun._requests import RequestBuilder
 from batchrun._types import Answer, Result
+from batchrun.io.input import open_input
+from batchrun.job.config import InputConfig, Job, OutputConfig, Price, RequestConfig
+from batchrun.output.table import write_output
+from batchrun.send.requests import RequestBuilder
 
 CHUNK_ROWS = 50_000  # rows per Parquet row group, the unit pyarrow decodes
 WORDS = ["great", "terrible", "fine", "okay", "broken", "lovely", "slow", "fast", "cheap", "pricey"]

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from batchrun._emulator import EmulatorProcess
+from batchrun.emulator import EmulatorProcess
 
 KEY = "sk-bench"
 JOB = """\

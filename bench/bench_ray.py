@@ -21,9 +21,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchrun._emulator import EmulatorProcess
-from batchrun._jobfile import load_job
 from batchrun._runner import RunOptions, run_job
+from batchrun.emulator import EmulatorProcess
+from batchrun.job.load import load_job
 
 KEY = "sk-bench-ray"
 JOB = """\
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from batchrun._ray import ray_session
+    from batchrun.engines.ray.engine import ray_session
 
     limit = f"limit {args.rpm} rpm, {args.latency_ms:.0f} ms latency"
     print(f"{args.rows} rows, {limit}, {os.cpu_count()} CPUs")

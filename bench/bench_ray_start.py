@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench_ray import JOB, write_input  # the same job and input as the steady-state bench
 
-from batchrun._emulator import EmulatorProcess
+from batchrun.emulator import EmulatorProcess
 
 KEY = "sk-bench-ray-start"
 STEP = re.compile(r"(?P<step>[A-Za-z][A-Za-z ]*?) (?P<first>[\d.]+)(?:-(?P<last>[\d.]+))?$")

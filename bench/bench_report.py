@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchrun._report import render, report
+from batchrun.report.aggregate import render, report
 
 MODELS = np.array(["gpt-5.5", "gpt-5.5-mini", "glm-5.2"])
 STATUSES = np.array(["ok"] * 95 + ["error"] * 3 + ["invalid", "pending"])

@@ -13,7 +13,7 @@ a temporary directory; delete it afterwards: 10M rows take about 6 GB).
 - set-up: the state a finished run leaves, built in bulk, NOT by a run (a run of 10M
   rows, or 10M answers through ``write_results``, would take most of an hour here):
   ``write_output`` walks the input as a run's output pass does, with a stand-in lookup
-  that answers every row; the builder's rows are appended, in ``_checkpoint``'s own row
+  that answers every row; the builder's rows are appended, in the checkpoint module's own row
   format (``_to_row``, ``charge_rows``), to an unindexed side database, then copied
   into the real checkpoint (``Checkpoint.open``: real schema and migrations) in key
   order; every input batch is recorded as done and the output's footer names them
@@ -51,19 +51,19 @@ import anyio
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchrun import _checkpoint
-from batchrun._answers import key_prefix
-from batchrun._batchdone import WRITTEN_FROM_KEY, batch_digest, output_state, request_key
-from batchrun._charges import charge_rows
-from batchrun._checkpoint import Checkpoint
-from batchrun._emulator import EmulatorProcess
-from batchrun._engine import prepare
-from batchrun._fpkey import fp_key
-from batchrun._jobfile import load_job
-from batchrun._local import BATCH_ROWS, _DoneBatches
-from batchrun._output import write_output
 from batchrun._runner import RunOptions, run_job_file
 from batchrun._types import Answer, Charge, Keyed, Request, Result
+from batchrun.emulator import EmulatorProcess
+from batchrun.engines.base import prepare
+from batchrun.engines.local import BATCH_ROWS, _DoneBatches
+from batchrun.job.load import load_job
+from batchrun.output.table import write_output
+from batchrun.store import checkpoint as _checkpoint
+from batchrun.store.answers import key_prefix
+from batchrun.store.batchdone import WRITTEN_FROM_KEY, batch_digest, output_state, request_key
+from batchrun.store.charges import charge_rows
+from batchrun.store.checkpoint import Checkpoint
+from batchrun.store.fpkey import fp_key
 
 KEY = "sk-bench"
 LEFT_TO_DO = 1000
@@ -266,7 +266,7 @@ def write_cost(source: Path, workdir: Path, rows: int) -> Figures:
 
 
 class _Staging:
-    """Answer and charge rows in ``_checkpoint``'s own row format, appended to an
+    """Answer and charge rows in the checkpoint module's own row format, appended to an
     unindexed side database (cheap), to be copied into the checkpoint in input order."""
 
     def __init__(self, path: Path, now: datetime) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 # One child process (wall, CPU by os.wait4, peak RSS), and the same job as bench_process's.
 from bench_process import JOB, measure
 
-from batchrun._emulator import EmulatorProcess
+from batchrun.emulator import EmulatorProcess
 
 BARE = "import pyarrow, pyarrow.csv, pyarrow.parquet, httpx, aiohttp, anyio, uvloop"
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_input_memory import bench_job, make_input, peak_rss_mb
 
-from batchrun._input import open_input
+from batchrun.io.input import open_input
 
 
 def child(location: str) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench_dispatch import _pin
 
-from batchrun._emulator import EmulatorProcess
+from batchrun.emulator import EmulatorProcess
 
 _CHILD = """
 import json, sys

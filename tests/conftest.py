@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from batchrun._emulator import EmulatorProcess
-from batchrun._jobfile import toml_literal
+from batchrun.emulator import EmulatorProcess
+from batchrun.job.load import toml_literal
 
 API_KEY = "sk-test"
 PRICE = {"input": 1.25, "cached_input": 0.125, "output": 10.0}

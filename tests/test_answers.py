@@ -10,9 +10,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from batchrun._checkpoint import MIGRATIONS, Checkpoint, CheckpointReader
-from batchrun._schema import now_iso
 from batchrun._types import Charge, Request, Result
+from batchrun.store.checkpoint import MIGRATIONS, Checkpoint, CheckpointReader
+from batchrun.store.schema import now_iso
 
 Item = tuple[Request, Result]
 SAME_PREFIX = ["v1:" + "00" * 8 + tail * 48 for tail in "abc"]  # 3 keys, one index prefix

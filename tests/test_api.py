@@ -11,7 +11,7 @@ import pytest
 from conftest import job_toml
 
 import batchrun
-from batchrun._emulator import EmulatorProcess
+from batchrun.emulator import EmulatorProcess
 
 KEY_ENV = "BATCHRUN_API_TEST_KEY"
 

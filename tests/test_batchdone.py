@@ -1,4 +1,4 @@
-"""Resume skips whole input batches the checkpoint has every answer for (``_batchdone``),
+"""Resume skips whole input batches the checkpoint has every answer for (``store.batchdone``),
 and still sends exactly the rows an edit changed (issue 14)."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pyarrow as pa
 import pytest
 from conftest import API_KEY, PRICE, review_rows, run_batchrun, write_csv, write_job
 
-from batchrun._batchdone import batch_digest
-from batchrun._jobfile import load_job
-from batchrun._local import LocalRun
-from batchrun._requests import RequestBuilder
 from batchrun._runner import RunOptions, run_job_file
+from batchrun.engines.local import LocalRun
+from batchrun.job.load import load_job
+from batchrun.send.requests import RequestBuilder
+from batchrun.store.batchdone import batch_digest
 
 ROWS = 4100  # two input batches: 4096 rows and 4
 

@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
-from batchrun._budget import Budget
-from batchrun._config import InputConfig, Job, Limits, OutputConfig, Price, RequestConfig
-from batchrun._dispatch import Dispatcher, DispatchOutcome
-from batchrun._ratelimit import Backoff
 from batchrun._types import Request, Result
+from batchrun.job.config import InputConfig, Job, Limits, OutputConfig, Price, RequestConfig
+from batchrun.send.budget import Budget
+from batchrun.send.dispatch import Dispatcher, DispatchOutcome
+from batchrun.send.ratelimit import Backoff
 
 PRICE = Price(input=1.25, cached_input=0.125, output=10.0)
 OUTCOMES = ("usage", "no_usage", "lost", "http_500")

@@ -19,9 +19,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from batchrun._checkpoint import COMMIT_ROWS, MIGRATIONS, Checkpoint
 from batchrun._errors import JobError, LockedError
 from batchrun._types import Charge, Request, Result
+from batchrun.store.checkpoint import COMMIT_ROWS, MIGRATIONS, Checkpoint
 
 Item = tuple[Request, Result]
 
@@ -199,7 +199,7 @@ async def test_a_checkpoint_with_text_fingerprints_is_migrated_to_binary_keys(
 ) -> None:
     """A checkpoint written before m004 holds 67-character text keys: it is rewritten,
     and every answer and charge is found again under the same fingerprint."""
-    real = "v1:" + "0123456789abcdef" * 4  # a sha256 fingerprint, as _requests makes
+    real = "v1:" + "0123456789abcdef" * 4  # a sha256 fingerprint, as send.requests makes
     Checkpoint.open(ckpt_path, job_name="job").close()
     db = sqlite3.connect(ckpt_path)
     db.execute("DROP TABLE answers")
@@ -342,7 +342,7 @@ async def test_the_writer_closes_its_stream_so_producers_do_not_hang(ckpt: Check
 CHILD_PRELUDE = """
 import sys, time
 from pathlib import Path
-from batchrun._checkpoint import Checkpoint
+from batchrun.store.checkpoint import Checkpoint
 from batchrun._types import Charge, Request, Result
 path = Path(sys.argv[1])
 """
@@ -466,7 +466,7 @@ def test_after_kill_9_at_a_random_moment_every_committed_answer_is_intact(
         "cost_usd FROM answers"
     ).fetchall()
     for fingerprint, key, response, prompt, total, completed_at, cost in rows:
-        assert fingerprint == f"v1:{key}".encode()  # stored as bytes (_fpkey)
+        assert fingerprint == f"v1:{key}".encode()  # stored as bytes (store.fpkey)
         assert response == f"answer to {key} " * 50
         assert total == prompt + 1
         assert completed_at is not None and cost == 0.001

@@ -1,8 +1,8 @@
-"""Claims (batchrun._claims): each fingerprint is sent by the one batch holding it."""
+"""Claims (batchrun.engines.ray.claims): each fingerprint is sent by the one batch holding it."""
 
 from __future__ import annotations
 
-from batchrun._claims import Claims
+from batchrun.engines.ray.claims import Claims
 
 
 def test_a_fingerprint_held_by_one_batch_is_set_aside_by_another_until_released() -> None:

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import API_KEY, wait_for_requests, write_csv, write_job
 
-from batchrun._emulator import EmulatorProcess
-from batchrun._report import report
+from batchrun.emulator import EmulatorProcess
+from batchrun.report.aggregate import report
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")

@@ -13,14 +13,14 @@ import httpx
 import pytest
 from httpx_aiohttp import AiohttpTransport
 
-from batchrun._budget import Budget, result_cost
-from batchrun._config import InputConfig, Job, Limits, OutputConfig, Price, RequestConfig
-from batchrun._dispatch import Counters, Dispatcher, DispatchOutcome
-from batchrun._emulator import EmulatorProcess
 from batchrun._errors import FatalApiError
-from batchrun._ratelimit import Backoff
-from batchrun._requests import estimate_prompt_tokens
 from batchrun._types import Request, Result
+from batchrun.emulator import EmulatorProcess
+from batchrun.job.config import InputConfig, Job, Limits, OutputConfig, Price, RequestConfig
+from batchrun.send.budget import Budget, result_cost
+from batchrun.send.dispatch import Counters, Dispatcher, DispatchOutcome
+from batchrun.send.ratelimit import Backoff
+from batchrun.send.requests import estimate_prompt_tokens
 
 KEY = "sk-test-dispatch-key"
 FAST = Backoff(base_s=0.01, cap_s=0.05)

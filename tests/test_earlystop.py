@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import review_rows, run_batchrun, write_job
 
-from batchrun._earlystop import STOP_AFTER, FirstAnswers
 from batchrun._errors import FatalApiError
 from batchrun._types import Result
+from batchrun.send.earlystop import STOP_AFTER, FirstAnswers
 
 CONCURRENCY = 8
 

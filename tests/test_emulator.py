@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from batchrun._emulator import EmulatorProcess, main
+from batchrun.emulator import EmulatorProcess, main
 
 KEY = "sk-test"
 USER = [{"role": "user", "content": "Summarise the quarterly report."}]
@@ -401,7 +401,7 @@ def test_ledger_counts_bodies_billed_twice_and_reset_clears_it(
 
 PARENT = """
 import sys, time
-from batchrun._emulator import EmulatorProcess
+from batchrun.emulator import EmulatorProcess
 emu = EmulatorProcess([]).start()
 print(emu.pid, flush=True)
 time.sleep(60)

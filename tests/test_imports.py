@@ -1,4 +1,5 @@
-"""The layout: no import cycles (lazy imports included), no private names across modules,
+"""The layout: one subpackage per stage, imported in one direction only; no import cycles
+between modules or subpackages (lazy imports included), no private names across modules,
 no module over 600 lines."""
 
 from __future__ import annotations
@@ -9,6 +10,24 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "batchrun"
 MAX_LINES = 600
+MAX_ROOT_MODULES = 10
+# The stages in the one order they may import each other: a subpackage imports only those
+# before it (and the root's shared base). The emulator is a separate server and imports
+# nothing of ours; ``job`` imports nothing but the base; ``store`` never imports ``send``.
+STAGES = (
+    "emulator",
+    "job",
+    "io",
+    "store",
+    "send",
+    "output",
+    "engines",
+    "engines.ray",
+    "report",
+    "plan",
+)
+# Root modules any stage may import: the error tree, the records between stages, the version.
+BASE = ("_errors", "_types", "_version")
 
 
 def _module_name(path: Path) -> str:
@@ -74,6 +93,78 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if node not in state and (found := visit(node)):
             return found
     return None
+
+
+def _stage(module: str) -> str:
+    """The subpackage a module belongs to (``engines.ray`` for ``batchrun.engines.ray.x``),
+    or the module's own name for one at the root (``_errors``, ``cli``, ``batchrun``)."""
+    path = _modules()[module]
+    package = _package_of(module, path)
+    if package == "batchrun":
+        return module.removeprefix("batchrun.")
+    return package.removeprefix("batchrun.")
+
+
+def _stage_edges() -> dict[str, set[str]]:
+    """subpackage (or root module) -> the subpackages and root modules it imports."""
+    graph: dict[str, set[str]] = {}
+    for module, targets in _edges().items():
+        stage = _stage(module)
+        graph.setdefault(stage, set()).update(
+            other for target in targets if (other := _stage(target)) != stage
+        )
+    return graph
+
+
+def test_the_root_keeps_few_modules_and_the_stages_are_subpackages() -> None:
+    root = sorted(path.name for path in PACKAGE.glob("*.py"))
+    assert len(root) <= MAX_ROOT_MODULES, root
+    sizes = {
+        stage: sum(
+            1 for module in _modules() if _stage(module) == stage and module != f"batchrun.{stage}"
+        )
+        for stage in STAGES
+    }
+    assert sum(1 for size in sizes.values() if size >= 2) >= 5, sizes
+
+
+def test_every_subpackage_is_a_named_stage_with_a_docstring() -> None:
+    packages = {
+        str(init.parent.relative_to(PACKAGE)).replace("/", "."): init
+        for init in PACKAGE.rglob("__init__.py")
+        if init.parent != PACKAGE
+    }
+    assert sorted(packages) == sorted(STAGES)
+    undocumented = [
+        name
+        for name, init in packages.items()
+        if not ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
+    ]
+    assert undocumented == []
+
+
+def test_stages_import_each_other_in_one_direction_only() -> None:
+    graph = _stage_edges()
+    offenders = [
+        f"{stage} imports {target}"
+        for index, stage in enumerate(STAGES)
+        for target in sorted(graph.get(stage, ()))
+        if target not in STAGES[:index] and target not in BASE
+    ]
+    assert offenders == []
+
+
+def test_the_base_and_the_job_import_nothing_of_ours_above_them() -> None:
+    graph = _stage_edges()
+    assert graph["job"] <= {"_errors", "_types"}
+    assert all(graph[base] <= set(BASE) for base in BASE)
+    assert "send" not in graph["store"]
+    assert graph["emulator"] == set()
+
+
+def test_the_subpackages_have_no_import_cycle_lazy_imports_included() -> None:
+    cycle = _cycle(_stage_edges())
+    assert cycle is None, " -> ".join(cycle or ())
 
 
 def test_the_package_has_no_import_cycle_lazy_imports_included() -> None:

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun._config import InputConfig, Job, OutputConfig, RequestConfig
 from batchrun._errors import InputError
-from batchrun._input import open_input, row_keys, validate_keys
+from batchrun.io.input import open_input, row_keys, validate_keys
+from batchrun.job.config import InputConfig, Job, OutputConfig, RequestConfig
 
 
 def make_job(path: Path | str, id_column: str | None = "id") -> Job:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from batchrun._config import ApiConfig, InputConfig, Job, Limits, OutputConfig, RequestConfig
 from batchrun._errors import JobError
-from batchrun._jobfile import load_job, toml_literal, validate_job
+from batchrun.job.config import ApiConfig, InputConfig, Job, Limits, OutputConfig, RequestConfig
+from batchrun.job.load import load_job, toml_literal, validate_job
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB_VARIABLES = {"nightly.toml": ["date=2026-11-25"]}
@@ -438,7 +438,7 @@ def test_bad_job_file_is_refused_naming_key_and_allowed_values(
 
 
 def test_catalogue_covers_every_key() -> None:
-    from batchrun._jobfile import _SCHEMA
+    from batchrun.job.load import _SCHEMA
 
     covered = {key for _, changes, _ in BAD_JOBS for key in changes}
     missing = [f"{s}.{k}" for s, keys in _SCHEMA.items() for k in keys if f"{s}.{k}" not in covered]

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import API_KEY, PRICE, review_rows, run_batchrun, write_csv, write_job
 
-from batchrun._checkpoint import Checkpoint
-from batchrun._engine import prepare
-from batchrun._jobfile import load_job
 from batchrun._runner import RunOptions, run_job_file
 from batchrun._types import Request, RequestResult, Result
+from batchrun.engines.base import prepare
+from batchrun.job.load import load_job
+from batchrun.store.checkpoint import Checkpoint
 
 ROWS = 4100  # two input batches: 4096 rows and 4
 SAME = ("rows", "by_status", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd")

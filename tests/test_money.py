@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import billed_usd, run_batchrun, write_csv, write_job
 
-from batchrun._checkpoint import MIGRATIONS, Checkpoint
-from batchrun._report import report
+from batchrun.report.aggregate import report
+from batchrun.store.checkpoint import MIGRATIONS, Checkpoint
 
 
 def output(job: Path) -> list[dict[str, Any]]:

@@ -13,13 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun._config import InputConfig, Job, OutputConfig, Price, RequestConfig
 from batchrun._errors import JobError
-from batchrun._input import open_input
-from batchrun._output import OutputStats, check_columns, parse_status, write_output
-from batchrun._parse import parse_response
-from batchrun._requests import RequestBuilder
 from batchrun._types import Answer, Request, Result
+from batchrun.io.input import open_input
+from batchrun.job.config import InputConfig, Job, OutputConfig, Price, RequestConfig
+from batchrun.output.parse import parse_response
+from batchrun.output.table import OutputStats, check_columns, parse_status, write_output
+from batchrun.send.requests import RequestBuilder
 
 PRICE = Price(input=1.25, cached_input=0.125, output=10.0)
 DONE = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

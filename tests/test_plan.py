@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from conftest import job_toml
 
-from batchrun._checkpoint import Checkpoint
-from batchrun._emulator import EmulatorProcess
 from batchrun._errors import JobError
-from batchrun._jobfile import load_job
-from batchrun._plan import plan_job, plan_job_file
 from batchrun._runner import RunOptions, run_job
+from batchrun.emulator import EmulatorProcess
+from batchrun.job.load import load_job
+from batchrun.plan.planner import plan_job, plan_job_file
+from batchrun.store.checkpoint import Checkpoint
 
 KEY_ENV = "BATCHRUN_PLAN_TEST_KEY"
 REPO = Path(__file__).resolve().parents[1]

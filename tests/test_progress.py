@@ -17,7 +17,7 @@ from pathlib import Path
 
 from conftest import batchrun_command, batchrun_env, run_batchrun, write_job
 
-from batchrun._emulator import EmulatorProcess
+from batchrun.emulator import EmulatorProcess
 
 LINE = re.compile(r"(\d+)/(\d+) rows, err=(\d+) 429=(\d+) \$\d+\.\d{4}(?: limit use=(\d+)%)?")
 

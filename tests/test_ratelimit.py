@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from trio.testing import MockClock
 
 from batchrun._errors import PermanentError
-from batchrun._ratelimit import (
+from batchrun._types import Request, Result
+from batchrun.send.ratelimit import (
     SPAN_S,
     Pacer,
     PauseGate,
@@ -29,7 +30,6 @@ from batchrun._ratelimit import (
     parse_duration,
     parse_rate_info,
 )
-from batchrun._types import Request, Result
 
 
 def _parse(headers: dict[str, str]) -> RateInfo:

@@ -25,12 +25,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from batchrun import _raydata  # noqa: E402
-from batchrun._batchdone import WRITTEN_FROM_KEY  # noqa: E402
-from batchrun._charges import spent  # noqa: E402
-from batchrun._emulator import EmulatorProcess  # noqa: E402
-from batchrun._jobfile import load_job  # noqa: E402
 from batchrun._runner import RunOptions, RunSummary, run_job  # noqa: E402
+from batchrun.emulator import EmulatorProcess  # noqa: E402
+from batchrun.engines.ray import data as _raydata  # noqa: E402
+from batchrun.job.load import load_job  # noqa: E402
+from batchrun.store.batchdone import WRITTEN_FROM_KEY  # noqa: E402
+from batchrun.store.charges import spent  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -44,7 +44,7 @@ BIG_RPM = 15_000
 
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
-    from batchrun._ray import ray_session
+    from batchrun.engines.ray.engine import ray_session
 
     with ray_session(None):
         yield ray.get_runtime_context().gcs_address
@@ -136,7 +136,7 @@ def test_demo_job_output_equals_the_local_engines_row_for_row(
         outputs[engine] = pq.read_table(out)
     _assert_same_rows(outputs["local"], outputs["ray"])
     # Only the local engine records what its output was written from (to keep an output
-    # that nothing changed, `_batchdone.WRITTEN_FROM_KEY`); every other key is the same.
+    # that nothing changed, `store.batchdone.WRITTEN_FROM_KEY`); every other key is the same.
     local_keys = set(pq.read_metadata(tmp_path / "local.parquet").metadata)
     local_keys.discard(WRITTEN_FROM_KEY.encode())
     assert set(pq.read_metadata(tmp_path / "ray.parquet").metadata) == local_keys
@@ -260,7 +260,7 @@ def _answers_in(store: Path) -> int:
 def test_the_budget_holds_across_workers(
     ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("batchrun._ray.BATCH_ROWS", 64)
+    monkeypatch.setattr("batchrun.engines.ray.engine.BATCH_ROWS", 64)
     monkeypatch.chdir(ROOT)
     out = tmp_path / "ray.parquet"
     budget = 0.05  # about a third of what the demo costs
@@ -279,8 +279,8 @@ def test_the_budget_holds_across_workers(
 def test_a_pause_pushed_by_one_worker_holds_back_another(ray_address: str) -> None:
     import anyio
 
-    from batchrun._coordinator import Coordinator
-    from batchrun._ray import SharedGate
+    from batchrun.engines.ray.coordinator import Coordinator
+    from batchrun.engines.ray.engine import SharedGate
 
     coordinator = ray.remote(num_cpus=0)(Coordinator).remote(2, None)
     ray.get(coordinator.resume_time.remote())  # the actor is up: its start is not the pause
@@ -310,7 +310,7 @@ def test_more_workers_than_concurrency_keep_the_jobs_concurrency(
     ray_address: str, big_input: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One row a batch: all four workers have work at once, with two slots between them.
-    monkeypatch.setattr("batchrun._ray.BATCH_ROWS", 1)
+    monkeypatch.setattr("batchrun.engines.ray.engine.BATCH_ROWS", 1)
     out = tmp_path / "ray.parquet"
     job = _big_job(big_input, out, "limits.concurrency=2", "limits.requests_per_minute=600000")
     with EmulatorProcess(["--seed", SEED, "--latency-ms", "1000"], quiet=True) as emu:
@@ -330,7 +330,7 @@ def test_an_rpm_below_the_worker_count_holds_from_the_first_minute(
         command = _driver_command(tmp_path, big_input, emu, ray_address, 4, rpm)
         command[command.index("--ray-workers") + 1] = "4"
         script = (
-            "import sys, batchrun._ray as r; r.BATCH_ROWS = 1;"
+            "import sys, batchrun.engines.ray.engine as r; r.BATCH_ROWS = 1;"
             " from batchrun.cli import main; sys.exit(main(sys.argv[1:]))"
         )
         command[1:3] = ["-c", script]  # python -m batchrun ... with one row a batch
@@ -353,12 +353,12 @@ def test_an_rpm_below_the_worker_count_holds_from_the_first_minute(
 def test_a_slice_held_by_one_worker_does_not_stop_the_job_early(
     ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from batchrun._budget import Budget
-    from batchrun._input import open_input
-    from batchrun._requests import RequestBuilder, built_batches
     from batchrun._types import Request
+    from batchrun.io.input import open_input
+    from batchrun.send.budget import Budget
+    from batchrun.send.requests import RequestBuilder, built_batches
 
-    monkeypatch.setattr("batchrun._ray.BATCH_ROWS", 8)
+    monkeypatch.setattr("batchrun.engines.ray.engine.BATCH_ROWS", 8)
     monkeypatch.chdir(ROOT)
     out = tmp_path / "ray.parquet"
     budget = 0.05
@@ -399,7 +399,7 @@ def _charges(store: Path) -> float:
 def test_local_and_ray_runs_share_one_store(
     ray_address: str, big_input: Path, tmp_path: Path
 ) -> None:
-    from batchrun._plan import plan_job
+    from batchrun.plan.planner import plan_job
 
     out = tmp_path / "items.parquet"
     job = _big_job(big_input, out)
@@ -429,7 +429,7 @@ def test_identical_requests_on_two_workers_are_sent_once(
 ) -> None:
     # One row a batch, each prompt in two neighbouring rows: the two workers get the
     # two copies at the same moment (1 s answers), so each would send its own.
-    monkeypatch.setattr("batchrun._ray.BATCH_ROWS", 1)
+    monkeypatch.setattr("batchrun.engines.ray.engine.BATCH_ROWS", 1)
     rows = 16
     ids = [f"item-{i:05d}" for i in range(rows)]
     texts = [f"item {i // 2} arrived late" for i in range(rows)]

@@ -33,7 +33,7 @@ ray = pytest.importorskip("ray")
 from conftest import batchrun_command, batchrun_env, write_job  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from batchrun._emulator import EmulatorProcess  # noqa: E402
+from batchrun.emulator import EmulatorProcess  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -118,8 +118,8 @@ class LedgerWatch:
 
 
 def test_a_restarted_worker_frees_what_its_last_life_held() -> None:
-    from batchrun._config import Limits
-    from batchrun._coordinator import Coordinator
+    from batchrun.engines.ray.coordinator import Coordinator
+    from batchrun.job.config import Limits
 
     coordinator = Coordinator(2, 1.0, Limits(concurrency=4))
     first = coordinator.join("worker-a")
@@ -133,7 +133,7 @@ def test_a_restarted_worker_frees_what_its_last_life_held() -> None:
 
 
 def test_a_batch_run_again_counts_its_rows_once_and_every_send() -> None:
-    from batchrun._coordinator import Coordinator
+    from batchrun.engines.ray.coordinator import Coordinator
 
     coordinator = Coordinator(2, None)
     stats = {"rows": 25}
@@ -287,7 +287,7 @@ def _start_ray(job: Path, emu: EmulatorProcess, cluster: Cluster) -> subprocess.
         "--ray-workers", str(WORKERS), "--quiet", "--summary-json", "summary.json",
     )  # fmt: skip
     script = (
-        f"import sys, batchrun._ray as r; r.BATCH_ROWS = {BATCH_ROWS};"
+        f"import sys, batchrun.engines.ray.engine as r; r.BATCH_ROWS = {BATCH_ROWS};"
         " from batchrun.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     command[1:3] = ["-c", script]  # python -m batchrun ..., smaller batches

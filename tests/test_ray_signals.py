@@ -25,7 +25,10 @@ pytestmark = pytest.mark.ray
 # A signal may find the driver between two steps: this is its allowance (as the local engine's).
 SEND_ALLOWANCE_S = 0.1
 # Small batches, so both workers have rows of the 40 (the CLI's own BATCH_ROWS is 1024).
-DRIVER = "import sys, batchrun._ray as r; r.BATCH_ROWS = 8; from batchrun.cli import main; main()"
+DRIVER = (
+    "import sys, batchrun.engines.ray.engine as r; r.BATCH_ROWS = 8; "
+    "from batchrun.cli import main; main()"
+)
 
 
 def _start(job: Path, emu, *args: str) -> subprocess.Popen[str]:

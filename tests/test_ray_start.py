@@ -13,7 +13,7 @@ import pytest
 from conftest import API_KEY, batchrun_command, write_job
 
 from batchrun._errors import JobError
-from batchrun._raystart import local_temp_dir
+from batchrun.engines.ray.start import local_temp_dir
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -76,7 +76,7 @@ def test_a_local_ray_is_a_new_instance_even_with_another_running(monkeypatch: An
     # instance here would be that machine-wide file's business, so ray.init is recorded.
     import ray
 
-    from batchrun._raystart import ray_session
+    from batchrun.engines.ray.start import ray_session
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

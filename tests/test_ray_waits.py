@@ -10,8 +10,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from batchrun._config import Limits
-from batchrun._coordinator import Coordinator
+from batchrun.engines.ray.coordinator import Coordinator
+from batchrun.job.config import Limits
 
 LONG_S = 30.0  # a wait that would fail the test if it ran out
 

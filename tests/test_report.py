@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchrun._errors import InputError, JobError
-from batchrun._report import FORMATS, ReportResult, render, report
 from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS
+from batchrun.report.aggregate import FORMATS, ReportResult, render, report
 
 MODELS = ("gpt-5.5", "glm-5.2", "unpriced-model")
 STATUSES = ("ok", "ok", "ok", "error", "invalid", "pending")

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pytest
 from test_report import output_table, write
 
-from batchrun._report_html import format_value
+from batchrun.report.page import format_value
 
 # Skipped on a machine without chromium, but never in CI, where .ci/run installs it.
 pytestmark = pytest.mark.skipif(

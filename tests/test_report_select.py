@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from test_report import output_table, write
 
-from batchrun._config import Price
 from batchrun._errors import JobError
-from batchrun._report import report
-from batchrun._report_select import DayRange, load_pricing
 from batchrun.cli import main
+from batchrun.job.config import Price
+from batchrun.report.aggregate import report
+from batchrun.report.selection import DayRange, load_pricing
 
 DAYS = ("2026-11-24", "2026-11-25", "2026-11-26")
 

@@ -10,17 +10,17 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from batchrun._config import InputConfig, Job, OutputConfig, RequestConfig
 from batchrun._errors import JobError
-from batchrun._input import open_input
-from batchrun._requests import (
+from batchrun._types import Keyed, Request, Result
+from batchrun.io.input import open_input
+from batchrun.job.config import InputConfig, Job, OutputConfig, RequestConfig
+from batchrun.job.template import Template
+from batchrun.send.requests import (
     RequestBuilder,
     canonical_json,
     estimate_prompt_tokens,
     fingerprint,
 )
-from batchrun._template import Template
-from batchrun._types import Keyed, Request, Result
 
 
 def make_job(**request: Any) -> Job:

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 from conftest import job_toml
 
-from batchrun._emulator import EmulatorProcess
-from batchrun._jobfile import load_job
-from batchrun._report import report
 from batchrun._runner import RunOptions, run_job, shard_of, shard_output_path
+from batchrun.emulator import EmulatorProcess
+from batchrun.job.load import load_job
+from batchrun.report.aggregate import report
 
 KEY_ENV = "BATCHRUN_SHARD_TEST_KEY"
 SHARDS = 4

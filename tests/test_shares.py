@@ -13,14 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
-from batchrun._config import Price
-from batchrun._ratelimit import RateInfo
-from batchrun._shares import BudgetPool, GlobalPace, LeasedBudget, SharedPacer, Slots
 from batchrun._types import Request
+from batchrun.engines.ray.shares import BudgetPool, GlobalPace, LeasedBudget, SharedPacer, Slots
+from batchrun.job.config import Price
+from batchrun.send.ratelimit import RateInfo
 
 
 class Coordinator:
-    """The actor's share/lease surface, as ``batchrun._coordinator.Coordinator`` exposes it."""
+    """The actor's share/lease surface, as the coordinator actor
+    (``batchrun.engines.ray.coordinator.Coordinator``) exposes it."""
 
     def __init__(self, rpm: int | None, tpm: int | None, concurrency: int, money: float) -> None:
         self.pace = GlobalPace(rpm, tpm, clock=anyio.current_time)

@@ -28,12 +28,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
-from batchrun._config import InputConfig, Job, Limits, OutputConfig, Price, RequestConfig
-from batchrun._dispatch import Dispatcher
-from batchrun._pipeline import Pipeline
-from batchrun._ratelimit import Backoff, Pacer, PauseGate
-from batchrun._requests import estimate_prompt_tokens
 from batchrun._types import Request
+from batchrun.engines.pipeline import Pipeline
+from batchrun.job.config import InputConfig, Job, Limits, OutputConfig, Price, RequestConfig
+from batchrun.send.dispatch import Dispatcher
+from batchrun.send.ratelimit import Backoff, Pacer, PauseGate
+from batchrun.send.requests import estimate_prompt_tokens
 
 # A signal may find the process between two event-loop turns: this is its allowance.
 SEND_ALLOWANCE_S = 0.1

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from conftest import API_KEY, run_batchrun, write_job
 
-import batchrun._dispatch
-from batchrun._advice import reservation_note
-from batchrun._checkpoint import Checkpoint, CheckpointReader
-from batchrun._jobfile import load_job
-from batchrun._plan import plan_job
+import batchrun.send.dispatch
 from batchrun._runner import RunOptions, run_job
+from batchrun.job.load import load_job
+from batchrun.plan.planner import plan_job
+from batchrun.send.advice import reservation_note
+from batchrun.store.checkpoint import Checkpoint, CheckpointReader
 
 UNSET = {"max_completion_tokens": 0}  # write_job sets 16; 0 is dropped below
 WARNING = "request.max_completion_tokens is unset"
@@ -122,13 +122,13 @@ def test_a_run_keeps_the_learned_limits_and_the_next_run_starts_at_them(
         assert (reader.learned_limits().rpm, reader.learned_limits().tpm) == (600, 2_000_000)
 
     at_start: list[tuple[int | None, int | None]] = []
-    original = batchrun._dispatch.Dispatcher.run
+    original = batchrun.send.dispatch.Dispatcher.run
 
     async def spy(self: Any, *args: Any) -> Any:
         at_start.append((self.learned.rpm, self.learned.tpm))
         return await original(self, *args)
 
-    monkeypatch.setattr(batchrun._dispatch.Dispatcher, "run", spy)
+    monkeypatch.setattr(batchrun.send.dispatch.Dispatcher, "run", spy)
     run_job(job, options)
     assert at_start == [(600, 2_000_000)]
 

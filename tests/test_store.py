@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import billed_usd, run_batchrun, write_job
 
-from batchrun._plan import plan_job_file
+from batchrun.plan.planner import plan_job_file
 
 CKPT = "out.parquet.ckpt.sqlite"
 

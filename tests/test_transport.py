@@ -14,10 +14,10 @@ import httpx
 import pytest
 from httpx_aiohttp import AiohttpTransport
 
-from batchrun._emulator import EmulatorProcess
 from batchrun._errors import FatalApiError, JobError, PermanentError, RetryableError
-from batchrun._transport import COMPLETIONS_PATH, Reply, Sender, completions_url, make_transport
 from batchrun._types import Request
+from batchrun.emulator import EmulatorProcess
+from batchrun.send.transport import COMPLETIONS_PATH, Reply, Sender, completions_url, make_transport
 
 KEY = "sk-secret-key-123"
 URL = "http://127.0.0.1:9/v1/chat/completions"

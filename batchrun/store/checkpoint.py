@@ -1,0 +1,570 @@
+"""The durable store behind "a killed run resumes without paying twice".
+
+Answers are keyed by request fingerprint (a versioned content hash of the wire
+body), together with the key of the row that paid for it (``owner_key``). A row
+is finished iff its current request's fingerprint has an answer, so a changed
+template re-sends exactly the rows whose request changed.
+
+Durability: SQLite in WAL mode with ``synchronous=NORMAL``. Every commit is in
+the WAL file before ``commit`` returns, so a killed process (``kill -9``,
+OOM-killer, Ctrl-C) loses nothing committed and the file always reopens
+cleanly. A power loss or OS crash may lose the last commits (never corrupt the
+file); those rows are simply sent again.
+
+One run of a job at a time: ``<checkpoint>.lock`` is held with ``flock`` for the
+life of a ``Checkpoint``. The kernel drops the lock when its holder dies, so a
+killed run never leaves a stale lock behind. Do not delete the lock file while
+a run is going: a new run would lock a new file and both would run.
+
+    with Checkpoint.open(Path("out/x.parquet.ckpt.sqlite"), job_name="x") as ckpt:
+        done = ckpt.lookup([request.fingerprint for request in requests])
+
+sqlite3 and OS errors are translated into ``batchrun._errors`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from operator import attrgetter
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.to_thread
+from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from batchrun._errors import JobError
+from batchrun._types import Answer, RequestResult, Result
+from batchrun.store.answers import (
+    chunks,
+    insert_new,
+    is_compact,
+    key_params,
+    key_prefix,
+    replace,
+    split_replaced,
+    where_keys,
+)
+from batchrun.store.batchdone import DoneBatch
+from batchrun.store.charges import (
+    INSERT_CHARGES_SQL,
+    charge_rows,
+    own_charge,
+    spent,
+    unpriced_usage,
+)
+from batchrun.store.fpkey import fp_key
+from batchrun.store.keptlimits import KeptLimits, read_kept, write_kept
+from batchrun.store.lock import JobLock
+from batchrun.store.schema import MIGRATIONS, migrate, now_iso, transaction
+
+__all__ = ["COMMIT_INTERVAL_S", "COMMIT_ROWS", "MIGRATIONS", "Checkpoint", "CheckpointReader"]
+
+COMMIT_INTERVAL_S = 0.5
+"""Longest time a received answer waits before it is committed."""
+COMMIT_ROWS = 4096
+"""Pending answers that trigger a commit before the interval is up. Large, as a commit
+writes each B-tree page it touched and random keys share pages only in a big one."""
+_GATHER_S = 0.02
+"""How long the writer lets answers gather in its stream after it wakes for one."""
+_PAGE_SIZE = 16384
+"""A new checkpoint's page size (SQLite's default: 4096; an existing file keeps its own).
+A commit writes every index page its random keys touched, each a WAL frame of its own:
+bigger pages mean fewer of them. At 1M rows (``bench/bench_checkpoint.py``, write minus
+synth) 4 KB pages cost 15.5 µs a row, 8 KB 14.3, 16 KB 13.5; in a live run the writer's
+share fell from 34.7 to 25.8 µs a row (``bench/bench_resume.py``). Reads pay: each copies
+a whole page. ``answered`` over 1M keys in random order costs 6.1, 7.2 and 7.6 µs a key;
+at 1M rows stored as a run stores them, the output pass of a resume with 1,000 rows to
+send takes 17.5 s instead of 15.7, and the check after a kill -9 7.1 s instead of 5.7."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+Row = tuple[Any, ...]
+
+# ---------------------------------------------------------------- rows
+
+# A Result is stored field by field, in its own field order, so reading one back
+# is a single positional constructor call (lookup cost matters at 1M rows). Its last
+# field, ``charges``, goes to ``paid_usd`` (known charges) and the charges table (others).
+_RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result) if f.name != "charges")
+_TS = _RESULT_FIELDS.index("completed_at")
+_result_values = attrgetter(*_RESULT_FIELDS)
+_ROW_COLUMNS = ("fingerprint", "owner_key", *_RESULT_FIELDS, "paid_usd", "key_prefix")
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    new, replacing = split_replaced(conn, rows)
+    insert_new(conn, _ROW_COLUMNS, new)
+    for row in replacing:  # after the new ones: a key may repeat within one commit
+        replace(conn, _ROW_COLUMNS, row)
+
+
+def _to_micros(when: datetime | None) -> int | None:
+    if when is None:
+        return None
+    if when.tzinfo is None:  # the dispatcher stamps UTC; a naive time is taken as UTC
+        when = when.replace(tzinfo=UTC)
+    return (when - _EPOCH) // _MICROSECOND
+
+
+def _from_micros(micros: int | None) -> datetime | None:
+    # Exact to the microsecond for any date before 2200 (a double has 52 mantissa bits),
+    # and faster than epoch + timedelta, which matters on a 1M-row resume.
+    return None if micros is None else datetime.fromtimestamp(micros / 1e6, UTC)
+
+
+def _to_row(item: RequestResult) -> Row:
+    request, result = item
+    values = list(_result_values(result))
+    values[_TS] = _to_micros(values[_TS])
+    key = fp_key(request.fingerprint)
+    return (key, request.key, *values, own_charge(result), key_prefix(key))
+
+
+def _to_answer(row: Row) -> Answer:
+    values = list(row[2:])
+    values[_TS] = _from_micros(values[_TS])
+    return Answer(row[1], Result(*values))
+
+
+@cache
+def _lookup_sql(params: int, include_failed: bool, compact: bool) -> str:
+    columns = ", ".join(("fingerprint", "owner_key", *_RESULT_FIELDS))
+    failed = "" if include_failed else " AND status != 'error'"
+    return f"SELECT {columns} FROM answers {where_keys(params, compact)}{failed}"
+
+
+# ---------------------------------------------------------------- sqlite helpers
+
+
+@contextmanager
+def _translated(path: Path, doing: str) -> Iterator[None]:
+    """The one boundary where sqlite3 and OS errors become batchrun errors."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise JobError(
+            f"checkpoint {path}: cannot {doing}: {exc} "
+            "(move the file away or rerun with --fresh to start over)"
+        ) from exc
+    except OSError as exc:
+        raise JobError(f"checkpoint {path}: cannot {doing}: {exc}") from exc
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # a new file only: see _PAGE_SIZE
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # durable against process death; see docstring
+        # Answers land on random B-tree pages; checkpointing the WAL back into the
+        # database every 32 MB instead of every 4 MB copies each hot page less often
+        # (about a third off the write cost at 1M rows).
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+        conn.execute(f"PRAGMA wal_autocheckpoint={(32 << 20) // page_size}")
+        # 32 MB of page cache (default 2 MB): B-tree pages are not read back on each commit.
+        conn.execute("PRAGMA cache_size=-32768")
+        # Only we write (the run lock sees to that), but an outside reader may hold it briefly.
+        conn.execute("PRAGMA busy_timeout=5000")
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- writer batch
+
+
+@dataclass
+class _Pending:
+    """Answers (and charges) received but not yet committed."""
+
+    rows: list[Row] = field(default_factory=list)
+    charges: list[Row] = field(default_factory=list)
+    fingerprints: list[str] = field(default_factory=list)
+    deadline: float = math.inf
+
+    def add(self, item: RequestResult) -> None:
+        if not self.fingerprints:
+            self.deadline = anyio.current_time() + COMMIT_INTERVAL_S
+        request, result = item
+        self.fingerprints.append(request.fingerprint)
+        if result.charges:  # those the answer row does not keep (own_charge)
+            self.charges.extend(charge_rows(request, result))
+        if result.status != "pending":
+            self.rows.append(_to_row(item))
+
+    def due(self) -> bool:
+        return len(self.fingerprints) >= COMMIT_ROWS or anyio.current_time() >= self.deadline
+
+    def clear(self) -> None:
+        self.rows, self.charges, self.fingerprints = [], [], []
+        self.deadline = math.inf
+
+
+def _drain_buffered(
+    results: ObjectReceiveStream[RequestResult], pending: _Pending, limit: float = math.inf
+) -> None:
+    """Take answers already sitting in a memory stream's buffer, without waiting."""
+    if not isinstance(results, MemoryObjectReceiveStream):
+        return
+    while len(pending.fingerprints) < limit:
+        try:
+            pending.add(results.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return
+
+
+# ---------------------------------------------------------------- the store
+
+
+class Checkpoint:
+    """Answers of one job, in SQLite, with the job's run lock held while open.
+
+    ``open`` takes the lock; ``write_results`` is the one task that writes;
+    ``lookup`` may be called from the event loop meanwhile. One sqlite3
+    connection is shared between the event loop and the writer's worker thread,
+    guarded by a lock so only one thread uses it at a time.
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, lock: JobLock) -> None:
+        self.path = path
+        self._conn = conn
+        self._job_lock: JobLock | None = lock
+        self._mutex = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path, *, job_name: str, fresh: bool = False) -> Checkpoint:
+        """Open (or create) the checkpoint at ``path`` and take the job's run lock.
+
+        ``fresh=True`` starts over: earlier answers (and their spend) are dropped.
+        Raises ``LockedError`` naming the running pid if another run holds the
+        lock, ``JobError`` if the file is unreadable or belongs to another job.
+        """
+        path = Path(path)
+        with _translated(path, "create its directory"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with _translated(path, "take the run lock"):
+            lock = JobLock.acquire(path)
+        try:
+            conn = cls._open_database(path, job_name=job_name, fresh=fresh)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(path, conn, lock)
+
+    @staticmethod
+    def _open_database(path: Path, *, job_name: str, fresh: bool) -> sqlite3.Connection:
+        # Under the lock, so starting over cannot pull the file from under a live run.
+        with _translated(path, "open it"):
+            if fresh:
+                _remove_database(path)  # also recovers from a corrupt file
+            conn = _connect(path)
+        try:
+            with _translated(path, "read its job name"):
+                _claim_for_job(conn, path, job_name)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def lookup(
+        self, fingerprints: Sequence[str], *, include_failed: bool = True
+    ) -> dict[str, Answer]:
+        """Finished answers among ``fingerprints``; ``include_failed=False`` omits errors.
+
+        Fingerprints without an answer are simply absent, so a resume sends
+        exactly the requests missing from ``ckpt.lookup(fps)``. Blocks for at
+        most one in-progress commit of the writer task.
+        """
+        with self._using("look up answers"):
+            return _select_answers(self._conn, fingerprints, include_failed, True)
+
+    def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:
+        """Which of ``fingerprints`` have an answer: ``lookup`` without reading the answers
+        (what a resume asks of every row before it sends anything)."""
+        with self._using("look up answers"):
+            return _select_answered(self._conn, fingerprints, include_failed, True)
+
+    def done_batch(self, digest: bytes, *, include_failed: bool = True) -> DoneBatch | None:
+        """The recorded batch (``store.batchdone``) named ``digest``, unless it is not recorded
+        or (``include_failed=False``) has an error answer to send again."""
+        failed = "" if include_failed else " AND errors = 0"
+        sql = f"SELECT requests, invalid, errors FROM done_batches WHERE digest = ?{failed}"
+        with self._using("look up done batches"):
+            row = self._conn.execute(sql, (digest,)).fetchone()
+        return None if row is None else DoneBatch(digest, row[0], row[1], bool(row[2]))
+
+    def record_done_batches(self, batches: Sequence[DoneBatch]) -> None:
+        """Record batches whose every request has an answer (the output pass finds them)."""
+        rows = [(b.digest, b.requests, b.invalid, int(b.errors)) for b in batches]
+        with self._using("record done batches"), transaction(self._conn):
+            self._conn.executemany("INSERT OR REPLACE INTO done_batches VALUES (?, ?, ?, ?)", rows)
+
+    def spent_usd(self) -> float:
+        """Spend recorded in this checkpoint over all runs since it was created: every
+        charge, at its real cost or (usage unknown) the worst case it reserved."""
+        with self._using("sum the spend"):
+            return spent(self._conn)
+
+    def unpriced_usage(self) -> tuple[int, int, int]:
+        """Tokens of answers stored unpriced (``batchrun.store.charges.unpriced_usage``)."""
+        with self._using("sum the unpriced usage"):
+            return unpriced_usage(self._conn)
+
+    def counts(self) -> dict[str, int]:
+        """Number of answers per status, e.g. ``{"ok": 950, "error": 3}``."""
+        with self._using("count answers"):
+            rows = self._conn.execute("SELECT status, COUNT(*) FROM answers GROUP BY status")
+            return dict(rows.fetchall())
+
+    def learned_limits(self) -> KeptLimits:
+        """The rate limits a run learned from the API's headers (``batchrun.store.keptlimits``)."""
+        with self._using("read the learned limits"):
+            return read_kept(self._conn)
+
+    def keep_learned_limits(self, rpm: int | None, tpm: int | None) -> None:
+        """Keep what this run learned, for the next run and ``plan``."""
+        with self._using("keep the learned limits"), transaction(self._conn):
+            write_kept(self._conn, rpm, tpm)
+
+    async def write_results(
+        self,
+        results: ObjectReceiveStream[RequestResult],
+        on_commit: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        """Store every ``(request, result)`` received, committing in batches: the answer
+        (its ``cost_usd`` as priced by the dispatcher, plus earlier runs' known charges
+        when it replaces a failed answer) with its known charges (``paid_usd``), and
+        its other ``result.charges`` in the charges table (``batchrun.store.charges``).
+
+        A batch commits when ``COMMIT_ROWS`` are pending or ``COMMIT_INTERVAL_S``
+        after its first item, in a worker thread; ``on_commit(fingerprints)``
+        follows each commit. When the stream ends, or this task is cancelled,
+        what it holds (and what is buffered in a memory stream) is committed.
+        Run exactly one of these per checkpoint.
+        """
+        pending = _Pending()
+        try:
+            while await _receive_until_due(results, pending):
+                if pending.due():
+                    await self._commit(pending, on_commit)
+        finally:
+            with anyio.CancelScope(shield=True):
+                _drain_buffered(results, pending)  # answers buffered there are paid for
+                await results.aclose()
+                await self._commit(pending, on_commit)
+
+    def close(self) -> None:
+        """Close the database and release the run lock. Safe to call twice."""
+        with self._mutex:
+            if self._job_lock is None:
+                return
+            self._conn.close()
+            self._job_lock.release()
+            self._job_lock = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals
+
+    async def _commit(
+        self, pending: _Pending, on_commit: Callable[[list[str]], None] | None
+    ) -> None:
+        fingerprints = pending.fingerprints
+        if not fingerprints:
+            return
+        # The thread runs to its end even if we are cancelled, and nothing yields before
+        # the clear: charges are never appended twice.
+        await anyio.to_thread.run_sync(self._insert, pending.rows, pending.charges)
+        pending.clear()
+        if on_commit is not None:
+            on_commit(fingerprints)
+
+    def _insert(self, rows: list[Row], charges: list[Row]) -> None:
+        with self._using("write answers"), transaction(self._conn):
+            self._conn.executemany(INSERT_CHARGES_SQL, charges)  # first: answers read them
+            _insert_rows(self._conn, rows)
+            self._conn.execute(_COUNT_COMMIT_SQL)
+
+    def commits(self) -> int:
+        """How many commits of answers this file has had: an output written at one count
+        is stale at another (a ``--retry-failed`` killed before its output pass)."""
+        with self._using("read the commit count"):
+            row = self._conn.execute(_COMMITS_SQL).fetchone()
+        return int(row[0]) if row else 0
+
+    @contextmanager
+    def _using(self, doing: str) -> Iterator[None]:
+        with self._mutex, _translated(self.path, doing):
+            if self._job_lock is None:
+                raise JobError(f"checkpoint {self.path} is closed")
+            yield
+
+
+_COUNT_COMMIT_SQL = (
+    "INSERT INTO meta VALUES ('answer_commits', '1')"
+    " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+)
+_COMMITS_SQL = "SELECT value FROM meta WHERE key = 'answer_commits'"
+
+
+async def _receive_until_due(
+    results: ObjectReceiveStream[RequestResult], pending: _Pending
+) -> bool:
+    """Add the next item to ``pending`` unless its commit falls due first, then what
+    else arrives within ``_GATHER_S``; False at the end of the stream."""
+    with anyio.CancelScope(deadline=pending.deadline):
+        try:
+            pending.add(await results.receive())
+        except anyio.EndOfStream:
+            return False
+        # Not a poll: this follows an answer received. A busy stream then wakes this
+        # task once per gathering instead of once per answer.
+        await anyio.sleep(_GATHER_S)
+    _drain_buffered(results, pending, limit=COMMIT_ROWS)
+    return True
+
+
+def _claim_for_job(conn: sqlite3.Connection, path: Path, job_name: str) -> None:
+    """Record the job on a new checkpoint; refuse one that belongs to another job."""
+    with transaction(conn):
+        conn.executemany(
+            "INSERT OR IGNORE INTO meta VALUES (?, ?)",
+            [("job_name", job_name), ("created_at", now_iso())],
+        )
+        (owner,) = conn.execute("SELECT value FROM meta WHERE key = 'job_name'").fetchone()
+    if owner != job_name:
+        # Its spend would count against this job's budget, so sharing is refused.
+        raise _foreign_job(path, owner, job_name)
+
+
+def _foreign_job(path: Path, owner: str, job_name: str) -> JobError:
+    return JobError(
+        f"checkpoint {path} belongs to job {owner!r}, not {job_name!r}: "
+        "set output.checkpoint to another file, or rerun with --fresh to start over"
+    )
+
+
+def _select_answered(
+    conn: sqlite3.Connection, fingerprints: Sequence[str], include_failed: bool, compact: bool
+) -> set[str]:
+    by_key = {fp_key(fp): fp for fp in fingerprints}
+    failed = "" if include_failed else " AND status != 'error'"
+    found: set[str] = set()
+    for chunk in chunks(key_params(list(by_key), compact)):
+        sql = f"SELECT fingerprint FROM answers {where_keys(len(chunk), compact)}{failed}"
+        # A prefix may also match keys not asked for: only whole keys count.
+        found.update(by_key[key] for (key,) in conn.execute(sql, chunk) if key in by_key)
+    return found
+
+
+def _select_answers(
+    conn: sqlite3.Connection, fingerprints: Sequence[str], include_failed: bool, compact: bool
+) -> dict[str, Answer]:
+    by_key = {fp_key(fp): fp for fp in fingerprints}  # dedupe keeps many rows to one probe
+    found: dict[str, Answer] = {}
+    for chunk in chunks(key_params(list(by_key), compact)):
+        for row in conn.execute(_lookup_sql(len(chunk), include_failed, compact), chunk):
+            fingerprint = by_key.get(row[0])
+            if fingerprint is not None:  # not another key with the same prefix
+                found[fingerprint] = _to_answer(row)
+    return found
+
+
+# ---------------------------------------------------------------- read-only view
+
+
+class CheckpointReader:
+    """A read-only look at a job's checkpoint that takes no run lock (``batchrun plan``).
+
+    WAL lets it read what a live run has committed without blocking that run;
+    nothing is written, migrated or claimed (SQLite may add its empty ``-wal`` and
+    ``-shm`` side files, which a run would create anyway).
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        with _translated(path, "read its schema"):
+            self._compact = is_compact(conn)  # not migrated here: may be an older layout
+
+    @classmethod
+    def open(cls, path: Path, *, job_name: str) -> CheckpointReader | None:
+        """None when no checkpoint exists yet; ``JobError`` if it belongs to another job."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        with _translated(path, "open it read-only"):
+            uri = f"{path.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        try:
+            with _translated(path, "read its job name"):
+                owner = conn.execute("SELECT value FROM meta WHERE key = 'job_name'").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        if owner is not None and owner[0] != job_name:
+            conn.close()
+            raise _foreign_job(path, owner[0], job_name)
+        return cls(path, conn)
+
+    def lookup(
+        self, fingerprints: Sequence[str], *, include_failed: bool = True
+    ) -> dict[str, Answer]:
+        """As ``Checkpoint.lookup``."""
+        with _translated(self.path, "look up answers"):
+            return _select_answers(self._conn, fingerprints, include_failed, self._compact)
+
+    def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:
+        """As ``Checkpoint.answered``."""
+        with _translated(self.path, "look up answers"):
+            return _select_answered(self._conn, fingerprints, include_failed, self._compact)
+
+    def spent_usd(self) -> float:
+        """As ``Checkpoint.spent_usd``."""
+        with _translated(self.path, "sum the spend"):
+            return spent(self._conn)
+
+    def unpriced_usage(self) -> tuple[int, int, int]:
+        """As ``Checkpoint.unpriced_usage``."""
+        with _translated(self.path, "sum the unpriced usage"):
+            return unpriced_usage(self._conn)
+
+    def learned_limits(self) -> KeptLimits:
+        """As ``Checkpoint.learned_limits``."""
+        with _translated(self.path, "read the learned limits"):
+            return read_kept(self._conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
