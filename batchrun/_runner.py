@@ -2,7 +2,8 @@
 
 The engines (``engines.local.LocalRun``, ``engines.ray.engine.RayRun``) are peers on
 ``engines.base.Run``; both answer rows with ``engines.pipeline.Pipeline``. This module
-decides only which one runs, on which job (a shard's own output, an emulated run's own checkpoint) and against which API.
+decides only which one runs, on which job (a shard's own output, an emulated run's own
+checkpoint) and against which API.
 """
 
 from __future__ import annotations
