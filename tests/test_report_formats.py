@@ -291,3 +291,16 @@ def test_csv_keeps_whole_number_keys_whole_beside_the_blank_total(
     assert [line.split(",")[:3] for line in out.splitlines()[1:]] == [
         ["group", "2", "10"], ["group", "10", "10"], ["total", "", "20"],
     ]  # fmt: skip
+
+
+def test_csv_by_an_input_column_called_kind_keeps_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = output_table(40, 1).append_column("kind", pa.array(["bug", "idea"] * 20))
+    write(tmp_path / "o.parquet", table)
+    code, out, err = in_process(capsys, str(tmp_path), "--by", "kind", "--format", "csv")
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("kind,kind,rows,")
+    assert [line.split(",")[:2] for line in out.splitlines()[1:]] == [
+        ["group", "bug"], ["group", "idea"], ["total", ""],
+    ]  # fmt: skip

@@ -127,7 +127,8 @@ def _cost_per_day(result: ReportResult, column: str, key: str, title: str) -> Ch
         values,
         stacked=True,
     )
-    return _on_time_axis(chart) if len(chart.categories) > TIMELINE_DAYS else chart
+    dated = not MISSING_LABELS.intersection(chart.categories)  # "(failed)": no day known
+    return _on_time_axis(chart) if dated and len(chart.categories) > TIMELINE_DAYS else chart
 
 
 def _on_time_axis(chart: Chart) -> Chart:

@@ -169,11 +169,12 @@ def _render_csv(df: pd.DataFrame) -> str:
     keys = _key_columns(df)
     if len(out):
         out.loc[out.index[-1], keys] = None
-    out.insert(0, "kind", ["group"] * (len(out) - 1) + ["total"] if len(out) else [])
     for column in keys:  # as objects: a map would turn whole numbers with a blank into floats
         cells = [_spreadsheet_safe(v) for v in out[column]]
         out[column] = pd.Series(cells, index=out.index, dtype=object)
     out.columns = [_spreadsheet_safe(str(c)) for c in out.columns]
+    kinds = ["group"] * (len(out) - 1) + ["total"] if len(out) else []
+    out.insert(0, "kind", kinds, allow_duplicates=True)  # a --by column may be called kind
     return str(out.to_csv(index=False))
 
 
