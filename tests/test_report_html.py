@@ -356,12 +356,22 @@ def timeline(browser: Any) -> dict[str, Any]:
         write(work / "out" / f"date={day}" / "part.parquet", output_table(200 + 20 * seed, seed))
     (work / "what-if.toml").write_text(PRICING)
     page = work / "month.html"
-    cli(str(work / "out"), "--pricing", str(work / "what-if.toml"), "--output", str(page))
+    common = [str(work / "out"), "--pricing", str(work / "what-if.toml")]
+    cli(*common, "--output", str(page))
     browser.load(page)
     browser.viewport(1366, 768, mobile=False)
     charts = {c["id"]: c for c in json.loads(browser.evaluate(COLLECT))}
     print(f"\nscreenshot: {browser.screenshot(work / 'month-1366.png')}")
-    return {"charts": charts, "days": days, "html": page.read_text()}
+    browser.viewport(390, 844, mobile=True, scale=2)
+    phone_width = browser.evaluate("document.documentElement.scrollWidth")
+    by_day = json.loads(cli(*common, "--by", "day,model", "--format", "json"))["groups"]
+    return {
+        "charts": charts,
+        "days": days,
+        "html": page.read_text(),
+        "phone_width": phone_width,
+        "json": by_day,
+    }
 
 
 def test_over_more_than_14_days_cost_per_day_is_a_column_per_day_on_a_time_axis(
@@ -384,3 +394,16 @@ def test_the_time_axes_share_one_scale(timeline: dict[str, Any]) -> None:
     px_per_usd = [b["height"] / b["value"] for b in drawn if b["height"] > 2]
     assert len(px_per_usd) > LONG_DAYS
     assert max(px_per_usd) == pytest.approx(min(px_per_usd), rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("chart", "column"), [("cost-per-day", "cost_usd"), ("repriced-per-day", "repriced_usd")]
+)
+def test_the_time_axis_bars_equal_json_by_day_and_model(
+    timeline: dict[str, Any], chart: str, column: str
+) -> None:
+    expected = {
+        (r["day"], r["model"]): r[column] for r in timeline["json"] if r[column] is not None
+    }
+    assert_bars_equal(timeline["charts"][chart], expected)
+    assert timeline["phone_width"] <= 390
