@@ -170,7 +170,9 @@ def _add_report(sub: Any) -> None:
     )
     cmd.add_argument("--by", default="model,status", help="columns to group by (comma-separated)")
     cmd.add_argument(
-        "--format", choices=("table", "csv", "json", "markdown", "html"), default="table"
+        "--format",
+        choices=("table", "csv", "json", "markdown", "html"),
+        help="default: from the --output extension (.html .csv .json .md), else table",
     )
     cmd.add_argument("--output", metavar="FILE", help="write the report here, not to stdout")
     cmd.add_argument(
@@ -294,23 +296,45 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from batchrun.report.aggregate import render, report
     from batchrun.report.selection import DayRange, load_pricing, parse_day
 
+    fmt = _report_format(args.format, args.output)
     by = [col.strip() for col in args.by.split(",") if col.strip()]
     days = DayRange(parse_day(args.since, "--since"), parse_day(args.until, "--until"))
     pricing = load_pricing(args.pricing) if args.pricing else None
     result = report(args.paths, by=by, days=days, pricing=pricing)
     for skipped in result.skipped:
         print(f"batchrun: skipped {skipped}", file=sys.stderr)
-    if args.format == "html":
+    for model in result.unmatched_prices():
+        print(f"batchrun: warning: --pricing: {model!r} is in no output", file=sys.stderr)
+    if fmt == "html":
         from batchrun.report.page import render_html
 
-        text = render_html(result)
+        name = Path(args.pricing).name if args.pricing else None
+        text = render_html(result, pricing_name=name)
     else:
-        text = render(result.table, args.format)
+        text = render(result.table, fmt, generated_at=result.generated_at, inputs=result.files)
     if args.output:
         _write_text(Path(args.output), text)
     else:
         sys.stdout.write(text)
     return 0
+
+
+_FORMAT_OF_SUFFIX = {
+    ".html": "html", ".htm": "html", ".csv": "csv", ".json": "json", ".md": "markdown",
+    ".markdown": "markdown",
+}  # fmt: skip
+
+
+def _report_format(given: str | None, output: str | None) -> str:
+    """``--format``, else the one ``--output``'s extension names, else ``table``."""
+    suffix = Path(output).suffix.lower() if output else ""
+    implied = _FORMAT_OF_SUFFIX.get(suffix)
+    if given and implied and given != implied:
+        raise JobError(
+            f"--format {given} does not match --output {output} (a {suffix} file is"
+            f" {implied}); drop --format or change the file's extension"
+        )
+    return given or implied or "table"
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -134,7 +134,7 @@ def test_report_over_a_hive_prefix_types_the_keys(store: dict[str, Any], tmp_pat
     args = ["report", f"{prefix}hour=*/", "--by", "hour", "--format", "csv"]
     done = batchrun(tmp_path, store, *args)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[1].startswith("2,10,")
+    assert done.stdout.splitlines()[1].startswith("group,2,10,")
 
 
 # --- errors: one line naming the URI and the cause, exit 2, nothing sent ----------------
