@@ -213,7 +213,9 @@ def test_unused_tokens_are_given_back_only_in_the_window_that_earned_them() -> N
     assert len(api.received) > 100
 
 
-def test_reservations_made_before_the_limits_were_known_are_repriced() -> None:
+def test_reservations_made_before_the_limits_were_known_are_repriced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # No limits in the job, max_completion_tokens unset (128,000 reserved): 32 go before
     # any header. The API states 120 RPM and 1M TPM and counts real tokens: the run must
     # not stall for the rest of the first window, and paces at the RPM after it.
@@ -225,6 +227,7 @@ def test_reservations_made_before_the_limits_were_known_are_repriced() -> None:
     assert sum(1 for at in times if 10 <= at < 40) >= 0.95 * 60  # no stall
     assert sum(1 for at in times if 60 <= at < 180) >= 0.95 * 240
     assert window_maxima(api.received)[0] <= 120
+    assert "max_completion_tokens is unset" not in caplog.text  # it does not set the pace
 
 
 @pytest.mark.parametrize("value", ["NaN", "inf", "-1", "1e400", "soon"])

@@ -346,8 +346,6 @@ class _DispatchRun:
     async def _attempt(
         self, request: Request, scope: anyio.CancelScope, charges: list[Charge]
     ) -> Result:
-        if self.slow.pending:
-            self.slow.check(self.d.limits, self.d.learned, request.est_prompt_tokens)
         # Money before pace: a send delayed by a wait for money would bunch sends the
         # pacer spread out. The reservation is returned if nothing is sent.
         reserved = await self._reserve(request)
@@ -425,8 +423,9 @@ class _DispatchRun:
         self, request: Request, reply: Reply, reserved: float, charges: list[Charge], sent_at: float
     ) -> Result:
         self.pacer.observe(reply.rate)
-        if self.slow.pending:  # say it when the limits are first learned
-            self.slow.check(self.d.limits, self.d.learned, request.est_prompt_tokens)
+        if self.slow.pending:  # said once an answer shows how the API counts tokens
+            real = self.pacer.counts_real
+            self.slow.check(self.d.limits, self.d.learned, request.est_prompt_tokens, real)
         self.pacer.reconcile(request, reply.result, sent_at)
         self.pacer.succeeded(sent_at)
         self.counters.rpm_limit = self.pacer.rpm_in_use
