@@ -181,9 +181,10 @@ class Axis:
         if self.interval:
             self.due = max(self.due, now) + cost * self.interval
 
-    def give_back(self, stamp: float, amount: float, now: float) -> None:
+    def give_back(self, stamp: float, amount: float, now: float) -> float:
         """Unused room of the send at ``stamp``: freed in the log while that send is in
-        it (so only in its own window, never later), and taken off the pace."""
+        it (so only in its own window, never later), and taken off the pace. Returns
+        how much was freed."""
         self._expire(now)
         log, given = self.log, 0.0
         i = bisect_left(log, stamp, key=_stamp)
@@ -196,6 +197,7 @@ class Axis:
         self.used -= given
         if self.interval and given:
             self.due = max(self.due - given * self.interval, min(self.due, now))
+        return given
 
     def hold_until(self, resume_at: float) -> None:
         """No burst after a pause: the first send is due at ``resume_at``, then the pace."""
@@ -373,8 +375,8 @@ class Pacer:
             elif completion > 0:
                 self._claim_later(sent_at, completion, now)
         if unused > 0:
-            axis.give_back(sent_at, unused, now)
-            self._wake()
+            if axis.give_back(sent_at, unused, now) and axis.limit is not None:
+                self._wake()
         elif unused < 0 and axis.limit is not None:
             axis.owed -= unused
 
