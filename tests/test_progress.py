@@ -147,3 +147,14 @@ def _read_all(fd: int) -> str:
         chunks.append(chunk)
     os.close(fd)
     return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_a_pause_the_server_asked_for_shows_on_the_progress_line() -> None:
+    counters = SimpleNamespace(
+        failed=0, rate_limited=3, cost_usd=0.0, rate_use=0.99, finished=40, total=100,
+        paused=(time.monotonic() + 42.4, "llm_provider-retry-after"),
+    )  # fmt: skip
+    line = cli._progress_line(counters)
+    assert line.endswith("paused 42 s more: the server asked (llm_provider-retry-after)"), line
+    counters.paused = (time.monotonic() - 1, "retry-after")  # over: no longer shown
+    assert "paused" not in cli._progress_line(counters)
