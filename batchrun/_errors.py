@@ -53,11 +53,19 @@ class FatalApiError(BatchrunError):
 class AttemptError(Exception):
     """One attempt at one request failed. Never escapes the dispatcher."""
 
-    def __init__(self, error_type: str, message: str, *, retry_after: float | None = None):
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        retry_after_from: str = "",
+    ):
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.retry_after = retry_after
+        self.retry_after_from = retry_after_from  # the header that said so
 
 
 class RetryableError(AttemptError):

@@ -391,7 +391,8 @@ class _ProgressDisplay:
 
     LOG_EVERY_S = 5.0
     DRAW_EVERY_S = 0.2
-    RATE_WINDOW_S = 30.0
+    WINDOW_S = 60.0  # the window a requests-per-minute limit counts
+    PACE_S = 10.0
 
     def __init__(self) -> None:
         self._bar: Any = None
@@ -399,7 +400,7 @@ class _ProgressDisplay:
         self._last_draw = 0.0
         self._last: Any = None
         self.tty = sys.stderr.isatty()
-        self._sent: deque[tuple[float, int]] = deque()
+        self._sent: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
 
     def __call__(self, counters: Any) -> None:
         # Called for every finished row: render at most a few times a second.
@@ -430,23 +431,26 @@ class _ProgressDisplay:
             self._bar.close()
 
     def _rate_use(self, counters: Any) -> float | None:
-        """Requests sent over the last few seconds, as a share of the RPM limit in use.
+        """The share of the RPM limit in use: the higher of the requests sent in the last
+        60 s (the window the limit counts) and the pace of the last 10 s, that one at most
+        100%. So it reads over 100% only when a window held more than the limit, 100%
+        while the pacer waits for room in a full window, and the pace otherwise.
 
-        The window opens at the first answer: the rate bucket's initial burst (half a
-        second's worth, sent at once) has gone out by then and is left out, or the
-        first half minute would read over 100%."""
-        if not counters.dispatch.rows_sent:
-            return None
+        Counted from the earliest sample inside a window: never more than were sent in it.
+        """
         now = time.monotonic()
-        self._sent.append((now, counters.sent))
-        while now - self._sent[0][0] > self.RATE_WINDOW_S:
-            self._sent.popleft()
-        elapsed = now - self._sent[0][0]
-        # Judge the pace only once a few seconds are in.
-        if not counters.rpm_limit or elapsed < 3.0:
+        samples = self._sent
+        samples.append((now, counters.sent))
+        while samples[0][0] < now - self.WINDOW_S:
+            samples.popleft()
+        if not counters.rpm_limit:
             return None
-        per_minute = (counters.sent - self._sent[0][1]) * 60.0 / elapsed
-        return float(per_minute / counters.rpm_limit)
+        in_window = (counters.sent - samples[0][1]) / counters.rpm_limit
+        since, sent = next(s for s in samples if s[0] >= now - self.PACE_S)
+        if now - since < 3.0:  # judge the pace only once a few seconds are in
+            return float(in_window)
+        pace = (counters.sent - sent) * 60.0 / (now - since) / counters.rpm_limit
+        return float(max(in_window, min(pace, 1.0)))
 
 
 def _postfix(counters: Any) -> str:
@@ -454,6 +458,9 @@ def _postfix(counters: Any) -> str:
     parts.append(f"${counters.cost_usd:.4f}")
     if getattr(counters, "rate_use", None) is not None:
         parts.append(f"limit use={counters.rate_use:.0%}")
+    paused = getattr(counters, "paused", None)
+    if paused is not None and (left := paused[0] - time.monotonic()) > 0:
+        parts.append(f"paused {left:.0f} s more: the server asked ({paused[1]})")
     return " ".join(parts)
 
 

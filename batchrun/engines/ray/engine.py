@@ -75,7 +75,7 @@ from batchrun.output.table import (
     write_batches,
 )
 from batchrun.send.dispatch import Dispatcher
-from batchrun.send.ratelimit import Pacer, PauseGate
+from batchrun.send.ratelimit import PAUSE_CAP_S, Pacer, PauseGate
 from batchrun.send.requests import RequestBuilder
 from batchrun.store.checkpoint import Checkpoint
 from batchrun.store.jobstore import JobStore, budget_price, clear_ray_dir, ray_dir
@@ -285,10 +285,10 @@ class SharedGate(PauseGate):
         self._coordinator = coordinator
         self._synced = -math.inf
 
-    def pause_for(self, seconds: float) -> bool:
+    def pause_for(self, seconds: float) -> float:
         extended = super().pause_for(seconds)
         if extended:
-            self._coordinator.pause_until.remote(time.time() + seconds)
+            self._coordinator.pause_until.remote(time.time() + min(seconds, PAUSE_CAP_S))
         return extended
 
     async def wait(self) -> None:
