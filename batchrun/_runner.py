@@ -2,7 +2,8 @@
 
 The engines (``engines.local.LocalRun``, ``engines.ray.engine.RayRun``) are peers on
 ``engines.base.Run``; both answer rows with ``engines.pipeline.Pipeline``. This module
-decides only which one runs, on which job (a shard's own output, an emulated run's own checkpoint) and against which API.
+decides only which one runs, on which job (a shard's own output, an emulated run's own
+checkpoint) and against which API.
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ def run_job(
     from batchrun.emulator import EmulatorProcess
 
     with EmulatorProcess() as emu:
-        log.warning("EMULATED RUN on %s: every answer is synthetic", emu.base_url)
+        log.warning(
+            "EMULATED RUN on %s: every answer is synthetic",
+            emu.base_url,
+            extra={"event": "emulated_run", "synthetic": True},
+        )
         emulated = replace(options, base_url=emu.base_url, api_key=EMULATOR_KEY)
         return _engine(options)(emulated_job(job), emulated, progress).execute()
 

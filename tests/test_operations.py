@@ -1,0 +1,192 @@
+"""What a scheduler sees around a run: parseable log lines, the exit reason, a summary
+on every exit, metrics, and reruns after a job-level stop."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from conftest import run_batchrun, start_batchrun, write_job
+from prometheus_client.parser import text_string_to_metric_families
+
+CUT_OFF = {
+    "request": {"max_completion_tokens": 4, "response_format": "json_object"},
+    "output": {"path": "out.parquet", "parse": "json", "columns": {"label": "string"}},
+}
+
+
+def json_lines(stderr: str) -> list[dict[str, object]]:
+    """Every stderr line as a JSON object (fails on any line that is not one)."""
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    for line in lines:
+        assert {"ts", "level", "event", "message"} <= set(line), line
+        assert "T" in str(line["ts"]) and str(line["ts"]).endswith("+00:00"), line
+    return lines
+
+
+def test_every_stderr_line_of_a_json_run_is_one_json_object_ending_with_the_exit(
+    tmp_path: Path, emulator
+) -> None:
+    job = write_job(tmp_path, rows=30)
+
+    run = run_batchrun(job, emulator(), "--log-format", "json")
+
+    assert run.returncode == 0, run.stderr
+    lines = json_lines(run.stderr)
+    events = [line["event"] for line in lines]
+    assert events[0] == "run_started" and events[-1] == "run_finished", events
+    last = lines[-1]
+    assert last["exit_code"] == 0 and last["message"] == "exit 0: all 30 rows done"
+    assert last["by_status"] == {"ok": 30} and last["sent"] == 30
+
+
+def test_a_quiet_json_run_that_exits_1_ends_with_the_reason_in_words_and_the_summary_too(
+    tmp_path: Path, emulator
+) -> None:
+    job = write_job(tmp_path, rows=12, limits={"max_failed_rows": 5}, **CUT_OFF)
+
+    run = run_batchrun(
+        job, emulator(), "--log-format", "json", "--quiet", "--summary-json", "s.json"
+    )
+
+    assert run.returncode == 1, run.stderr
+    (last,) = json_lines(run.stderr)
+    reason = (
+        "exit 1: 12 failed rows > limits.max_failed_rows = 5 (parse_error 12: the answers"
+        " were cut off at max_completion_tokens = 4)"
+    )
+    assert last["event"] == "run_finished" and last["message"] == reason
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["exit_code"] == 1 and summary["exit_reason"] == reason
+    assert summary["by_error_type"] == {"parse_error": 12}
+
+
+def test_text_lines_carry_the_date_and_level_and_quiet_keeps_only_the_exit_line(
+    tmp_path: Path, emulator
+) -> None:
+    job = write_job(tmp_path, rows=5)
+
+    run = run_batchrun(job, emulator(), "--quiet")
+
+    assert run.returncode == 0, run.stderr
+    (line,) = run.stderr.splitlines()
+    date, rest = line.split(" ", 1)
+    assert date[:4].isdigit() and "T" in date and date.endswith("+00:00")
+    assert rest == "batchrun: info: exit 0: all 5 rows done"
+
+
+def test_an_exit_2_replaces_an_earlier_summary_with_its_code_and_error(
+    tmp_path: Path, emulator
+) -> None:
+    job = write_job(tmp_path, rows=5)
+    emu = emulator()
+    assert run_batchrun(job, emu, "--summary-json", "s.json").returncode == 0
+    (tmp_path / "input.csv").unlink()
+
+    run = run_batchrun(job, emu, "--summary-json", "s.json", "--log-format", "json")
+
+    assert run.returncode == 2
+    (line,) = json_lines(run.stderr)
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["exit_code"] == 2 and "input.csv" in summary["error"]
+    assert summary["exit_reason"] == f"exit 2: {line['message']}"
+
+
+def test_a_bad_argument_is_one_json_line_and_leaves_an_exit_2_summary(
+    tmp_path: Path, emulator
+) -> None:
+    job = write_job(tmp_path, rows=5)
+    (tmp_path / "s.json").write_text('{"exit_code": 0}')
+
+    run = run_batchrun(
+        job, emulator(), "--limit", "0", "--summary-json", "s.json", "--log-format", "json"
+    )
+
+    assert run.returncode == 2
+    (line,) = json_lines(run.stderr)
+    assert line["level"] == "error" and "--limit" in str(line["message"])
+    assert json.loads((tmp_path / "s.json").read_text())["exit_code"] == 2
+
+
+def metrics(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    families = text_string_to_metric_families(path.read_text())
+    return {
+        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k in ("status", "kind")))): (
+            s.value
+        )
+        for family in families
+        for s in family.samples
+    }
+
+
+def test_metrics_give_rows_requests_tokens_cost_exit_code_and_the_last_success(
+    tmp_path: Path, emulator
+) -> None:
+    job = write_job(tmp_path, rows=20)
+    emu = emulator()
+
+    run = run_batchrun(job, emu, "--metrics", "metrics/job.prom", "--quiet")
+
+    assert run.returncode == 0, run.stderr
+    found = metrics(tmp_path / "metrics/job.prom")
+    assert found[("batchrun_rows", (("status", "ok"),))] == 20
+    assert found[("batchrun_requests_sent", ())] == 20
+    assert found[("batchrun_tokens", (("kind", "prompt"),))] > 0
+    assert found[("batchrun_cost_usd", ())] > 0
+    assert found[("batchrun_exit_code", ())] == 0
+    assert found[("batchrun_running", ())] == 0
+    first_success = found[("batchrun_last_success_timestamp_seconds", ())]
+    (tmp_path / "input.csv").unlink()  # the next run exits 2: its success time stays
+
+    failed = run_batchrun(job, emu, "--metrics", "metrics/job.prom", "--quiet")
+
+    assert failed.returncode == 2
+    again = metrics(tmp_path / "metrics/job.prom")
+    assert again[("batchrun_exit_code", ())] == 2
+    assert again[("batchrun_last_success_timestamp_seconds", ())] == first_success
+    assert not [p for p in (tmp_path / "metrics").iterdir() if p.name != "job.prom"]
+
+
+def test_metrics_are_written_while_the_run_goes_on(tmp_path: Path, emulator) -> None:
+    job = write_job(tmp_path, rows=40, limits={"concurrency": 1})
+    emu = emulator("--latency-ms", "300")
+    run = start_batchrun(job, emu, "--metrics", "m.prom", "--quiet")
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "m.prom").exists():
+            assert time.monotonic() < deadline and run.poll() is None
+            time.sleep(0.1)
+        live = metrics(tmp_path / "m.prom")
+        assert live[("batchrun_running", ())] == 1
+        assert 0 < live[("batchrun_requests_sent", ())] < 40
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=30) == 130
+    finally:
+        run.kill()
+    assert metrics(tmp_path / "m.prom")[("batchrun_exit_code", ())] == 130
+
+
+def test_rows_failed_by_an_early_stop_are_sent_again_by_a_plain_rerun_after_the_fix(
+    tmp_path: Path, emulator
+) -> None:
+    rows = [{"id": f"r{i:03d}", "text": f"Review number {i:03d}."} for i in range(60)]
+    job = write_job(tmp_path, rows=rows, limits={"concurrency": 4, "max_failed_rows": 0})
+    refusing = emulator("--context-tokens", "3")  # every prompt alike too long: a 400 each
+
+    stopped = run_batchrun(job, refusing, "--summary-json", "s.json")
+
+    assert stopped.returncode == 4, stopped.stderr
+    assert "sends them and every row not sent yet (no --retry-failed needed)" in stopped.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["exit_reason"].startswith(
+        "exit 4: the API refused the job: the first "
+    )
+    fixed = emulator()
+
+    rerun = run_batchrun(job, fixed)
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert fixed.ledger()["requests_received"] == 60
+    assert pq.read_table(tmp_path / "out.parquet").column("status").to_pylist() == ["ok"] * 60
