@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
     _add_plan(sub)
+    _add_status(sub)
     _add_report(sub)
     _add_emulator(sub)
     return parser
@@ -194,6 +195,19 @@ def _add_plan(sub: Any) -> None:
         "--emulate", action="store_true", help="send the pilot to the built-in emulator"
     )
     cmd.set_defaults(handler=_cmd_plan)
+
+
+def _add_status(sub: Any) -> None:
+    cmd = sub.add_parser(
+        "status",
+        help="how far a job got, from its checkpoint (read-only: safe while it runs)",
+    )
+    _add_job_options(cmd)
+    cmd.add_argument("--format", choices=("table", "json"), default="table")
+    cmd.add_argument(
+        "--emulate", action="store_true", help="the checkpoint of the job's emulated runs"
+    )
+    cmd.set_defaults(handler=_cmd_status)
 
 
 def _add_report(sub: Any) -> None:
@@ -379,6 +393,17 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         args.job, sets=args.sets, variables=args.var, pilot=args.pilot, emulate=args.emulate
     )
     print(json.dumps(plan.to_dict(), indent=2) if args.format == "json" else plan.render())
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from batchrun.engines.base import emulated_job
+    from batchrun.job.load import load_job
+    from batchrun.plan.status import job_status
+
+    job = load_job(args.job, sets=args.sets, variables=args.var)
+    status = job_status(emulated_job(job) if args.emulate else job)
+    print(json.dumps(status.to_dict(), indent=2) if args.format == "json" else status.render())
     return 0
 
 

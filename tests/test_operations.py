@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
-from conftest import run_batchrun, start_batchrun, write_job
+import pytest
+from conftest import run_batchrun, start_batchrun, wait_for_requests, write_job
 from prometheus_client.parser import text_string_to_metric_families
 
 CUT_OFF = {
@@ -190,3 +194,98 @@ def test_rows_failed_by_an_early_stop_are_sent_again_by_a_plain_rerun_after_the_
     assert rerun.returncode == 0, rerun.stderr
     assert fixed.ledger()["requests_received"] == 60
     assert pq.read_table(tmp_path / "out.parquet").column("status").to_pylist() == ["ok"] * 60
+
+
+def test_limit_writes_its_own_output_and_leaves_the_full_one(tmp_path: Path, emulator) -> None:
+    job = write_job(tmp_path, rows=30)
+    emu = emulator()
+    assert run_batchrun(job, emu).returncode == 0
+    full = (tmp_path / "out.parquet").read_bytes()
+
+    trial = run_batchrun(job, emu, "--limit", "10", "--summary-json", "s.json")
+
+    assert trial.returncode == 0, trial.stderr
+    assert (tmp_path / "out.parquet").read_bytes() == full
+    assert pq.read_table(tmp_path / "out.limit-10.parquet").num_rows == 10
+    assert json.loads((tmp_path / "s.json").read_text())["output_path"] == "out.limit-10.parquet"
+    assert emu.ledger()["requests_received"] == 30  # the trial reused the job's answers
+
+
+def test_plan_emulate_plans_against_the_emulated_checkpoint(tmp_path: Path, emulator) -> None:
+    job = write_job(tmp_path, rows=10)
+    emulated = subprocess.run(
+        [sys.executable, "-m", "batchrun", "run", job.name, "--emulate", "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert emulated.returncode == 0, emulated.stderr
+
+    plan = subprocess.run(
+        [sys.executable, "-m", "batchrun", "plan", job.name, "--emulate", "--format", "json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert plan.returncode == 0, plan.stderr
+    found = json.loads(plan.stdout)
+    assert found["checkpoint_exists"] is True and "emulated" in found["checkpoint"]
+
+
+def status(job: Path, *args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "batchrun", "status", job.name, "--format", "json", *args],
+        cwd=job.parent,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    found: dict[str, Any] = json.loads(done.stdout)
+    return found
+
+
+def test_status_polled_during_a_run_shows_progress_and_the_holder_and_never_blocks_it(
+    tmp_path: Path, emulator
+) -> None:
+    job = write_job(tmp_path, rows=60, limits={"concurrency": 2, "max_cost_usd": 5.0})
+    emu = emulator("--latency-ms", "100")
+    assert status(job)["checkpoint_exists"] is False
+    run = start_batchrun(job, emu)
+    seen = []
+    try:
+        wait_for_requests(emu, 4)
+        while run.poll() is None:
+            seen.append(status(job))
+        assert run.wait(timeout=60) == 0
+    finally:
+        run.kill()
+    live = [s for s in seen if s["running"]]
+    assert live and all(s["lock_holder"]["pid"] == run.pid for s in live)
+    assert 0 < live[0]["answered_ok"] < 60 and live[0]["spent_usd"] > 0
+    assert [s["answered_ok"] for s in live] == sorted(s["answered_ok"] for s in live)
+    after = status(job)
+    assert after["running"] is False and after["lock_holder"] is None
+    assert after["answered_ok"] == 60 and after["pending_at_most"] == 0
+    assert after["budget_left_usd"] == pytest.approx(5.0 - after["spent_usd"])
+    assert after["last_commit"] is not None
+
+
+def test_status_counts_failed_rows_by_error_type(tmp_path: Path, emulator) -> None:
+    job = write_job(tmp_path, rows=8, **CUT_OFF)
+    assert run_batchrun(job, emulator()).returncode == 1
+
+    table = subprocess.run(
+        [sys.executable, "-m", "batchrun", "status", job.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert table.returncode == 0, table.stderr
+    assert "failed           8 (parse_error 8)" in table.stdout
+    assert status(job)["failed_by_error_type"] == {"parse_error": 8}
