@@ -36,9 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     early = _early_options(argv)
     setup_logging(early.log_format, quiet=early.quiet)
     summary_json = early.summary_json if argv[:1] == ["run"] else None
-    if summary_json:
-        Path(summary_json).unlink(missing_ok=True)  # never a stale summary, however we end
     try:
+        if summary_json:
+            Path(summary_json).unlink(missing_ok=True)  # never a stale summary, however we end
         args = _parser().parse_args(argv)
         code = args.handler(args)
     except BatchrunError as exc:
@@ -53,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `batchrun report ... | head`: the reader left; not an error of ours.
         sys.stderr.close()
         code = 0
+    except Exception as exc:  # a bug of ours: its traceback, in the asked-for format
+        code = 1
+        log.error("unexpected error: %r", exc, exc_info=True, extra={"event": "crash"})
+        _failure_summary(summary_json, code, f"unexpected error: {exc!r}")
     sys.exit(code)
 
 
@@ -294,7 +298,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     job = load_job(args.job, sets=args.sets, variables=args.var)
     bar = not args.quiet and args.log_format == "text" and sys.stderr.isatty()
-    display = None if args.quiet else _ProgressDisplay(bar=bar)
+    # Under --quiet it only measures the limit use (for --metrics), showing nothing.
+    display = _ProgressDisplay(bar=bar, lines=not args.quiet)
     metrics = _run_metrics(args, job.name)
     try:
         with _sigterm_as_ctrl_c(), _logs_above_the_bar(display):
@@ -303,8 +308,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if metrics is not None:
             metrics.finish(exit_code=getattr(exc, "exit_code", 130))
         raise
-    if display is not None:
-        display.close()
+    display.close()
     if metrics is not None:
         metrics.finish(summary)
     if args.summary_json:
@@ -349,15 +353,14 @@ def _log_exit(summary: Any) -> None:
 class _Observer:
     """The run's progress callback: the display, and the metrics' view of the run."""
 
-    def __init__(self, display: _ProgressDisplay | None, metrics: Any) -> None:
+    def __init__(self, display: _ProgressDisplay, metrics: Any) -> None:
         self.display = display
         self.metrics = metrics
 
     def __call__(self, counters: Any) -> None:
         if self.metrics is not None:
             self.metrics.watch(counters)
-        if self.display is not None:
-            self.display(counters)
+        self.display(counters)
 
 
 @contextmanager
@@ -483,14 +486,16 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 class _ProgressDisplay:
-    """A tqdm bar on a TTY (text logs); a ``progress`` event every few seconds otherwise."""
+    """A tqdm bar on a TTY (text logs); a ``progress`` event every few seconds otherwise
+    (``lines``); the limit use in either case (``counters.rate_use``)."""
 
     LOG_EVERY_S = 5.0
     DRAW_EVERY_S = 0.2
     RATE_WINDOW_S = 30.0
 
-    def __init__(self, *, bar: bool) -> None:
+    def __init__(self, *, bar: bool, lines: bool = True) -> None:
         self._bar: Any = None
+        self.lines = lines
         self._last_log = 0.0
         self._last_draw = 0.0
         self._last: Any = None
@@ -507,7 +512,7 @@ class _ProgressDisplay:
         counters.rate_use = self._rate_use(counters)
         if self.bar:
             self._update_bar(counters)
-        elif now - self._last_log >= self.LOG_EVERY_S:
+        elif self.lines and now - self._last_log >= self.LOG_EVERY_S:
             self._last_log = now
             log.info(_progress_line(counters), extra=_progress_fields(counters))
 

@@ -289,3 +289,18 @@ def test_status_counts_failed_rows_by_error_type(tmp_path: Path, emulator) -> No
     assert table.returncode == 0, table.stderr
     assert "failed           8 (parse_error 8)" in table.stdout
     assert status(job)["failed_by_error_type"] == {"parse_error": 8}
+
+
+def test_a_budget_stop_is_an_event_and_the_exit_line_says_what_to_do(
+    tmp_path: Path, emulator
+) -> None:
+    job = write_job(tmp_path, rows=200, limits={"max_cost_usd": 0.002, "concurrency": 4})
+
+    run = run_batchrun(job, emulator(), "--log-format", "json", "--quiet")
+
+    assert run.returncode == 3, run.stderr
+    lines = json_lines(run.stderr)
+    assert [line["event"] for line in lines] == ["budget_stop", "run_finished"]
+    reason = str(lines[-1]["message"])
+    assert reason.startswith("exit 3: stopped by the budget, limits.max_cost_usd = 0.002")
+    assert reason.endswith("raise it and run the same command again to continue")

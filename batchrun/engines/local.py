@@ -224,6 +224,12 @@ class LocalRun(Run):
                     signal.signal(sig, handler)
         if self.stopped is None and pipeline.outcome is not None:
             self.stopped = pipeline.outcome.stopped
+        if self.stopped == "budget":
+            log.warning(
+                "limits.max_cost_usd = %s reached: sending nothing more",
+                self.job.limits.max_cost_usd,
+                extra={"event": "budget_stop", "run_cost_usd": self._run_cost()},
+            )
         self._log_stopped()
 
     async def _main(self, pipeline: Pipeline, batches: Iterable[list[Request | Result]]) -> None:
