@@ -154,10 +154,10 @@ def test_metrics_give_rows_requests_tokens_cost_exit_code_and_the_last_success(
     assert not [p for p in (tmp_path / "metrics").iterdir() if p.name != "job.prom"]
 
 
-def test_metrics_are_written_while_the_run_goes_on(tmp_path: Path, emulator) -> None:
+def test_metrics_and_progress_events_come_while_the_run_goes_on(tmp_path: Path, emulator) -> None:
     job = write_job(tmp_path, rows=40, limits={"concurrency": 1})
     emu = emulator("--latency-ms", "300")
-    run = start_batchrun(job, emu, "--metrics", "m.prom", "--quiet")
+    run = start_batchrun(job, emu, "--metrics", "m.prom", "--log-format", "json")
     try:
         deadline = time.monotonic() + 20
         while not (tmp_path / "m.prom").exists():
@@ -171,6 +171,13 @@ def test_metrics_are_written_while_the_run_goes_on(tmp_path: Path, emulator) -> 
     finally:
         run.kill()
     assert metrics(tmp_path / "m.prom")[("batchrun_exit_code", ())] == 130
+    lines = json_lines(run.stderr.read() if run.stderr else "")
+    progress = [line for line in lines if line["event"] == "progress"]
+    assert progress and {"rows_done", "sent", "failed", "rate_limited", "cost_usd"} <= set(
+        progress[-1]
+    )
+    events = [line["event"] for line in lines]
+    assert {"signal", "stopped"} <= set(events) and events[-2:] == ["run_summary", "run_finished"]
 
 
 def test_rows_failed_by_an_early_stop_are_sent_again_by_a_plain_rerun_after_the_fix(
