@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -311,3 +312,23 @@ def test_a_budget_stop_is_an_event_and_the_exit_line_says_what_to_do(
     reason = str(lines[-1]["message"])
     assert reason.startswith("exit 3: stopped by the budget, limits.max_cost_usd = 0.002")
     assert reason.endswith("raise it and run the same command again to continue")
+
+
+def test_a_pause_for_the_apis_rate_limit_is_a_paused_event(tmp_path: Path, emulator) -> None:
+    job = write_job(tmp_path, rows=40)
+    # Bare 429s with a vendor Retry-After (a LiteLLM proxy's), a 5 s window.
+    emu = emulator("--rpm", "20", "--terse-limits", "--window-s", "5", "--vendor-retry-after")
+    run = start_batchrun(job, emu, "--log-format", "json")
+    killer = threading.Timer(30, run.kill)  # a bound on the wait for the line
+    killer.start()
+    try:
+        assert run.stderr is not None
+        events = iter(json.loads(line) for line in run.stderr)
+        paused = next(line for line in events if line["event"] == "paused")
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=30) == 130
+    finally:
+        killer.cancel()
+        run.kill()
+    assert paused["pause_s"] == 5.0 and paused["reason"] == "a 429 said Retry-After"
+    assert paused["logger"] == "batchrun.retry"

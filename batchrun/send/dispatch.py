@@ -417,7 +417,7 @@ class _DispatchRun:
         self.pacer.succeeded(sent_at)
         self.counters.rpm_limit = self.pacer.rpm_in_use
         if (wait := reply.rate.exhausted_for_s()) is not None:
-            self.gate.pause_for(wait)  # nothing left in this window: wait before the 429
+            self._pause(wait, "the API's rate window is used up")  # wait before the 429
         self._price(request, reply.result, reserved, charges)
         return reply.result
 
@@ -464,10 +464,20 @@ class _DispatchRun:
 
     def _rate_limited(self, exc: AttemptError, sent_at: float) -> None:
         if exc.retry_after is not None:
-            self.gate.pause_for(exc.retry_after)
+            self._pause(exc.retry_after, "a 429 said Retry-After")
         else:
             self.pacer.throttled(sent_at)
             self.counters.rpm_limit = self.pacer.rpm_in_use
+
+    def _pause(self, seconds: float, why: str) -> None:
+        """Close the gate for every worker; a pause of a second or more is logged once."""
+        was_open = self.gate.is_open
+        if self.gate.pause_for(seconds) and was_open and seconds >= 1.0:
+            retry_log.info(
+                "every send paused for %.1f s: %s",
+                *(seconds, why),
+                extra={"event": "paused", "pause_s": round(seconds, 3), "reason": why},
+            )
 
     def _finished(self, result: Result, charges: list[Charge], permanent: bool = False) -> Result:
         if self.first.armed:
