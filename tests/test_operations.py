@@ -332,3 +332,16 @@ def test_a_pause_for_the_apis_rate_limit_is_a_paused_event(tmp_path: Path, emula
         run.kill()
     assert paused["pause_s"] == 5.0 and paused["reason"] == "a 429 said Retry-After"
     assert paused["logger"] == "batchrun.retry"
+
+
+def test_a_metrics_file_that_cannot_be_written_is_one_warning_and_the_run_goes_on(
+    tmp_path: Path, emulator
+) -> None:
+    job = write_job(tmp_path, rows=5)
+    (tmp_path / "blocked").write_text("a file where the directory should be")
+
+    run = run_batchrun(job, emulator(), "--metrics", "blocked/m.prom", "--log-format", "json")
+
+    assert run.returncode == 0, run.stderr
+    events = [line["event"] for line in json_lines(run.stderr)]
+    assert events.count("metrics_error") == 1 and events[-1] == "run_finished"

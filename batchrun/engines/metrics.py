@@ -10,6 +10,7 @@ run of the job left there.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ from batchrun.engines.base import RunSummary
 from batchrun.engines.pipeline import Progress
 
 __all__ = ["WRITE_EVERY_S", "RunMetrics"]
+
+log = logging.getLogger("batchrun")
 
 WRITE_EVERY_S = 5.0
 _LAST_SUCCESS = "batchrun_last_success_timestamp_seconds"
@@ -40,6 +43,7 @@ class RunMetrics:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._failed = False
         self.registry = CollectorRegistry()
         self._gauges: dict[str, Gauge] = {}
         self._gauge("rows", "Rows of the run by status", "status")
@@ -87,8 +91,17 @@ class RunMetrics:
             if self.progress is not None:
                 self._live(self.progress)
             self._set("run_duration_seconds", time.time() - self.started)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_to_textfile(str(self.path), self.registry)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                write_to_textfile(str(self.path), self.registry)
+            except OSError as exc:  # the run goes on without its metrics; said once
+                if not self._failed:
+                    self._failed = True
+                    log.warning(
+                        "--metrics: cannot write %s: %s",
+                        *(self.path, exc.strerror or exc),
+                        extra={"event": "metrics_error", "path": str(self.path)},
+                    )
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
