@@ -400,12 +400,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from batchrun.engines.base import emulated_job
     from batchrun.job.load import load_job
     from batchrun.plan.status import job_status
 
     job = load_job(args.job, sets=args.sets, variables=args.var)
-    status = job_status(emulated_job(job) if args.emulate else job)
+    if args.emulate:
+        from batchrun.engines.base import emulated_job  # the pipeline's imports: only here
+
+        job = emulated_job(job)
+    status = job_status(job)
     print(json.dumps(status.to_dict(), indent=2) if args.format == "json" else status.render())
     return 0
 

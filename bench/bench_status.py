@@ -4,7 +4,8 @@
     python bench/bench_status.py --rows 200000 --workdir /tmp/st
 
 The state (input, checkpoint with every answer, done batches, output) is built in bulk
-by ``bench_resume.build_state``, as a finished run leaves it. Then ``batchrun status``
+by ``bench_resume.build_state``, as a finished run leaves it (kept in ``--workdir`` for
+the next time). Then ``batchrun status``
 runs ``--rounds`` times in a fresh process each (``/usr/bin/time``-style figures from
 ``os.wait4``); the baseline is a process that only imports batchrun's CLI.
 """
@@ -48,8 +49,9 @@ def main() -> None:
     make_input(source, args.rows)
     with EmulatorProcess([], quiet=True) as emu:
         job = write_job(workdir, "status", source, emu.base_url)
-    built = build_state(job, workdir)
-    print(f"state of {args.rows:,} rows built in {built['wall_s']:.1f} s", file=sys.stderr)
+    if not Path(f"{workdir / 'status.out.parquet'}.ckpt.sqlite").exists():
+        built = build_state(job, workdir)
+        print(f"state of {args.rows:,} rows built in {built['wall_s']:.1f} s", file=sys.stderr)
     status = [sys.executable, "-m", "batchrun", "status", str(job), "--format", "json"]
     baseline = [sys.executable, "-c", "import batchrun.cli"]
     figures = {"status": [], "import": []}  # type: dict[str, list[tuple[float, float]]]
