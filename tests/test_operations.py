@@ -345,3 +345,18 @@ def test_a_metrics_file_that_cannot_be_written_is_one_warning_and_the_run_goes_o
     assert run.returncode == 0, run.stderr
     events = [line["event"] for line in json_lines(run.stderr)]
     assert events.count("metrics_error") == 1 and events[-1] == "run_finished"
+
+
+def test_a_run_killed_outright_leaves_no_earlier_summary_behind(tmp_path: Path, emulator) -> None:
+    job = write_job(tmp_path, rows=100, limits={"concurrency": 2})
+    emu = emulator("--latency-ms", "200")
+    (tmp_path / "s.json").write_text('{"exit_code": 0}')  # yesterday's
+    run = start_batchrun(job, emu, "--summary-json", "s.json")
+    try:
+        wait_for_requests(emu, 1)
+        run.kill()  # kill -9: no handler runs
+        run.wait(timeout=30)
+    finally:
+        run.kill()
+
+    assert not (tmp_path / "s.json").exists()
