@@ -45,9 +45,16 @@ class LockedError(BatchrunError):
 
 
 class FatalApiError(BatchrunError):
-    """The API refused the whole job (bad key, no access, unknown model)."""
+    """The API refused the whole job (bad key, no access, unknown model).
+
+    ``failed_alike`` is the ``(error_type, message)`` every row failed with when the
+    job was stopped for its first answers all failing alike (``send.earlystop``)."""
 
     exit_code = 4
+
+    def __init__(self, message: str, *, failed_alike: tuple[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.failed_alike = failed_alike
 
 
 class AttemptError(Exception):

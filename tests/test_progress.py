@@ -106,7 +106,8 @@ def test_on_a_tty_the_signal_warning_is_a_line_of_its_own_above_the_bar(
     warning = screen.index("SIGINT: sending nothing more")
     # What the terminal shows on that line before the warning: the log prefix, no bar.
     line = re.split(r"[\r\n]", screen[:warning])[-1]
-    assert re.fullmatch(r"(\x1b\[[0-9;]*[A-Za-z])*\d\d:\d\d:\d\d batchrun: ", line), repr(line)
+    prefix = r"(\x1b\[[0-9;]*[A-Za-z])*\d{4}-\d\d-\d\dT[\d:.]+\+00:00 batchrun: warning: "
+    assert re.fullmatch(prefix, line), repr(line)
 
 
 def _on_a_terminal(job: Path, emu: EmulatorProcess) -> tuple[int, subprocess.Popen[bytes]]:

@@ -236,7 +236,7 @@ def test_a_pricing_entry_for_no_model_in_the_outputs_is_warned_about_once(
     prices.write_text(PRICING + extra + '[pricing."*"]\ninput = 1\noutput = 1\n')
     code, _, err = in_process(capsys, str(two_jobs), "--pricing", str(prices))
     assert code == 0
-    warnings = [line for line in err.splitlines() if "warning" in line]
+    warnings = [line.split(" ", 1)[1] for line in err.splitlines() if "warning" in line]
     assert warnings == [
         "batchrun: warning: --pricing: 'gpt-55' is in no output",
         "batchrun: warning: --pricing: 'o9' is in no output",

@@ -78,7 +78,7 @@ class ReservationWarning:
             max_completion_tokens=self.max_completion_tokens,
         )
         if note is not None:
-            log.warning("%s", note)
+            log.warning("%s", note, extra={"event": "advice"})
 
 
 def wall_time(

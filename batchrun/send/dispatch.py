@@ -484,12 +484,21 @@ class _DispatchRun:
             self.counters.rpm_limit = self.pacer.rpm_in_use
 
     def _pause(self, seconds: float, source: str) -> None:
-        """The one shared pause the server asked for, at most ``PAUSE_CAP_S``; a long one
-        that starts or lengthens the pause much is announced."""
+        """The one shared pause the server asked for, at most ``PAUSE_CAP_S``. A pause of a
+        second or more that starts or lengthens it is a ``paused`` event; a long one is
+        announced as a warning and shown on the progress line."""
         seconds = min(seconds, PAUSE_CAP_S)
-        if self.gate.pause_for(seconds) >= ANNOUNCE_S:
+        lengthened = self.gate.pause_for(seconds)
+        if lengthened < 1.0:
+            return
+        fields = {"event": "paused", "pause_s": round(seconds, 3), "reason": source}
+        if lengthened >= ANNOUNCE_S:
             self.counters.paused = (time.monotonic() + seconds, source)
-            log.warning("paused %.0f s: the server asked (%s)", seconds, source)
+            retry_log.warning("paused %.0f s: the server asked (%s)", seconds, source, extra=fields)
+        else:
+            retry_log.info(
+                "every send paused for %.1f s: the server asked (%s)", seconds, source, extra=fields
+            )
 
     def _finished(self, result: Result, charges: list[Charge], permanent: bool = False) -> Result:
         if self.first.armed:
