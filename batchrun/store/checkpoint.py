@@ -63,9 +63,10 @@ from batchrun.store.charges import (
     unpriced_usage,
 )
 from batchrun.store.fpkey import fp_key
+from batchrun.store.intents import Intent, IntentIds, IntentLog, settle
 from batchrun.store.keptlimits import KeptLimits, read_kept, write_kept
 from batchrun.store.lock import JobLock
-from batchrun.store.schema import MIGRATIONS, migrate, now_iso, transaction
+from batchrun.store.schema import MIGRATIONS, claim_for_job, foreign_job, migrate, transaction
 
 __all__ = ["COMMIT_INTERVAL_S", "COMMIT_ROWS", "MIGRATIONS", "Checkpoint", "CheckpointReader"]
 
@@ -196,6 +197,7 @@ class _Pending:
 
     rows: list[Row] = field(default_factory=list)
     charges: list[Row] = field(default_factory=list)
+    settled: list[int] = field(default_factory=list)  # intents these charges settle
     fingerprints: list[str] = field(default_factory=list)
     deadline: float = math.inf
 
@@ -206,6 +208,7 @@ class _Pending:
         self.fingerprints.append(request.fingerprint)
         if result.charges:  # those the answer row does not keep (own_charge)
             self.charges.extend(charge_rows(request, result))
+            self.settled.extend(c.intent for c in result.charges if c.intent is not None)
         if result.status != "pending":
             self.rows.append(_to_row(item))
 
@@ -213,7 +216,7 @@ class _Pending:
         return len(self.fingerprints) >= COMMIT_ROWS or anyio.current_time() >= self.deadline
 
     def clear(self) -> None:
-        self.rows, self.charges, self.fingerprints = [], [], []
+        self.rows, self.charges, self.settled, self.fingerprints = [], [], [], []
         self.deadline = math.inf
 
 
@@ -247,6 +250,7 @@ class Checkpoint:
         self._conn = conn
         self._job_lock: JobLock | None = lock
         self._mutex = threading.Lock()
+        self._intent_ids = IntentIds()
 
     @classmethod
     def open(cls, path: Path, *, job_name: str, fresh: bool = False) -> Checkpoint:
@@ -277,7 +281,7 @@ class Checkpoint:
             conn = _connect(path)
         try:
             with _translated(path, "read its job name"):
-                _claim_for_job(conn, path, job_name)
+                claim_for_job(conn, path, job_name)
         except BaseException:
             conn.close()
             raise
@@ -347,6 +351,7 @@ class Checkpoint:
         self,
         results: ObjectReceiveStream[RequestResult],
         on_commit: Callable[[list[str]], None] | None = None,
+        intents: IntentLog | None = None,
     ) -> None:
         """Store every ``(request, result)`` received, committing in batches: the answer
         (its ``cost_usd`` as priced by the dispatcher, plus earlier runs' known charges
@@ -358,17 +363,27 @@ class Checkpoint:
         follows each commit. When the stream ends, or this task is cancelled,
         what it holds (and what is buffered in a memory stream) is committed.
         Run exactly one of these per checkpoint.
+
+        ``intents`` (``batchrun.store.intents``): the attempts about to be sent, each
+        committed as soon as it comes, with whatever else came meanwhile (a group commit).
         """
         pending = _Pending()
         try:
-            while await _receive_until_due(results, pending):
-                if pending.due():
-                    await self._commit(pending, on_commit)
+            async with anyio.create_task_group() as tg:
+                if intents is not None:
+                    tg.start_soon(self._write_ahead, intents)
+                while await _receive_until_due(results, pending):
+                    if pending.due():
+                        await self._commit(pending, on_commit)
+                tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 _drain_buffered(results, pending)  # answers buffered there are paid for
                 await results.aclose()
                 await self._commit(pending, on_commit)
+                if intents is not None:
+                    await self._commit_intents(intents)
+                    intents.close()
 
     def close(self) -> None:
         """Close the database and release the run lock. Safe to call twice."""
@@ -400,15 +415,32 @@ class Checkpoint:
             return
         # The thread runs to its end even if we are cancelled, and nothing yields before
         # the clear: charges are never appended twice.
-        await anyio.to_thread.run_sync(self._insert, pending.rows, pending.charges)
+        await anyio.to_thread.run_sync(self._insert, pending.rows, pending.charges, pending.settled)
         pending.clear()
         if on_commit is not None:
             on_commit(fingerprints)
 
-    def _insert(self, rows: list[Row], charges: list[Row]) -> None:
+    async def _write_ahead(self, intents: IntentLog) -> None:
+        while True:
+            await intents.wait_for_work()
+            await self._commit_intents(intents)
+
+    async def _commit_intents(self, intents: IntentLog) -> None:
+        new, released = intents.take()
+        if new or released:
+            # As in ``_commit``: the thread runs to its end, nothing yields before the hand-over.
+            ids = await anyio.to_thread.run_sync(self._insert_intents, new, released)
+            intents.committed(new, ids)
+
+    def _insert_intents(self, new: list[Intent], released: list[int]) -> list[int]:
+        with self._using("write the attempts about to be sent"), transaction(self._conn):
+            return self._intent_ids.write(self._conn, new, released)
+
+    def _insert(self, rows: list[Row], charges: list[Row], settled: list[int]) -> None:
         with self._using("write answers"), transaction(self._conn):
             self._conn.executemany(INSERT_CHARGES_SQL, charges)  # first: answers read them
             _insert_rows(self._conn, rows)
+            settle(self._conn, settled)
             self._conn.execute(_COUNT_COMMIT_SQL)
 
     def commits(self) -> int:
@@ -448,26 +480,6 @@ async def _receive_until_due(
         await anyio.sleep(_GATHER_S)
     _drain_buffered(results, pending, limit=COMMIT_ROWS)
     return True
-
-
-def _claim_for_job(conn: sqlite3.Connection, path: Path, job_name: str) -> None:
-    """Record the job on a new checkpoint; refuse one that belongs to another job."""
-    with transaction(conn):
-        conn.executemany(
-            "INSERT OR IGNORE INTO meta VALUES (?, ?)",
-            [("job_name", job_name), ("created_at", now_iso())],
-        )
-        (owner,) = conn.execute("SELECT value FROM meta WHERE key = 'job_name'").fetchone()
-    if owner != job_name:
-        # Its spend would count against this job's budget, so sharing is refused.
-        raise _foreign_job(path, owner, job_name)
-
-
-def _foreign_job(path: Path, owner: str, job_name: str) -> JobError:
-    return JobError(
-        f"checkpoint {path} belongs to job {owner!r}, not {job_name!r}: "
-        "set output.checkpoint to another file, or rerun with --fresh to start over"
-    )
 
 
 def _select_answered(
@@ -530,7 +542,7 @@ class CheckpointReader:
             raise
         if owner is not None and owner[0] != job_name:
             conn.close()
-            raise _foreign_job(path, owner[0], job_name)
+            raise foreign_job(path, owner[0], job_name)
         return cls(path, conn)
 
     def lookup(

@@ -10,13 +10,16 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
+from batchrun._errors import JobError
 from batchrun.store.answers import m006_compact_answers
 from batchrun.store.batchdone import m005_done_batches
 from batchrun.store.charges import m003_charges
 from batchrun.store.fpkey import m004_binary_keys
+from batchrun.store.intents import m007_intents
 
-__all__ = ["MIGRATIONS", "migrate", "now_iso", "transaction"]
+__all__ = ["MIGRATIONS", "claim_for_job", "foreign_job", "migrate", "now_iso", "transaction"]
 
 
 Migration = Callable[[sqlite3.Connection], None]
@@ -68,6 +71,7 @@ _migration(m003_charges)
 _migration(m004_binary_keys)
 _migration(m005_done_batches)
 _migration(m006_compact_answers)
+_migration(m007_intents)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -98,3 +102,23 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def claim_for_job(conn: sqlite3.Connection, path: Path, job_name: str) -> None:
+    """Record the job on a new checkpoint; refuse one that belongs to another job."""
+    with transaction(conn):
+        conn.executemany(
+            "INSERT OR IGNORE INTO meta VALUES (?, ?)",
+            [("job_name", job_name), ("created_at", now_iso())],
+        )
+        (owner,) = conn.execute("SELECT value FROM meta WHERE key = 'job_name'").fetchone()
+    if owner != job_name:
+        # Its spend would count against this job's budget, so sharing is refused.
+        raise foreign_job(path, owner, job_name)
+
+
+def foreign_job(path: Path, owner: str, job_name: str) -> JobError:
+    return JobError(
+        f"checkpoint {path} belongs to job {owner!r}, not {job_name!r}: "
+        "set output.checkpoint to another file, or rerun with --fresh to start over"
+    )
