@@ -9,13 +9,33 @@ keep the total billed within ``limits.max_cost_usd``.
 
 from __future__ import annotations
 
+import itertools
+import json
+import random
 import signal
 import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
+import anyio
+import httpx
 from conftest import billed_usd, run_batchrun, start_batchrun, wait_for_requests, write_job
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from trio.testing import MockClock
 
+from batchrun._errors import FatalApiError
+from batchrun._types import Request
 from batchrun.emulator import EmulatorProcess
+from batchrun.engines.pipeline import Pipeline
+from batchrun.job.config import InputConfig, Job, Limits, OutputConfig, Price, RequestConfig
+from batchrun.send.budget import Budget
+from batchrun.send.dispatch import Dispatcher
+from batchrun.send.ratelimit import Backoff, PauseGate
+from batchrun.send.requests import estimate_prompt_tokens
 from batchrun.store.checkpoint import CheckpointReader
 
 
@@ -90,3 +110,174 @@ def test_two_sigints_cutting_the_sends_on_the_wire_keep_them_in_the_budget(
 ) -> None:
     _, billed_in_all = _stopped_on_the_wire_then_finished(tmp_path, emulator, "SIGINT twice")
     assert billed_in_all <= 0.002
+
+
+# --- on a virtual clock: the real Pipeline and Dispatcher, a fake API that bills ---------
+
+PRICE = Price(input=1.25, cached_input=0.125, output=10.0)
+USAGE = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+REAL_COST = PRICE.cost(3, 0, 1)
+# One attempt: answered, dropped after billing, refused unbilled (500, 429), or fatal (401).
+Attempt = tuple[Literal["ok", "drop", "500", "429", "401"], float]
+
+
+@dataclass
+class Scenario:
+    plans: list[list[Attempt]]  # per row, its attempts in order (then: ok after 0.1 s)
+    concurrency: int
+    max_cost_usd: float | None
+    stop_at: float
+    grace_s: float
+    hard_after: float | None  # a second signal this long after the first: stop at once
+
+
+class BillingApi:
+    """A MockTransport handler on the virtual clock; it bills an attempt as it arrives."""
+
+    def __init__(self, plans: list[list[Attempt]]) -> None:
+        self.plans = plans
+        self.attempts: Counter[int] = Counter()
+        self.billed = 0.0
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        row = int(json.loads(request.content)["messages"][0]["content"])
+        attempt, self.attempts[row] = self.attempts[row], self.attempts[row] + 1
+        plan = self.plans[row]
+        kind, latency_s = plan[attempt] if attempt < len(plan) else ("ok", 0.1)
+        if kind in ("ok", "drop"):
+            self.billed += REAL_COST
+        await anyio.sleep(latency_s)
+        if kind == "drop":
+            raise httpx.RemoteProtocolError("server disconnected after billing")
+        if kind in ("500", "401"):
+            return httpx.Response(int(kind), json={"error": {"message": "no"}})
+        if kind == "429":
+            return httpx.Response(429, headers={"retry-after-ms": "1500"}, json={"error": {}})
+        body = {"id": "x", "model": "gpt-5.5", "usage": USAGE}
+        body["choices"] = [{"message": {"content": "ok"}, "finish_reason": "stop"}]
+        return httpx.Response(200, json=body)
+
+
+class LedgerStore:
+    """The checkpoint's money in memory: charges stored with results, intents written ahead."""
+
+    def __init__(self) -> None:
+        self.charged = 0.0
+        self.unsettled: dict[int, float] = {}
+
+    @property
+    def spent_usd(self) -> float:
+        return self.charged + sum(self.unsettled.values())
+
+    def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:
+        return set()
+
+    async def write_results(self, results: Any, on_commit: Any = None, intents: Any = None) -> None:
+        async with anyio.create_task_group() as tg:
+            if intents is not None:
+                tg.start_soon(self._write_ahead, intents)
+            async with results:
+                async for _request, result in results:
+                    for charge in result.charges:
+                        self.charged += charge.cost_usd
+                        self.unsettled.pop(getattr(charge, "intent", None), None)  # type: ignore[arg-type]
+            tg.cancel_scope.cancel()
+
+    async def _write_ahead(self, intents: Any) -> None:
+        ids = itertools.count(1)
+        while True:
+            await intents.wait_for_work()
+            new, released = intents.take()
+            for id_ in released:
+                del self.unsettled[id_]
+            fresh = [next(ids) for _ in new]
+            self.unsettled.update(zip(fresh, (intent.cost_usd for intent in new), strict=True))
+            intents.committed(new, fresh)
+
+
+def _request(row: int) -> Request:
+    body = {
+        "model": "gpt-5.5",
+        "messages": [{"role": "user", "content": str(row)}],
+        "max_completion_tokens": 32,
+    }
+    return Request(str(row), body, f"v1:{row}", estimate_prompt_tokens(body), 32)
+
+
+def _run_stopped(scenario: Scenario) -> tuple[BillingApi, LedgerStore]:
+    api, store = BillingApi(scenario.plans), LedgerStore()
+    job = Job(
+        name="write-ahead",
+        input=InputConfig(path="unused.csv"),
+        request=RequestConfig(model="gpt-5.5", prompt="{text}", max_completion_tokens=32),
+        output=OutputConfig(path="unused.parquet"),
+        limits=Limits(concurrency=scenario.concurrency, max_attempts=4),
+        pricing={"gpt-5.5": PRICE},
+    )
+    budget = None if scenario.max_cost_usd is None else Budget(scenario.max_cost_usd, PRICE)
+    dispatcher = Dispatcher(
+        job, api_key="sk-test", base_url="http://127.0.0.1:9", budget=budget,
+        transport=httpx.MockTransport(api), backoff=Backoff(base_s=0.5, cap_s=8.0),
+        rng=random.Random(0), gate=PauseGate(clock=anyio.current_time),
+    )  # fmt: skip
+    pipeline = Pipeline(job, store, dispatcher)
+
+    async def stop(scope: anyio.CancelScope) -> None:
+        await anyio.sleep(scenario.stop_at)
+        pipeline.stop_sending(scenario.grace_s)
+        if scenario.hard_after is not None:
+            await anyio.sleep(scenario.hard_after)
+            scope.cancel()
+
+    async def main() -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop, tg.cancel_scope)
+                await pipeline.run([[_request(row) for row in range(len(scenario.plans))]])
+                tg.cancel_scope.cancel()
+        except* FatalApiError:
+            pass
+
+    anyio.run(main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)})
+    return api, store
+
+
+_kinds = st.sampled_from(["ok", "drop", "drop", "500", "429", "401"])
+_attempt = st.tuples(_kinds, st.floats(0.01, 8.0, allow_nan=False))
+_scenarios = st.builds(
+    Scenario,
+    plans=st.lists(st.lists(_attempt, max_size=4), min_size=1, max_size=24),
+    concurrency=st.integers(1, 8),
+    max_cost_usd=st.none() | st.floats(REAL_COST, 40 * REAL_COST),
+    stop_at=st.floats(0.0, 15.0),
+    grace_s=st.floats(0.0, 10.0),
+    hard_after=st.none() | st.floats(0.0, 5.0),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=_scenarios)
+def test_every_billed_attempt_is_spent_in_the_checkpoint_whenever_the_run_stops(
+    scenario: Scenario,
+) -> None:
+    # Stopped by money (rows waiting for the budget), a signal (rows in backoff, sends
+    # cut at the grace deadline), a second signal (everything cut), or a fatal 401.
+    api, store = _run_stopped(scenario)
+    assert store.spent_usd >= api.billed - 1e-12
+
+
+def test_a_row_stopped_in_its_retry_backoff_keeps_its_dropped_attempt() -> None:
+    # The drop comes back at 0.1 s; the row sleeps in backoff when the signal comes.
+    scenario = Scenario([[("drop", 0.1)]], 1, None, 0.1 + 1e-6, 1.0, None)
+    api, store = _run_stopped(scenario)
+    assert api.billed == REAL_COST
+    assert store.spent_usd >= REAL_COST
+
+
+def test_a_row_stopped_waiting_for_the_budget_keeps_its_dropped_attempt() -> None:
+    # Room for two attempts and a half: row 1's retry waits for row 0's slow answer.
+    worst = Budget(1.0, PRICE).worst_case(_request(0))
+    scenario = Scenario([[("ok", 5.0)], [("drop", 0.1)]], 2, 2.5 * worst, 1.0, 8.0, None)
+    api, store = _run_stopped(scenario)
+    assert api.billed == 2 * REAL_COST
+    assert store.spent_usd >= 2 * REAL_COST
