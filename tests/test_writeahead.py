@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import anyio
 import httpx
+import pytest
 from conftest import billed_usd, run_batchrun, start_batchrun, wait_for_requests, write_job
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,13 +31,16 @@ from trio.testing import MockClock
 from batchrun._errors import FatalApiError
 from batchrun._types import Request
 from batchrun.emulator import EmulatorProcess
+from batchrun.engines.base import budget_for
 from batchrun.engines.pipeline import Pipeline
+from batchrun.io.input import open_input
 from batchrun.job.config import InputConfig, Job, Limits, OutputConfig, Price, RequestConfig
+from batchrun.job.load import load_job
 from batchrun.send.budget import Budget
 from batchrun.send.dispatch import Dispatcher
 from batchrun.send.ratelimit import Backoff, PauseGate
-from batchrun.send.requests import estimate_prompt_tokens
-from batchrun.store.checkpoint import CheckpointReader
+from batchrun.send.requests import RequestBuilder, built_batches, estimate_prompt_tokens
+from batchrun.store.checkpoint import Checkpoint, CheckpointReader
 
 
 def _spent(job: Path) -> float:
@@ -281,3 +285,63 @@ def test_a_row_stopped_waiting_for_the_budget_keeps_its_dropped_attempt() -> Non
     api, store = _run_stopped(scenario)
     assert api.billed == 2 * REAL_COST
     assert store.spent_usd >= 2 * REAL_COST
+
+
+# --- two runs of one job, the first stopped at a random moment --------------------------
+
+TWO_RUN_BUDGET = 0.004  # about 23 attempts at the worst case: well under the job's cost
+DROPPY = ("--drop-rate", "0.5", "--latency-ms", "60", "--jitter-ms", "50")
+
+
+def _real_run(job: Job, base_url: str, stop: tuple[str, float, float] | None) -> None:
+    """One run of ``job`` on a real checkpoint; ``stop``: (how, after s, grace s)."""
+    with Checkpoint.open(job.output.checkpoint_path, job_name=job.name) as ckpt:
+        dispatcher = Dispatcher(
+            job, api_key="sk-test", base_url=base_url, budget=budget_for(job, ckpt.spent_usd()),
+            backoff=Backoff(base_s=0.05, cap_s=0.2),
+        )  # fmt: skip
+        pipeline = Pipeline(job, ckpt, dispatcher)
+        table = open_input(job)
+        items = [items for _, items in built_batches(table, RequestBuilder(job, table.schema))]
+
+        async def stopper(scope: anyio.CancelScope) -> None:
+            assert stop is not None
+            how, after_s, grace_s = stop
+            await anyio.sleep(after_s)
+            if how == "signal":
+                pipeline.stop_sending(grace_s)
+            else:  # a second signal, a fatal answer: everything cut at once
+                scope.cancel()
+
+        async def main() -> None:
+            async with anyio.create_task_group() as tg:
+                if stop is not None:
+                    tg.start_soon(stopper, tg.cancel_scope)
+                await pipeline.run(items)
+                tg.cancel_scope.cancel()
+
+        anyio.run(main)
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    how=st.sampled_from(["signal", "cut"]),
+    after_s=st.floats(0.0, 0.4),
+    grace_s=st.floats(0.0, 0.2),
+)
+def test_billed_stays_within_the_budget_over_a_stopped_run_and_its_resume(
+    tmp_path_factory: pytest.TempPathFactory, emulators: Any, how: str, after_s: float,
+    grace_s: float,
+) -> None:  # fmt: skip
+    emu = emulators.get(*DROPPY)  # reset: an empty ledger
+    limits = {"concurrency": 8, "max_attempts": 4, "max_cost_usd": TWO_RUN_BUDGET}
+    path = write_job(tmp_path_factory.mktemp("job"), rows=60, limits=limits)
+    job = load_job(path, sets=[f'input.path="{path.parent / "input.csv"}"',
+                               f'output.path="{path.parent / "out.parquet"}"'])  # fmt: skip
+    _real_run(job, emu.base_url, (how, after_s, grace_s))
+    _real_run(job, emu.base_url, None)
+    assert billed_usd(emu.ledger()) <= TWO_RUN_BUDGET
