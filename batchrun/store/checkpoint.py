@@ -66,7 +66,14 @@ from batchrun.store.fpkey import fp_key
 from batchrun.store.intents import Intent, IntentIds, IntentLog, settle
 from batchrun.store.keptlimits import KeptLimits, read_kept, write_kept
 from batchrun.store.lock import JobLock
-from batchrun.store.schema import MIGRATIONS, claim_for_job, foreign_job, migrate, transaction
+from batchrun.store.schema import (
+    MIGRATIONS,
+    claim_for_job,
+    connect,
+    foreign_job,
+    remove_database,
+    transaction,
+)
 
 __all__ = ["COMMIT_INTERVAL_S", "COMMIT_ROWS", "MIGRATIONS", "Checkpoint", "CheckpointReader"]
 
@@ -75,17 +82,13 @@ COMMIT_INTERVAL_S = 0.5
 COMMIT_ROWS = 4096
 """Pending answers that trigger a commit before the interval is up. Large, as a commit
 writes each B-tree page it touched and random keys share pages only in a big one."""
+INTENT_GAP_S = 0.005
+"""Shortest time between two commits of intents (write-ahead spend): the first send after
+a quiet spell waits for one commit only; under load, each commit holds every send that
+came in the gap, so its cost (~45 µs of CPU, whatever its size) stays under 1% of a core.
+"""
 _GATHER_S = 0.02
 """How long the writer lets answers gather in its stream after it wakes for one."""
-_PAGE_SIZE = 16384
-"""A new checkpoint's page size (SQLite's default: 4096; an existing file keeps its own).
-A commit writes every index page its random keys touched, each a WAL frame of its own:
-bigger pages mean fewer of them. At 1M rows (``bench/bench_checkpoint.py``, write minus
-synth) 4 KB pages cost 15.5 µs a row, 8 KB 14.3, 16 KB 13.5; in a live run the writer's
-share fell from 34.7 to 25.8 µs a row (``bench/bench_resume.py``). Reads pay: each copies
-a whole page. ``answered`` over 1M keys in random order costs 6.1, 7.2 and 7.6 µs a key;
-at 1M rows stored as a run stores them, the output pass of a resume with 1,000 rows to
-send takes 17.5 s instead of 15.7, and the check after a kill -9 7.1 s instead of 5.7."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -159,33 +162,6 @@ def _translated(path: Path, doing: str) -> Iterator[None]:
         ) from exc
     except OSError as exc:
         raise JobError(f"checkpoint {path}: cannot {doing}: {exc}") from exc
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    try:
-        conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # a new file only: see _PAGE_SIZE
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # durable against process death; see docstring
-        # Answers land on random B-tree pages; checkpointing the WAL back into the
-        # database every 32 MB instead of every 4 MB copies each hot page less often
-        # (about a third off the write cost at 1M rows).
-        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
-        conn.execute(f"PRAGMA wal_autocheckpoint={(32 << 20) // page_size}")
-        # 32 MB of page cache (default 2 MB): B-tree pages are not read back on each commit.
-        conn.execute("PRAGMA cache_size=-32768")
-        # Only we write (the run lock sees to that), but an outside reader may hold it briefly.
-        conn.execute("PRAGMA busy_timeout=5000")
-        migrate(conn)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _remove_database(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- writer batch
@@ -277,8 +253,8 @@ class Checkpoint:
         # Under the lock, so starting over cannot pull the file from under a live run.
         with _translated(path, "open it"):
             if fresh:
-                _remove_database(path)  # also recovers from a corrupt file
-            conn = _connect(path)
+                remove_database(path)  # also recovers from a corrupt file
+            conn = connect(path)
         try:
             with _translated(path, "read its job name"):
                 claim_for_job(conn, path, job_name)
@@ -381,9 +357,9 @@ class Checkpoint:
                 _drain_buffered(results, pending)  # answers buffered there are paid for
                 await results.aclose()
                 await self._commit(pending, on_commit)
-                if intents is not None:
-                    await self._commit_intents(intents)
+                if intents is not None:  # releases only: nothing is sent after the writer
                     intents.close()
+                    await self._commit_intents(intents)
 
     def close(self) -> None:
         """Close the database and release the run lock. Safe to call twice."""
@@ -421,20 +397,42 @@ class Checkpoint:
             on_commit(fingerprints)
 
     async def _write_ahead(self, intents: IntentLog) -> None:
+        last = -math.inf
         while True:
             await intents.wait_for_work()
+            # At most one commit of intents per gap: those held meanwhile join it.
+            await anyio.sleep(max(last + INTENT_GAP_S - anyio.current_time(), 0.0))
+            last = anyio.current_time()
             await self._commit_intents(intents)
 
     async def _commit_intents(self, intents: IntentLog) -> None:
         new, released = intents.take()
-        if new or released:
-            # As in ``_commit``: the thread runs to its end, nothing yields before the hand-over.
-            ids = await anyio.to_thread.run_sync(self._insert_intents, new, released)
-            intents.committed(new, ids)
+        if intents.closed:
+            new = []  # their senders were told the writer ended: they send nothing
+        if not (new or released):
+            return
+        # A few rows: written here when the connection is free (a thread hop costs more
+        # than the commit), else in a thread once the answers' commit is done. Shielded:
+        # what was taken is written and handed over, even when cancelled.
+        ids = self._insert_intents(new, released, wait=False)
+        if ids is None:
+            with anyio.CancelScope(shield=True):
+                ids = await anyio.to_thread.run_sync(self._insert_intents, new, released)
+        intents.committed(new, ids or [])
 
-    def _insert_intents(self, new: list[Intent], released: list[int]) -> list[int]:
-        with self._using("write the attempts about to be sent"), transaction(self._conn):
-            return self._intent_ids.write(self._conn, new, released)
+    def _insert_intents(
+        self, new: list[Intent], released: list[int], wait: bool = True
+    ) -> list[int] | None:
+        if not self._mutex.acquire(blocking=wait):
+            return None
+        try:
+            with _translated(self.path, "write the attempts about to be sent"):
+                if self._job_lock is None:
+                    raise JobError(f"checkpoint {self.path} is closed")
+                with transaction(self._conn):
+                    return self._intent_ids.write(self._conn, new, released)
+        finally:
+            self._mutex.release()
 
     def _insert(self, rows: list[Row], charges: list[Row], settled: list[int]) -> None:
         with self._using("write answers"), transaction(self._conn):

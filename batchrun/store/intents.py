@@ -78,10 +78,10 @@ class IntentLog:
         self._new.append(intent)
         self._work.set()
         try:
-            while intent.id is None:
-                if self.closed:
-                    raise WriterClosedError("the checkpoint writer has ended")
+            while intent.id is None and not self.closed:
                 await self._committed.wait()
+            if self.closed:  # written or not, it is not sent
+                raise WriterClosedError("the checkpoint writer has ended")
         except BaseException:
             self.release(intent)
             raise
@@ -122,6 +122,7 @@ class IntentLog:
         self._committed = anyio.Event()
 
     def close(self) -> None:
+        """The writer ends: intents not written yet are never sent (``hold`` raises)."""
         self.closed = True
         self._committed.set()
 
