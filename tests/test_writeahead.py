@@ -345,3 +345,11 @@ def test_billed_stays_within_the_budget_over_a_stopped_run_and_its_resume(
     _real_run(job, emu.base_url, (how, after_s, grace_s))
     _real_run(job, emu.base_url, None)
     assert billed_usd(emu.ledger()) <= TWO_RUN_BUDGET
+
+
+def test_a_fatal_answer_cutting_a_send_on_the_wire_keeps_it() -> None:
+    # Row 1's 401 aborts the job while row 0's (billed) answer is still on its way.
+    scenario = Scenario([[("ok", 5.0)], [("401", 0.1)]], 2, None, 60.0, 1.0, None)
+    api, store = _run_stopped(scenario)
+    assert api.billed == REAL_COST
+    assert store.spent_usd >= REAL_COST
