@@ -431,6 +431,9 @@ class _DispatchRun:
             if exc.error_type == "rate_limited":
                 counters.rate_limited += 1
             raise _AttemptFailed(exc, sent_at) from None
+        except FatalApiError:
+            self._release(reserved, intent)  # refused (401/403/404): not billed
+            raise
         finally:
             counters.in_flight -= 1
         return self._succeeded(request, reply, (reserved, intent), charges, sent_at)
