@@ -340,8 +340,8 @@ class Checkpoint:
         what it holds (and what is buffered in a memory stream) is committed.
         Run exactly one of these per checkpoint.
 
-        ``intents`` (``batchrun.store.intents``): the attempts about to be sent, each
-        committed as soon as it comes, with whatever else came meanwhile (a group commit).
+        ``intents`` (``batchrun.store.intents``): the attempts about to be sent, committed
+        together (a group commit) at most ``INTENT_GAP_S`` after the first one came.
         """
         pending = _Pending()
         try:
