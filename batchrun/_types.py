@@ -84,6 +84,9 @@ class Charge:
     cost_usd: float
     usage_known: bool
     at: float = field(default=0.0, compare=False)  # time.time() when the attempt ended
+    # The attempt's write-ahead record in the checkpoint (``store.intents``), which the
+    # commit that stores this charge deletes; None when none was written.
+    intent: int | None = field(default=None, compare=False)
 
 
 RequestResult = tuple[Request, Result]

@@ -43,6 +43,7 @@ from batchrun.send.ratelimit import (
     compute_backoff,
 )
 from batchrun.send.transport import Reply, Sender, completions_url, make_transport
+from batchrun.store.intents import Intent, IntentLog
 
 log = logging.getLogger("batchrun")
 retry_log = logging.getLogger("batchrun.retry")
@@ -178,11 +179,14 @@ class Dispatcher:
         self,
         requests: MemoryObjectReceiveStream[Request],
         results: ResultSink,
+        intents: IntentLog | None = None,
     ) -> DispatchOutcome:
         """Send everything ``requests`` yields; close ``results`` when done.
 
         Returns when the request stream is closed and every row is finished, or early
         with ``stopped="budget"``; raises ``FatalApiError`` on 401/403/unknown model.
+        With ``intents`` (the checkpoint writer's), a priced attempt is only sent once
+        its worst case is committed (``batchrun.store.intents``); its charge names it.
         """
         transport = self._transport or make_transport(
             self.limits.concurrency, self.url, self._api_key
@@ -191,7 +195,7 @@ class Dispatcher:
             sender = Sender(
                 transport, url=self.url, api_key=self._api_key, timeout_s=self.limits.timeout_s
             )
-            self._run = _DispatchRun(self, sender)
+            self._run = _DispatchRun(self, sender, intents)
             try:
                 return await self._run.run(requests, results)
             finally:
@@ -209,8 +213,11 @@ class Dispatcher:
 class _DispatchRun:
     """The state of one ``Dispatcher.run``: pacing, pause, workers, and how it stops."""
 
-    def __init__(self, dispatcher: Dispatcher, sender: Sender) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, sender: Sender, intents: IntentLog | None = None
+    ) -> None:
         self.d = dispatcher
+        self.intents = intents if dispatcher.budget is not None else None
         self.counters = dispatcher.counters
         self.sender = sender
         self.pacer = dispatcher.pacer()
@@ -349,8 +356,10 @@ class _DispatchRun:
         # Money before pace: a send delayed by a wait for money would bunch sends the
         # pacer spread out. The reservation is returned if nothing is sent.
         reserved = await self._reserve(request)
+        intent = None
         try:
             sent_at = await self._pace(request)
+            intent = await self._hold(request, reserved)
             # A stop may have come while we ran without yielding: never send after one.
             if self.stopped or self.fatal:
                 await anyio.lowlevel.checkpoint()  # delivers a pending cancellation
@@ -359,20 +368,34 @@ class _DispatchRun:
             self._release(reserved)
             raise _AttemptFailed(exc, time.monotonic()) from None
         except BaseException:
-            self._release(reserved)
+            self._release(reserved, intent)
             raise
         self.sending.add(scope)
         try:
-            return await self._send(request, reserved, charges, sent_at)
+            return await self._send(request, reserved, charges, (sent_at, intent))
         except FatalApiError as exc:
             self._abort(exc)  # before this worker yields to any other
             raise
         except anyio.get_cancelled_exc_class():
-            if self.stopped == "interrupted":  # the signal's grace ran out on the wire
-                self.counters.abandoned += 1
+            # Cut on the wire (grace over, fatal abort): perhaps billed. The budget keeps
+            # its worst case, as does the checkpoint (its intent stays unsettled).
+            self._lost(reserved)
             raise
         finally:
             self.sending.discard(scope)
+
+    async def _hold(self, request: Request, reserved: float) -> Intent | None:
+        """Write the attempt's worst case to the checkpoint before its bytes leave."""
+        if self.intents is None:
+            return None
+        return await self.intents.hold(request.fingerprint, reserved, time.time())
+
+    def _lost(self, reserved: float) -> None:
+        if self.stopped == "interrupted":  # the signal's grace ran out on the wire
+            self.counters.abandoned += 1
+        if self.d.budget is not None:
+            self.d.budget.settle(reserved, reserved)
+            self.counters.cost_usd += reserved
 
     async def _pace(self, request: Request) -> float:
         """Wait out any global pause or early-stop hold, then the rate buckets; again if
@@ -394,13 +417,21 @@ class _DispatchRun:
             raise _Stop
         return reserved
 
-    def _release(self, reserved: float) -> None:
+    def _release(self, reserved: float, intent: Intent | None = None) -> None:
+        """Nothing was billed (or sent): the reservation and the intent go."""
         if self.d.budget is not None:
             self.d.budget.settle(reserved, 0.0)
+        if intent is not None and self.intents is not None:
+            self.intents.release(intent)
 
     async def _send(
-        self, request: Request, reserved: float, charges: list[Charge], sent_at: float
+        self,
+        request: Request,
+        reserved: float,
+        charges: list[Charge],
+        admitted: tuple[float, Intent | None],
     ) -> Result:
+        sent_at, intent = admitted  # when the pacer admitted it; its write-ahead record
         counters = self.counters
         counters.sent += 1
         counters.in_flight += 1
@@ -409,18 +440,26 @@ class _DispatchRun:
         except AttemptError as exc:
             # An answer lost after the API did the work is billed: keep its worst case.
             if exc.error_type in _MAYBE_BILLED:
-                self._charge(reserved, reserved, charges, usage_known=False)
+                self._charge(reserved, reserved, charges, intent, usage_known=False)
             else:
-                self._release(reserved)
+                self._release(reserved, intent)
             if exc.error_type == "rate_limited":
                 counters.rate_limited += 1
             raise _AttemptFailed(exc, sent_at) from None
+        except FatalApiError:
+            self._release(reserved, intent)  # refused (401/403/404): not billed
+            raise
         finally:
             counters.in_flight -= 1
-        return self._succeeded(request, reply, reserved, charges, sent_at)
+        return self._succeeded(request, reply, (reserved, intent), charges, sent_at)
 
     def _succeeded(
-        self, request: Request, reply: Reply, reserved: float, charges: list[Charge], sent_at: float
+        self,
+        request: Request,
+        reply: Reply,
+        held: tuple[float, Intent | None],
+        charges: list[Charge],
+        sent_at: float,
     ) -> Result:
         self.pacer.observe(reply.rate)
         if self.slow.pending:  # said once an answer shows how the API counts tokens
@@ -432,29 +471,43 @@ class _DispatchRun:
         if (wait := reply.rate.exhausted_for_s()) is not None:
             # nothing left in this window: wait before the 429
             self._pause(wait, "x-ratelimit-remaining at 0")
-        self._price(request, reply.result, reserved, charges)
+        self._price(request, reply.result, held, charges)
         return reply.result
 
     def _price(
-        self, request: Request, result: Result, reserved: float, charges: list[Charge]
+        self,
+        request: Request,
+        result: Result,
+        held: tuple[float, Intent | None],
+        charges: list[Charge],
     ) -> None:
         """The one place an answer is priced: from its usage, or (no usage came back)
         at the worst case it reserved, which it keeps."""
         if self.d.budget is None:
             return  # unpriced model: nothing to charge
+        reserved, intent = held
         self.d.budget.learn(request, result.prompt_tokens)
         cost = result_cost(self.d.price, result)
         if cost is None:
-            self._charge(reserved, reserved, charges, usage_known=False)
+            self._charge(reserved, reserved, charges, intent, usage_known=False)
         else:
-            self._charge(reserved, cost, charges, usage_known=True)
+            self._charge(reserved, cost, charges, intent, usage_known=True)
 
     def _charge(
-        self, reserved: float, cost: float, charges: list[Charge], *, usage_known: bool
+        self,
+        reserved: float,
+        cost: float,
+        charges: list[Charge],
+        intent: Intent | None,
+        *,
+        usage_known: bool,
     ) -> None:
+        """The attempt's real cost (or its worst case kept): stored with the row's
+        result, whose commit settles the attempt's intent."""
         if self.d.budget is not None:
             self.d.budget.settle(reserved, cost)
-            charges.append(Charge(cost, usage_known, time.time()))
+            settles = None if intent is None else intent.id
+            charges.append(Charge(cost, usage_known, time.time(), settles))
             self.counters.cost_usd += cost
 
     async def _after_failure(self, request: Request, failed: _AttemptFailed, attempt: int) -> None:

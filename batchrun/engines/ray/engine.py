@@ -429,14 +429,26 @@ class _Worker:
     def _answer_claimed(self, items: list[Request | Result], divisor: int, batch: str) -> None:
         """Send what no other batch is sending (``batchrun.engines.ray.claims``), then, once those
         are answered, what is still unanswered of the rest."""
-        claimed = self.coordinator.claim.remote(batch, unique_fingerprints(items), self.id)
+        fingerprints = unique_fingerprints(items)
+        claimed = self.coordinator.claim.remote(batch, fingerprints, self.id)
         now, later = split_claimed(items, self.ray.get(claimed))
+        self._skip_failed_again(fingerprints)
         try:
             self._answer(now, divisor)
         finally:
-            self.ray.get(self.coordinator.release.remote(batch))  # before waiting on others
+            failed = [fp for fp in fingerprints if fp in self.pipeline.failed_again]
+            release = self.coordinator.release.remote(batch, failed)
+            self.ray.get(release)  # before waiting on others
         if later and self._wait_for_claims(batch, unique_fingerprints(later)):
+            self._skip_failed_again(unique_fingerprints(later))
             self._answer(later, divisor)  # looked up in the store, sent only if unanswered
+
+    def _skip_failed_again(self, fingerprints: list[str]) -> None:
+        """``--retry-failed``: a request another batch sent in this run and saw fail
+        again is not sent again (its answer is the one stored)."""
+        if self.spec.retry_failed:
+            failed = self.ray.get(self.coordinator.failed_again.remote(fingerprints))
+            self.pipeline.failed_again.update(failed)
 
     def _wait_for_claims(self, batch: str, fingerprints: list[str]) -> bool:
         """Wait until other batches released ``fingerprints``; False if the run stopped."""
