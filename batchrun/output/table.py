@@ -39,6 +39,7 @@ from batchrun.io.input import InputTable
 from batchrun.job.config import Job, Price
 from batchrun.output.parse import ARROW_TYPES, parse_response
 from batchrun.send.requests import RequestBuilder, Selector, keyed_batches
+from batchrun.store.fpkey import fp_key
 
 Lookup = Callable[[Sequence[str]], Mapping[str, Answer]]
 Item = Keyed | Request | Result
@@ -184,7 +185,34 @@ class _Row:
         return 0 if self.shared else self.result.attempts
 
 
-def _rows(job: Job, items: Sequence[Item], answers: Mapping[str, Answer]) -> list[_Row]:
+class Owners:
+    """Which row of an output owns (paid for, in the cost columns) each answer: the first
+    row that holds it, in output order. Later rows with the same request share it.
+
+    Not the answer's ``owner_key``: without ``input.id_column`` keys are positions, and a
+    row deleted, inserted or moved gives every later row another row's old key. Memory:
+    16 bytes of each answered request's key in a set (about 80 bytes a row), and only
+    when ``request.dedupe`` is on; without it no two rows share a request.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self._seen: set[bytes] | None = set() if job.request.dedupe else None
+
+    def shares(self, fingerprint: str) -> bool:
+        """Whether an earlier row of this output already holds ``fingerprint``'s answer."""
+        if self._seen is None:
+            return False
+        key = fp_key(fingerprint)
+        key = key[:16] if len(key) == 32 else key  # 128 bits of a sha256: no collision
+        if key in self._seen:
+            return True
+        self._seen.add(key)
+        return False
+
+
+def _rows(
+    job: Job, items: Sequence[Item], answers: Mapping[str, Answer], owners: Owners | None
+) -> list[_Row]:
     rows = []
     for item in items:
         if isinstance(item, Result):  # invalid: never sent
@@ -193,7 +221,10 @@ def _rows(job: Job, items: Sequence[Item], answers: Mapping[str, Answer]) -> lis
             rows.append(_Row(Result(status="pending"), None, None, False))
         else:
             result, parsed = _parsed(job, answer.result)
-            shared = answer.owner_key != item.key
+            if owners is None:  # batches answered apart (Ray): keys are the id column's
+                shared = answer.owner_key != item.key
+            else:
+                shared = owners.shares(item.fingerprint)
             # The cost was priced once, when the answer arrived; a shared row paid nothing.
             cost = (0.0 if shared else result.cost_usd) if job.price is not None else None
             rows.append(_Row(result, cost, parsed, shared))
@@ -313,11 +344,14 @@ def output_batch(
     answers: Mapping[str, Answer],
     schema: pa.Schema,
     stats: OutputStats,
+    owners: Owners | None = None,
 ) -> pa.RecordBatch:
     """One input batch's output rows (``items`` from ``RequestBuilder.keyed``), counted
     into ``stats``: the per-batch step of ``write_output``, for engines that answer
-    batches elsewhere (Ray) and stream them to ``write_batches``."""
-    rows = _rows(job, items, answers)
+    batches elsewhere (Ray) and stream them to ``write_batches``. ``owners``, given
+    for every batch of an output in order, decides which row owns an answer; without
+    it the row whose key is the answer's ``owner_key`` does."""
+    rows = _rows(job, items, answers, owners)
     _count(stats, rows, job.price)
     return _output_batch(job, batch, rows, schema)
 
@@ -359,11 +393,12 @@ def _output_batches(
     batch_size: int,
     on_batch: BatchHook | None = None,
 ) -> Iterator[pa.RecordBatch]:
+    owners = Owners(job)
     for batch, items in keyed_batches(table, builder, select=select, batch_size=batch_size):
         answers = lookup([item.fingerprint for item in items if not isinstance(item, Result)])
         if on_batch is not None:
             on_batch(batch, items, answers)
-        yield output_batch(job, batch, items, answers, schema, stats)
+        yield output_batch(job, batch, items, answers, schema, stats, owners)
 
 
 @contextmanager
