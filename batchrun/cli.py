@@ -120,6 +120,12 @@ def _add_run(sub: Any) -> None:
         " (without it such a file is left alone and the run exits 2)",
     )
     cmd.add_argument(
+        "--endpoint-moved",
+        action="store_true",
+        help="the checkpoint's answers came from this same API at another address (a proxy"
+        " moved): keep them (without it a run against another endpoint exits 2)",
+    )
+    cmd.add_argument(
         "--retry-failed", action="store_true", help="re-send rows whose last attempt failed"
     )
     cmd.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N rows")
@@ -239,6 +245,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         ray_workers=args.ray_workers,
         overwrite=args.overwrite,
+        endpoint_moved=args.endpoint_moved,
     )
     progress = None if args.quiet else _ProgressDisplay()
     with _sigterm_as_ctrl_c(), _logs_above_the_bar(progress):

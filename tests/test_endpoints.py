@@ -4,13 +4,17 @@ answers, and the file that stands at ``output.path`` when the output is swapped 
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 from conftest import billed_usd, review_rows, run_batchrun, write_csv, write_job
 
-from batchrun.report.aggregate import report
+from batchrun.report.aggregate import FORMATS, render, report
+from batchrun.report.page import render_html
+from batchrun.store.origin import endpoint_of
 
 
 def positional_job(tmp_path: Path, rows: list[dict[str, str]]) -> Path:
@@ -56,3 +60,86 @@ def test_editing_a_positional_input_keeps_every_cost_on_the_row_that_holds_the_a
     assert 0 < kept < paid
     total = report([str(tmp_path / "out.parquet")]).table.iloc[-1]
     assert abs(total["cost_usd"] - kept) < 1e-9 and total["shared"] == 2
+
+
+# --- answers belong to the endpoint that gave them -----------------------------------------
+
+
+def test_a_run_against_another_endpoint_stops_before_sending_until_the_user_chooses(
+    tmp_path: Path, emulator
+) -> None:
+    first, other = emulator(), emulator()
+    job = write_job(tmp_path, rows=20)
+    assert run_batchrun(job, first).returncode == 0
+
+    refused = run_batchrun(job, other, moved=False)
+
+    assert refused.returncode == 2, refused.stderr
+    assert other.ledger()["requests_received"] == 0  # nothing sent
+    (line,) = [x for x in refused.stderr.splitlines() if x.strip()]
+    assert first.base_url in line and other.base_url in line
+    assert "--fresh" in line and "--endpoint-moved" in line and "emulator" in line
+    assert "Traceback" not in refused.stderr
+
+    # The same endpoint spelled with a trailing slash is the same endpoint.
+    again = run_batchrun(job, first, "--set", f'api.base_url="{first.base_url}/"', moved=False)
+    assert again.returncode == 0, again.stderr
+
+    moved = run_batchrun(job, other, "--endpoint-moved", moved=False)
+    assert moved.returncode == 0, moved.stderr
+    assert other.ledger()["requests_received"] == 0  # the answers were kept
+    assert run_batchrun(job, other, moved=False).returncode == 0  # and now belong to it
+
+    fresh = run_batchrun(job, first, "--fresh", moved=False)
+    assert fresh.returncode == 0, fresh.stderr
+    assert first.ledger()["requests_billed"] == 40  # sent again, once more
+
+
+def test_endpoints_spelled_differently_are_one_endpoint() -> None:
+    same = {
+        endpoint_of(url)
+        for url in (
+            "https://api.modelstream.ai",
+            "https://api.modelstream.ai/",
+            "HTTPS://API.ModelStream.ai:443",
+            "https://api.modelstream.ai:443/",
+        )
+    }
+    assert same == {"https://api.modelstream.ai"}
+    assert endpoint_of("http://127.0.0.1:8000/") != endpoint_of("http://127.0.0.1:8001")
+    assert endpoint_of("http://localhost:80/v1/") == "http://localhost/v1"
+
+
+# --- synthetic stays synthetic ---------------------------------------------------------------
+
+
+def test_answers_of_a_hand_started_emulator_are_marked_synthetic_everywhere(
+    tmp_path: Path, emulator
+) -> None:
+    job = write_job(tmp_path, rows=30)
+    run = run_batchrun(job, emulator())
+    assert run.returncode == 0, run.stderr
+    assert "synthetic" in run.stderr
+
+    out = tmp_path / "out.parquet"
+    assert all(row["synthetic"] for row in output(job))
+    stats = json.loads(pq.read_metadata(out).metadata[b"batchrun.output_stats"])
+    assert stats["synthetic_rows"] == 30
+    with sqlite3.connect(tmp_path / "out.parquet.ckpt.sqlite") as conn:
+        assert conn.execute("SELECT SUM(synthetic), COUNT(*) FROM answers").fetchone() == (30, 30)
+    assert report([str(out)]).synthetic_rows == 30
+
+
+def test_every_report_format_shows_the_synthetic_count_and_html_a_banner(
+    tmp_path: Path, emulator
+) -> None:
+    job = write_job(tmp_path, rows=12)
+    assert run_batchrun(job, emulator()).returncode == 0
+    result = report([str(tmp_path / "out.parquet")])
+
+    assert result.synthetic_rows == 12
+    for fmt in FORMATS:
+        text = render(result.table, fmt)
+        assert "synthetic" in text and "12" in text, fmt
+    assert json.loads(render(result.table, "json"))[-1]["synthetic"] == 12
+    assert "SYNTHETIC: 12 of these 12 rows" in render_html(result)

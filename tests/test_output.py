@@ -44,6 +44,7 @@ RESULT_SCHEMA = [
     ("latency_ms", pa.float64()),
     ("completed_at", pa.timestamp("us", tz="UTC")),
     ("shared", pa.bool_()),  # after the SPEC's columns (and after parsed ones)
+    ("synthetic", pa.bool_()),
 ]
 
 
@@ -205,7 +206,7 @@ def test_parsed_columns_are_typed_and_filled(csv_input: Path, tmp_path: Path) ->
     job = parse_job(csv_input, tmp_path)
     answer = ok('{"label": "pos", "confidence": 1, "n": 3, "flag": true, "extra": 1}')
     table, _ = run(job, {"a": Answer("a", answer)})
-    assert [(f.name, f.type) for f in table.schema][-5:-1] == [
+    assert [(f.name, f.type) for f in table.schema][-6:-2] == [
         ("label", pa.string()),
         ("confidence", pa.float64()),
         ("n", pa.int32()),
@@ -266,12 +267,13 @@ def test_prefix_renames_every_added_column(csv_input: Path, tmp_path: Path) -> N
     job = parse_job(csv_input, tmp_path, prefix="llm_")
     table, _ = run(job, {})
     added = table.schema.names[2:]
-    assert added == [f"llm_{name}" for name, _ in RESULT_SCHEMA[:-1]] + [
+    assert added == [f"llm_{name}" for name, _ in RESULT_SCHEMA[:-2]] + [
         "llm_label",
         "llm_confidence",
         "llm_n",
         "llm_flag",
         "llm_shared",
+        "llm_synthetic",
     ]
 
 

@@ -34,7 +34,10 @@ from batchrun.output.table import (
 from batchrun.send.budget import Budget
 from batchrun.send.dispatch import Dispatcher
 from batchrun.send.requests import RequestBuilder, Selector
+from batchrun.store.checkpoint import Checkpoint
+from batchrun.store.jobstore import ray_dir
 from batchrun.store.keptlimits import KeptLimits
+from batchrun.store.origin import EMULATED, endpoint_of
 
 __all__ = [
     "EMULATOR_KEY",
@@ -75,6 +78,7 @@ class RunOptions:
     ray_address: str | None = None  # None: start a local Ray instance
     ray_workers: int | None = None  # None: one per CPU of the Ray cluster
     overwrite: bool = False  # replace an output.path file that is not this job's output
+    endpoint_moved: bool = False  # the checkpoint's answers came from this API, elsewhere
 
 
 @dataclass
@@ -99,11 +103,12 @@ class RunSummary:
     wall_s: float
     stopped: str | None
     exit_code: int
-    synthetic: bool = False
+    synthetic: bool = False  # an emulated run (--emulate)
     error: str | None = None
     # What this run spent: its charges, at the real cost or (no usage came back) the
     # worst case, as the budget counts them. None for an unpriced model.
     run_cost_usd: float | None = None
+    synthetic_rows: int = 0  # rows whose answer came from batchrun's emulator
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,6 +137,12 @@ class RunSummary:
             lines.append(f"  stopped: {_STOP_REASONS[self.stopped]}")
         if self.synthetic:
             lines.append("  EMULATED RUN: every answer in this output is synthetic.")
+        elif self.synthetic_rows:
+            answered = self.by_status.get("ok", 0) + self.by_status.get("error", 0)
+            lines.append(
+                f"  SYNTHETIC: {self.synthetic_rows} of the {answered} answered rows came from"
+                " batchrun's emulator, not from a real API (output column synthetic)"
+            )
         return "\n".join(lines)
 
 
@@ -244,6 +255,14 @@ class Run:
         check_replaceable(self.job, overwrite=self.options.overwrite)
         return prepared
 
+    def _claim_endpoint(self, ckpt: Checkpoint) -> None:
+        """Refuse (exit 2) a checkpoint whose answers came from another endpoint, before
+        anything is sent (``store.origin``); ``--fresh`` and ``--endpoint-moved`` choose."""
+        url = self.options.base_url or self.job.api.base_url
+        origin = EMULATED if self.options.emulate else endpoint_of(url)
+        elsewhere = any(ray_dir(self.job).glob("*.sqlite"))
+        ckpt.claim_endpoint(origin, moved=self.options.endpoint_moved, elsewhere=elsewhere)
+
     def _api_key(self) -> str:
         return resolve_api_key(self.job, self.options.api_key)
 
@@ -321,6 +340,12 @@ class Run:
         by_status = dict(stats.by_status)
         failed = by_status.get("error", 0) + by_status.get("invalid", 0)
         counters = self.progress.dispatch
+        if stats.synthetic_rows and not self.options.emulate:
+            log.warning(
+                "%d rows of %s hold synthetic answers from batchrun's emulator (column synthetic)",
+                stats.synthetic_rows,
+                stats.path,
+            )
         return RunSummary(
             job=self.job.name,
             output_path=str(stats.path),
@@ -342,6 +367,7 @@ class Run:
             stopped=self.stopped,
             exit_code=_exit_code(self.stopped, failed, self.job.limits.max_failed_rows),
             synthetic=self.options.emulate,
+            synthetic_rows=stats.synthetic_rows,
             error=self.fatal_message,
         )
 

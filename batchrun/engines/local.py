@@ -66,6 +66,7 @@ class LocalRun(Run):
         ):
             if self.options.fresh:
                 clear_ray_dir(self.job)  # one store for both engines: --fresh clears both
+            self._claim_endpoint(own)
             dispatcher = Dispatcher(
                 self.job,
                 api_key=api_key,

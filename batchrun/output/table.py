@@ -63,6 +63,7 @@ RESULT_TYPES: Mapping[str, pa.DataType] = {
     "latency_ms": pa.float64(),
     "completed_at": pa.timestamp("us", tz="UTC"),
     "shared": pa.bool_(),
+    "synthetic": pa.bool_(),
 }
 """SPEC's type of each column in ``RESULT_COLUMNS`` (and of ``EXTRA_COLUMNS``)."""
 
@@ -90,6 +91,7 @@ class OutputStats:
     by_status: Counter[str] = field(default_factory=Counter)
     shared_rows: int = 0
     shared_cost_usd: float = 0.0
+    synthetic_rows: int = 0  # rows whose answer came from batchrun's emulator
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -261,6 +263,7 @@ def _output_batch(
         values = [None if row.parsed is None else row.parsed[name] for row in rows]
         arrays.append(pa.array(values, type=ARROW_TYPES[kind]))
     arrays.append(pa.array([row.shared for row in rows], type=pa.bool_()))
+    arrays.append(pa.array([result.synthetic for result in results], type=pa.bool_()))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -278,6 +281,7 @@ def _count(stats: OutputStats, rows: Sequence[_Row], price: Price | None) -> Non
     for row in rows:
         result = row.result
         stats.by_status[result.status] += 1
+        stats.synthetic_rows += result.synthetic
         if row.shared:
             stats.shared_rows += 1
             stats.shared_cost_usd += _cost(price, result) or 0.0

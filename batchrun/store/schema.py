@@ -15,6 +15,7 @@ from batchrun.store.answers import m006_compact_answers
 from batchrun.store.batchdone import m005_done_batches
 from batchrun.store.charges import m003_charges
 from batchrun.store.fpkey import m004_binary_keys
+from batchrun.store.origin import m007_synthetic_answers
 
 __all__ = ["MIGRATIONS", "migrate", "now_iso", "transaction"]
 
@@ -68,6 +69,7 @@ _migration(m003_charges)
 _migration(m004_binary_keys)
 _migration(m005_done_batches)
 _migration(m006_compact_answers)
+_migration(m007_synthetic_answers)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -112,6 +112,7 @@ class RayRun(Run):
             store = ray_dir(self.job)
             if self.options.fresh:
                 clear_ray_dir(self.job)  # under the run lock, as the local file is dropped
+            self._claim_endpoint(ckpt)
             with JobStore(ckpt, store, self.job.name, price=budget_price(self.job)) as every:
                 spent = every.spent_usd()  # both engines' spend, earlier runs included
             self.progress.total = self._total(table)
@@ -267,6 +268,7 @@ def _merge(stats: OutputStats, counted: dict[str, Any]) -> None:
     stats.by_status.update(Counter(counted["by_status"]))
     stats.shared_rows += counted["shared_rows"]
     stats.shared_cost_usd += counted["shared_cost_usd"]
+    stats.synthetic_rows += counted.get("synthetic_rows", 0)
     for name in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"):
         setattr(stats, name, getattr(stats, name) + counted[name])
     stats.reasoning_tokens += counted["reasoning_tokens"]
