@@ -9,8 +9,17 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
-from conftest import billed_usd, review_rows, run_batchrun, write_csv, write_job
+from conftest import (
+    billed_usd,
+    review_rows,
+    run_batchrun,
+    start_batchrun,
+    wait_for_requests,
+    write_csv,
+    write_job,
+)
 
 from batchrun.report.aggregate import FORMATS, render, report
 from batchrun.report.page import render_html
@@ -143,3 +152,27 @@ def test_every_report_format_shows_the_synthetic_count_and_html_a_banner(
         assert "synthetic" in text and "12" in text, fmt
     assert json.loads(render(result.table, "json"))[-1]["synthetic"] == 12
     assert "SYNTHETIC: 12 of these 12 rows" in render_html(result)
+
+
+# --- the output swap re-checks ----------------------------------------------------------------
+
+
+def test_a_file_written_at_the_output_path_during_the_run_is_not_replaced(
+    tmp_path: Path, emulator
+) -> None:
+    emu = emulator("--latency-ms", "300")
+    job = write_job(tmp_path, rows=8, limits={"concurrency": 2})
+    run = start_batchrun(job, emu)
+    wait_for_requests(emu, 1)
+    foreign = tmp_path / "out.parquet"
+    pq.write_table(pa.table({"x": list(range(300))}), foreign)
+    before = foreign.read_bytes()
+
+    _, stderr = run.communicate(timeout=60)
+
+    assert run.returncode == 2, stderr
+    (line,) = [x for x in stderr.splitlines() if "output.path" in x]
+    (kept,) = [p for p in tmp_path.glob("out.*.parquet")]
+    assert "out.parquet" in line and kept.name in line and "Traceback" not in stderr
+    assert foreign.read_bytes() == before
+    assert pq.read_table(kept).num_rows == 8

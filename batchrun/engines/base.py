@@ -307,6 +307,7 @@ class Run:
             select=self._selector(),
             on_batch=on_batch,
             footer=footer,
+            overwrite=self.options.overwrite,
         )
 
     def _metadata(self) -> dict[str, str]:

@@ -309,6 +309,7 @@ def write_output(
     batch_size: int = 4096,
     on_batch: BatchHook | None = None,
     footer: Callable[[], Mapping[str, str]] | None = None,
+    overwrite: bool = False,
 ) -> OutputStats:
     """Write ``job.output.path`` from the input and the answers ``lookup`` finds.
 
@@ -319,7 +320,7 @@ def write_output(
     ``on_batch(batch, items, answers)``, when given, sees each batch as it is written.
     ``metadata`` becomes the file's key-value metadata; the counts written are
     added under ``batchrun.output_stats``, and ``footer()`` (called once every batch
-    is written) adds what is known only then.
+    is written) adds what is known only then. ``overwrite``: see ``write_batches``.
     """
     schema = output_schema(job, table.schema).with_metadata(dict(metadata))
     path = output_location(job)
@@ -331,7 +332,7 @@ def write_output(
     def written() -> dict[str, str]:
         return stats_metadata(stats) | (dict(footer()) if footer is not None else {})
 
-    write_batches(path, schema, batches, written)
+    write_batches(path, schema, batches, written, overwrite=overwrite)
     return stats
 
 
@@ -365,11 +366,19 @@ def write_batches(
     schema: pa.Schema,
     batches: Iterable[pa.RecordBatch],
     footer: Callable[[], Mapping[str, str]],
+    *,
+    overwrite: bool = False,
 ) -> None:
     """Write ``batches`` (in order) to ``path`` atomically, in row groups of
     ``ROW_GROUP_ROWS``; ``footer()``, called once ``batches`` is exhausted, adds
-    key-value metadata known only then (the counts written, a run summary)."""
-    with _atomic_writer(path, schema) as writer:
+    key-value metadata known only then (the counts written, a run summary).
+
+    Just before the swap, what stands at ``path`` must still be absent or an output of
+    the job named in ``schema``'s ``batchrun.job`` metadata (unless ``overwrite``):
+    a file written there during the run is left alone, the new output is kept beside
+    it and ``OutputError`` names both."""
+    job = (schema.metadata or {}).get(b"batchrun.job", b"").decode()
+    with _atomic_writer(path, schema, None if overwrite else job) as writer:
         pending: list[pa.RecordBatch] = []
         for batch in batches:
             pending.append(batch)
@@ -406,9 +415,12 @@ def _output_batches(
 
 
 @contextmanager
-def _atomic_writer(location: Path | str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+def _atomic_writer(
+    location: Path | str, schema: pa.Schema, job: str | None = None
+) -> Iterator[pq.ParquetWriter]:
     """A writer on a temp file beside ``location`` (a path or a URI), swapped in only on
-    success; stale temp files of killed runs are removed after a successful swap."""
+    success (and, given ``job``, only over nothing or that job's output: else kept
+    beside it); stale temp files of killed runs are removed after a successful swap."""
     location = str(location)
     fs, path = resolve(location)
     if not is_remote(location):
@@ -422,6 +434,8 @@ def _atomic_writer(location: Path | str, schema: pa.Schema) -> Iterator[pq.Parqu
                 fs.create_dir(directory, recursive=True)
             with fs.open_output_stream(temp) as sink, pq.ParquetWriter(sink, schema) as writer:
                 yield writer
+            if job is not None:
+                _still_replaceable(fs, temp, location, job)
             _swap(fs, temp, path, remote=is_remote(location))
         _remove_stale_temps(fs, directory, name)
     finally:
@@ -434,6 +448,27 @@ def _swap(fs: pafs.FileSystem, temp: str, path: str, *, remote: bool) -> None:
         fs.copy_file(temp, path)
     else:
         os.replace(temp, path)
+
+
+def _still_replaceable(fs: pafs.FileSystem, temp: str, location: str, job: str) -> None:
+    """At the swap: refuse to replace a file that appeared at ``location`` during the
+    run and is not ``job``'s output; this run's output is moved beside it."""
+    owner = _owner(location)
+    if owner is None or owner == job:
+        return
+    base, tag = location.rpartition("/")[2], uuid.uuid4().hex[:8]
+    stem, dot, suffix = base.rpartition(".")
+    kept = temp.rpartition("/")[0] + "/" + (f"{stem}.{tag}.{suffix}" if dot else f"{base}.{tag}")
+    if is_remote(location):
+        fs.copy_file(temp, kept)
+    else:
+        os.replace(temp, kept)
+    shown = kept if is_remote(location) else os.path.relpath(kept)
+    whose = "not a batchrun output" if owner == "" else f"the output of job {owner!r}"
+    raise OutputError(
+        f"output.path: {location} was written during the run and is {whose}; left alone,"
+        f" this run's output is at {shown} (move it there, or rerun with --overwrite)"
+    )
 
 
 def _remove_stale_temps(fs: pafs.FileSystem, directory: str, name: str) -> None:

@@ -231,7 +231,8 @@ class RayRun(Run):
                 stats
             )
 
-        write_batches(path, out_schema.with_metadata(metadata), batches(), footer)
+        schema = out_schema.with_metadata(metadata)
+        write_batches(path, schema, batches(), footer, overwrite=self.options.overwrite)
         return stats
 
     def _collect(self, totals: Totals, stats: OutputStats | None = None) -> None:
