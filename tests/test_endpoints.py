@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from conftest import (
+    batchrun_env,
     billed_usd,
     review_rows,
     run_batchrun,
@@ -176,3 +179,19 @@ def test_a_file_written_at_the_output_path_during_the_run_is_not_replaced(
     assert "out.parquet" in line and kept.name in line and "Traceback" not in stderr
     assert foreign.read_bytes() == before
     assert pq.read_table(kept).num_rows == 8
+
+
+def test_a_pilot_against_another_endpoint_stops_before_sending(tmp_path: Path, emulator) -> None:
+    first, other = emulator(), emulator()
+    job = write_job(tmp_path, rows=20)
+    assert run_batchrun(job, first, "--limit", "10").returncode == 0
+    command = [sys.executable, "-m", "batchrun", "plan", job.name, "--pilot", "3"]
+    command += ["--set", f'api.base_url="{other.base_url}"']
+
+    plan = subprocess.run(
+        command, cwd=tmp_path, env=batchrun_env(), capture_output=True, text=True, timeout=60
+    )
+
+    assert plan.returncode == 2, plan.stderr
+    assert first.base_url in plan.stderr and other.base_url in plan.stderr
+    assert other.ledger()["requests_received"] == 0

@@ -50,6 +50,7 @@ __all__ = [
     "RunOptions",
     "RunSummary",
     "budget_for",
+    "claim_endpoint",
     "emulated_job",
     "learned_limits_kept",
     "prepare",
@@ -216,6 +217,16 @@ def learned_limits_kept(ckpt: KeepsLimits, dispatcher: Dispatcher) -> Iterator[N
         ckpt.keep_learned_limits(dispatcher.learned.rpm, dispatcher.learned.tpm)
 
 
+def claim_endpoint(
+    ckpt: Checkpoint, job: Job, base_url: str | None, emulate: bool, moved: bool = False
+) -> None:
+    """Refuse (exit 2) a checkpoint whose answers came from another endpoint, before
+    anything is sent (``store.origin``); ``--fresh`` and ``--endpoint-moved`` choose."""
+    origin = EMULATED if emulate else endpoint_of(base_url or job.api.base_url)
+    elsewhere = any(ray_dir(job).glob("*.sqlite"))
+    ckpt.claim_endpoint(origin, moved=moved, elsewhere=elsewhere)
+
+
 def emulated_job(job: Job) -> Job:
     """The job with a checkpoint of its own, so synthetic answers never pass for real ones."""
     path = job.output.checkpoint_path
@@ -256,12 +267,8 @@ class Run:
         return prepared
 
     def _claim_endpoint(self, ckpt: Checkpoint) -> None:
-        """Refuse (exit 2) a checkpoint whose answers came from another endpoint, before
-        anything is sent (``store.origin``); ``--fresh`` and ``--endpoint-moved`` choose."""
-        url = self.options.base_url or self.job.api.base_url
-        origin = EMULATED if self.options.emulate else endpoint_of(url)
-        elsewhere = any(ray_dir(self.job).glob("*.sqlite"))
-        ckpt.claim_endpoint(origin, moved=self.options.endpoint_moved, elsewhere=elsewhere)
+        options = self.options
+        claim_endpoint(ckpt, self.job, options.base_url, options.emulate, options.endpoint_moved)
 
     def _api_key(self) -> str:
         return resolve_api_key(self.job, self.options.api_key)
