@@ -38,9 +38,10 @@ from pathlib import Path
 import anyio
 
 from batchrun._types import Charge, Request, Result
-from batchrun.store.answers import insert_new
+from batchrun.store.answers import insert_new, m006_compact_answers
 from batchrun.store.checkpoint import _ROW_COLUMNS, COMMIT_ROWS, MIGRATIONS, Checkpoint, _to_row
 from batchrun.store.fpkey import fp_key
+from batchrun.store.origin import m007_synthetic_answers
 
 LOOKUP_BATCH = 4096
 BODY = {"model": "gpt-5.5", "messages": [{"role": "user", "content": "..."}]}
@@ -109,7 +110,7 @@ def phase_write(rows: int, db: Path) -> dict[str, float]:
     return figures
 
 
-OLD_COLUMNS = _ROW_COLUMNS[:-2]  # m001's table has no paid_usd, key_prefix
+OLD_COLUMNS = _ROW_COLUMNS[:-2]  # m001's table (+ m007's synthetic) has no paid_usd, key_prefix
 OLD_INSERT_SQL = f"INSERT INTO answers VALUES ({', '.join('?' * len(OLD_COLUMNS))})"
 
 
@@ -120,6 +121,7 @@ def phase_bare(rows: int, db: Path) -> dict[str, float]:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint=8000")
         MIGRATIONS[0](conn)  # the answers table up to m005: its key is the primary key
+        m007_synthetic_answers(conn)  # its one column more since, last in rows and table
         batch: list[tuple[object, ...]] = []
         for i in range(rows):
             batch.append(_to_row(item(i))[:-2])
@@ -141,7 +143,8 @@ def phase_bare_new(rows: int, db: Path) -> dict[str, float]:
             conn.execute(f"PRAGMA {pragma}")
         conn.execute("PRAGMA cache_size=-32768")
         MIGRATIONS[0](conn)
-        MIGRATIONS[-1](conn)  # m006: today's answers table
+        m006_compact_answers(conn)  # today's answers table
+        m007_synthetic_answers(conn)
         batch: list[tuple[object, ...]] = []
         for i in range(rows):
             batch.append(_to_row(item(i)))
