@@ -195,3 +195,20 @@ def test_a_pilot_against_another_endpoint_stops_before_sending(tmp_path: Path, e
     assert plan.returncode == 2, plan.stderr
     assert first.base_url in plan.stderr and other.base_url in plan.stderr
     assert other.ledger()["requests_received"] == 0
+
+
+def test_a_checkpoint_from_before_endpoints_takes_the_first_runs_endpoint(
+    tmp_path: Path, emulator
+) -> None:
+    first, second, third = emulator(), emulator(), emulator()
+    job = write_job(tmp_path, rows=10)
+    assert run_batchrun(job, first).returncode == 0
+    with sqlite3.connect(tmp_path / "out.parquet.ckpt.sqlite") as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'origin'")  # as batchrun wrote it before
+
+    adopted = run_batchrun(job, second, moved=False)
+    refused = run_batchrun(job, third, moved=False)
+
+    assert adopted.returncode == 0, adopted.stderr
+    assert second.ledger()["requests_received"] == 0
+    assert refused.returncode == 2 and second.base_url in refused.stderr

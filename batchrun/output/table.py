@@ -377,7 +377,7 @@ def write_batches(
     the job named in ``schema``'s ``batchrun.job`` metadata (unless ``overwrite``):
     a file written there during the run is left alone, the new output is kept beside
     it and ``OutputError`` names both."""
-    job = (schema.metadata or {}).get(b"batchrun.job", b"").decode()
+    job = (schema.metadata or {}).get(b"batchrun.job", b"").decode() or None
     with _atomic_writer(path, schema, None if overwrite else job) as writer:
         pending: list[pa.RecordBatch] = []
         for batch in batches:
@@ -463,11 +463,11 @@ def _still_replaceable(fs: pafs.FileSystem, temp: str, location: str, job: str) 
         fs.copy_file(temp, kept)
     else:
         os.replace(temp, kept)
-    shown = kept if is_remote(location) else os.path.relpath(kept)
+    shown = f"{location.partition('://')[0]}://{kept}" if is_remote(location) else kept
     whose = "not a batchrun output" if owner == "" else f"the output of job {owner!r}"
     raise OutputError(
         f"output.path: {location} was written during the run and is {whose}; left alone,"
-        f" this run's output is at {shown} (move it there, or rerun with --overwrite)"
+        f" this run's output is kept at {shown} (rerun with --overwrite to replace that file)"
     )
 
 
