@@ -193,8 +193,9 @@ class Owners:
 
     Not the answer's ``owner_key``: without ``input.id_column`` keys are positions, and a
     row deleted, inserted or moved gives every later row another row's old key. Memory:
-    16 bytes of each answered request's key in a set (about 80 bytes a row), and only
-    when ``request.dedupe`` is on; without it no two rows share a request.
+    16 bytes of each answered request's key in a set (about 83 bytes a row: 83 MB at 1M
+    rows), about 1 µs of CPU a row, and only when ``request.dedupe`` is on; without it no
+    two rows share a request.
     """
 
     def __init__(self, job: Job) -> None:
