@@ -37,9 +37,9 @@ from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS, Answer, Keyed, Reques
 from batchrun.io.files import describe, is_remote, resolve
 from batchrun.io.input import InputTable
 from batchrun.job.config import Job, Price
+from batchrun.output.owners import Owners
 from batchrun.output.parse import ARROW_TYPES, parse_response
 from batchrun.send.requests import RequestBuilder, Selector, keyed_batches
-from batchrun.store.fpkey import fp_key
 
 Lookup = Callable[[Sequence[str]], Mapping[str, Answer]]
 Item = Keyed | Request | Result
@@ -187,36 +187,19 @@ class _Row:
         return 0 if self.shared else self.result.attempts
 
 
-class Owners:
-    """Which row of an output owns (paid for, in the cost columns) each answer: the first
-    row that holds it, in output order. Later rows with the same request share it.
-
-    Not the answer's ``owner_key``: without ``input.id_column`` keys are positions, and a
-    row deleted, inserted or moved gives every later row another row's old key. Memory:
-    16 bytes of each answered request's key in a set (about 83 bytes a row: 83 MB at 1M
-    rows), about 1 µs of CPU a row, and only when ``request.dedupe`` is on; without it no
-    two rows share a request.
-    """
-
-    def __init__(self, job: Job) -> None:
-        self._seen: set[bytes] | None = set() if job.request.dedupe else None
-
-    def shares(self, fingerprint: str) -> bool:
-        """Whether an earlier row of this output already holds ``fingerprint``'s answer."""
-        if self._seen is None:
-            return False
-        key = fp_key(fingerprint)
-        key = key[:16] if len(key) == 32 else key  # 128 bits of a sha256: no collision
-        if key in self._seen:
-            return True
-        self._seen.add(key)
-        return False
-
-
 def _rows(
     job: Job, items: Sequence[Item], answers: Mapping[str, Answer], owners: Owners | None
 ) -> list[_Row]:
     rows = []
+    answered = [
+        (item, answer)
+        for item in items
+        if not isinstance(item, Result) and (answer := answers.get(item.fingerprint))
+    ]
+    if owners is None:  # batches answered apart (Ray): keys are the id column's
+        shares = iter([answer.owner_key != item.key for item, answer in answered])
+    else:
+        shares = iter(owners.shared([item.fingerprint for item, _ in answered]))
     for item in items:
         if isinstance(item, Result):  # invalid: never sent
             rows.append(_Row(item, None, None, False))
@@ -224,10 +207,7 @@ def _rows(
             rows.append(_Row(Result(status="pending"), None, None, False))
         else:
             result, parsed = _parsed(job, answer.result)
-            if owners is None:  # batches answered apart (Ray): keys are the id column's
-                shared = answer.owner_key != item.key
-            else:
-                shared = owners.shares(item.fingerprint)
+            shared = next(shares)
             # The cost was priced once, when the answer arrived; a shared row paid nothing.
             cost = (0.0 if shared else result.cost_usd) if job.price is not None else None
             rows.append(_Row(result, cost, parsed, shared))
@@ -407,7 +387,7 @@ def _output_batches(
     batch_size: int,
     on_batch: BatchHook | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    owners = Owners(job)
+    owners = Owners(job.request.dedupe)
     for batch, items in keyed_batches(table, builder, select=select, batch_size=batch_size):
         answers = lookup([item.fingerprint for item in items if not isinstance(item, Result)])
         if on_batch is not None:
