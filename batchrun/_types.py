@@ -71,6 +71,8 @@ class Result:
     attempts: int = 0
     latency_ms: float | None = None
     completed_at: datetime | None = None
+    # The answer came from batchrun's emulator (its responses carry x-batchrun-emulator).
+    synthetic: bool = False
     # This run's paid attempts, for the checkpoint's record of charges (not stored with
     # the answer; empty when read back). Must stay the last field: see store.checkpoint.
     charges: tuple[Charge, ...] = ()
@@ -129,6 +131,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
 )
 """The columns batchrun adds after the input's, in order (parsed columns follow)."""
 
-EXTRA_COLUMNS: tuple[str, ...] = ("shared",)
+EXTRA_COLUMNS: tuple[str, ...] = ("shared", "synthetic")
 """Columns beyond the SPEC's, after the parsed ones: ``shared`` is true when the row
-reused another row's answer (dedupe), so ``sum(tokens where not shared)`` is the bill."""
+reused another row's answer (dedupe), so ``sum(tokens where not shared)`` is the bill;
+``synthetic`` when its answer came from batchrun's emulator."""

@@ -148,6 +148,12 @@ def _add_run(sub: Any) -> None:
         " (without it such a file is left alone and the run exits 2)",
     )
     cmd.add_argument(
+        "--endpoint-moved",
+        action="store_true",
+        help="the checkpoint's answers came from this same API at another address (a proxy"
+        " moved): keep them (without it a run against another endpoint exits 2)",
+    )
+    cmd.add_argument(
         "--retry-failed", action="store_true", help="re-send rows whose last attempt failed"
     )
     cmd.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N rows")
@@ -297,6 +303,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         ray_workers=args.ray_workers,
         overwrite=args.overwrite,
+        endpoint_moved=args.endpoint_moved,
     )
     job = load_job(args.job, sets=args.sets, variables=args.var)
     bar = not args.quiet and args.log_format == "text" and sys.stderr.isatty()

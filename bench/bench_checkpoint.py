@@ -46,6 +46,7 @@ from batchrun.store.answers import insert_new, m006_compact_answers
 from batchrun.store.checkpoint import _ROW_COLUMNS, COMMIT_ROWS, MIGRATIONS, Checkpoint, _to_row
 from batchrun.store.fpkey import fp_key
 from batchrun.store.intents import IntentLog
+from batchrun.store.origin import m008_synthetic_answers
 
 LOOKUP_BATCH = 4096
 BODY = {"model": "gpt-5.5", "messages": [{"role": "user", "content": "..."}]}
@@ -143,7 +144,7 @@ def phase_write_ahead(rows: int, db: Path) -> dict[str, float]:
     return figures
 
 
-OLD_COLUMNS = _ROW_COLUMNS[:-2]  # m001's table has no paid_usd, key_prefix
+OLD_COLUMNS = _ROW_COLUMNS[:-2]  # m001's table (+ m008's synthetic) has no paid_usd, key_prefix
 OLD_INSERT_SQL = f"INSERT INTO answers VALUES ({', '.join('?' * len(OLD_COLUMNS))})"
 
 
@@ -154,6 +155,7 @@ def phase_bare(rows: int, db: Path) -> dict[str, float]:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint=8000")
         MIGRATIONS[0](conn)  # the answers table up to m005: its key is the primary key
+        m008_synthetic_answers(conn)  # its one column more since, last in rows and table
         batch: list[tuple[object, ...]] = []
         for i in range(rows):
             batch.append(_to_row(item(i))[:-2])
@@ -176,6 +178,7 @@ def phase_bare_new(rows: int, db: Path) -> dict[str, float]:
         conn.execute("PRAGMA cache_size=-32768")
         MIGRATIONS[0](conn)
         m006_compact_answers(conn)  # today's answers table
+        m008_synthetic_answers(conn)
         batch: list[tuple[object, ...]] = []
         for i in range(rows):
             batch.append(_to_row(item(i)))

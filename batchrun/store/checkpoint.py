@@ -46,6 +46,7 @@ from batchrun._errors import JobError
 from batchrun._types import Answer, RequestResult, Result
 from batchrun.store.answers import (
     chunks,
+    has_migration,
     insert_new,
     is_compact,
     key_params,
@@ -66,6 +67,7 @@ from batchrun.store.fpkey import fp_key
 from batchrun.store.intents import Intent, IntentIds, IntentLog, settle
 from batchrun.store.keptlimits import KeptLimits, read_kept, write_kept
 from batchrun.store.lock import JobLock
+from batchrun.store.origin import claim_origin
 from batchrun.store.schema import (
     MIGRATIONS,
     claim_for_job,
@@ -101,6 +103,7 @@ Row = tuple[Any, ...]
 # field, ``charges``, goes to ``paid_usd`` (known charges) and the charges table (others).
 _RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result) if f.name != "charges")
 _TS = _RESULT_FIELDS.index("completed_at")
+_SYNTHETIC = _RESULT_FIELDS.index("synthetic")
 _result_values = attrgetter(*_RESULT_FIELDS)
 _ROW_COLUMNS = ("fingerprint", "owner_key", *_RESULT_FIELDS, "paid_usd", "key_prefix")
 
@@ -137,12 +140,15 @@ def _to_row(item: RequestResult) -> Row:
 def _to_answer(row: Row) -> Answer:
     values = list(row[2:])
     values[_TS] = _from_micros(values[_TS])
+    values[_SYNTHETIC] = bool(values[_SYNTHETIC])
     return Answer(row[1], Result(*values))
 
 
 @cache
-def _lookup_sql(params: int, include_failed: bool, compact: bool) -> str:
-    columns = ", ".join(("fingerprint", "owner_key", *_RESULT_FIELDS))
+def _lookup_sql(params: int, include_failed: bool, compact: bool, marked: bool = True) -> str:
+    # Before m008 (a read-only view of an older file) no answer was marked synthetic.
+    fields = [name if marked or name != "synthetic" else "0" for name in _RESULT_FIELDS]
+    columns = ", ".join(("fingerprint", "owner_key", *fields))
     failed = "" if include_failed else " AND status != 'error'"
     return f"SELECT {columns} FROM answers {where_keys(params, compact)}{failed}"
 
@@ -295,6 +301,14 @@ class Checkpoint:
         rows = [(b.digest, b.requests, b.invalid, int(b.errors)) for b in batches]
         with self._using("record done batches"), transaction(self._conn):
             self._conn.executemany("INSERT OR REPLACE INTO done_batches VALUES (?, ?, ?, ?)", rows)
+
+    def claim_endpoint(self, origin: str, *, moved: bool = False, elsewhere: bool = False) -> None:
+        """Record ``origin`` (``store.origin.endpoint_of``) as the endpoint of the job's
+        answers (here, and ``elsewhere``: Ray workers' files hold some); ``JobError``
+        (exit 2) when they came from another one, unless ``moved`` (the same API at a new
+        address). Call before anything is sent."""
+        with self._using("record the endpoint"), transaction(self._conn):
+            claim_origin(self._conn, self.path, origin, moved=moved, elsewhere=elsewhere)
 
     def spent_usd(self) -> float:
         """Spend recorded in this checkpoint over all runs since it was created: every
@@ -506,12 +520,17 @@ def _select_answered(
 
 
 def _select_answers(
-    conn: sqlite3.Connection, fingerprints: Sequence[str], include_failed: bool, compact: bool
+    conn: sqlite3.Connection,
+    fingerprints: Sequence[str],
+    include_failed: bool,
+    compact: bool,
+    marked: bool = True,
 ) -> dict[str, Answer]:
     by_key = {fp_key(fp): fp for fp in fingerprints}  # dedupe keeps many rows to one probe
     found: dict[str, Answer] = {}
     for chunk in chunks(key_params(list(by_key), compact)):
-        for row in conn.execute(_lookup_sql(len(chunk), include_failed, compact), chunk):
+        sql = _lookup_sql(len(chunk), include_failed, compact, marked)
+        for row in conn.execute(sql, chunk):
             fingerprint = by_key.get(row[0])
             if fingerprint is not None:  # not another key with the same prefix
                 found[fingerprint] = _to_answer(row)
@@ -534,6 +553,7 @@ class CheckpointReader:
         self._conn = conn
         with _translated(path, "read its schema"):
             self._compact = is_compact(conn)  # not migrated here: may be an older layout
+            self._marked = has_migration(conn, "m008_synthetic_answers")
 
     @classmethod
     def open(cls, path: Path, *, job_name: str) -> CheckpointReader | None:
@@ -560,7 +580,9 @@ class CheckpointReader:
     ) -> dict[str, Answer]:
         """As ``Checkpoint.lookup``."""
         with _translated(self.path, "look up answers"):
-            return _select_answers(self._conn, fingerprints, include_failed, self._compact)
+            return _select_answers(
+                self._conn, fingerprints, include_failed, self._compact, self._marked
+            )
 
     def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:
         """As ``Checkpoint.answered``."""

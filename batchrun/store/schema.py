@@ -18,6 +18,7 @@ from batchrun.store.batchdone import m005_done_batches
 from batchrun.store.charges import m003_charges
 from batchrun.store.fpkey import m004_binary_keys
 from batchrun.store.intents import m007_intents
+from batchrun.store.origin import m008_synthetic_answers
 
 __all__ = [
     "MIGRATIONS",
@@ -92,6 +93,7 @@ _migration(m004_binary_keys)
 _migration(m005_done_batches)
 _migration(m006_compact_answers)
 _migration(m007_intents)
+_migration(m008_synthetic_answers)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -113,6 +113,7 @@ class RayRun(Run):
             store = ray_dir(self.job)
             if self.options.fresh:
                 clear_ray_dir(self.job)  # under the run lock, as the local file is dropped
+            self._claim_endpoint(ckpt)
             with JobStore(ckpt, store, self.job.name, price=budget_price(self.job)) as every:
                 spent = every.spent_usd()  # both engines' spend, earlier runs included
             self.progress.total = self._total(table)
@@ -240,7 +241,8 @@ class RayRun(Run):
                 stats
             )
 
-        write_batches(path, out_schema.with_metadata(metadata), batches(), footer)
+        schema = out_schema.with_metadata(metadata)
+        write_batches(path, schema, batches(), footer, overwrite=self.options.overwrite)
         return stats
 
     def _collect(self, totals: Totals, stats: OutputStats | None = None) -> None:
@@ -277,6 +279,7 @@ def _merge(stats: OutputStats, counted: dict[str, Any]) -> None:
     stats.by_status.update(Counter(counted["by_status"]))
     stats.shared_rows += counted["shared_rows"]
     stats.shared_cost_usd += counted["shared_cost_usd"]
+    stats.synthetic_rows += counted.get("synthetic_rows", 0)
     for name in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"):
         setattr(stats, name, getattr(stats, name) + counted[name])
     stats.reasoning_tokens += counted["reasoning_tokens"]
