@@ -371,6 +371,7 @@ class Run:
                 "%d rows of %s hold synthetic answers from batchrun's emulator (column synthetic)",
                 stats.synthetic_rows,
                 stats.path,
+                extra={"event": "synthetic_answers", "rows": stats.synthetic_rows},
             )
         exit_code = _exit_code(self.stopped, failed, self.job.limits.max_failed_rows)
         signalled = getattr(self, "signalled", None)
