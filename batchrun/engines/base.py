@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
-from batchrun._errors import JobError
+from batchrun._errors import JobError, add_secret
 from batchrun._version import __version__
 from batchrun.engines.pipeline import Progress
 from batchrun.io.input import InputTable, open_input, validate_keys
@@ -170,12 +170,11 @@ def prepare(job: Job) -> tuple[InputTable, RequestBuilder]:
 def resolve_api_key(job: Job, given: str | None = None, *, why: str = "") -> str:
     """``given``, else the key in ``api.api_key_env``; a ``JobError`` (plus ``why``)
     when that variable is unset or empty."""
-    if given:
-        return given
     name = job.api.api_key_env
-    key = os.environ.get(name, "").strip()
+    key = given or os.environ.get(name, "").strip()
     if not key:
         raise JobError(f"api.api_key_env: environment variable {name} is not set or empty{why}")
+    add_secret(key)
     return key
 
 

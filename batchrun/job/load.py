@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from batchrun._errors import JobError
+from batchrun._errors import JobError, redact
 from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS
 from batchrun.job.config import (
     COLUMN_TYPES,
@@ -46,6 +46,8 @@ from batchrun.job.config import (
     OutputConfig,
     Price,
     RequestConfig,
+    is_store_uri,
+    store_uri_problem,
 )
 from batchrun.job.document import (
     NAME,
@@ -168,6 +170,9 @@ def _optional_text(key: str, value: Any) -> str | None:
 
 def _path(key: str, value: Any) -> str:
     text = _text(key, value)
+    problem = store_uri_problem(text) if is_store_uri(text) else None
+    if problem:
+        _fail(key, f"{_show(redact(text))} {problem}")
     return str(Path(text).expanduser()) if text.startswith("~") else text
 
 
@@ -261,15 +266,15 @@ def _env_name(key: str, value: Any) -> str:
 
 def _base_url(key: str, value: Any) -> str:
     text = _text(key, value)
+    if "@" in text.split("://", 1)[-1].split("/", 1)[0]:  # first: no message may echo it
+        _fail(
+            key, "must not carry credentials; the key comes from the variable api.api_key_env names"
+        )
     try:
         url = urlsplit(text)
         url.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
-        _fail(key, f"{_show(text)} is not a valid URL")
-    if url.username or url.password:  # checked first: the message must not echo a secret
-        _fail(
-            key, "must not carry credentials; the key comes from the variable api.api_key_env names"
-        )
+        _fail(key, f"{_show(redact(text))} is not a valid URL")
     if url.scheme not in ("http", "https") or not url.hostname:
         _fail(key, f"{_show(text)} is not an http:// or https:// URL")
     if url.scheme == "http" and not _is_loopback(url.hostname):

@@ -42,7 +42,7 @@ import anyio.to_thread
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from batchrun._errors import JobError
+from batchrun._errors import JobError, redact
 from batchrun._types import Answer, RequestResult, Result
 from batchrun.store.answers import (
     chunks,
@@ -98,6 +98,12 @@ Row = tuple[Any, ...]
 _RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result) if f.name != "charges")
 _TS = _RESULT_FIELDS.index("completed_at")
 _result_values = attrgetter(*_RESULT_FIELDS)
+# Text an answer or error may echo a secret into (a proxy that quotes the request's
+# headers): redacted before it is stored, so no output cell carries it either.
+_TEXT_FIELDS = tuple(
+    _RESULT_FIELDS.index(name)
+    for name in ("response", "reasoning_content", "tool_calls", "error_message")
+)
 _ROW_COLUMNS = ("fingerprint", "owner_key", *_RESULT_FIELDS, "paid_usd", "key_prefix")
 
 
@@ -126,6 +132,9 @@ def _to_row(item: RequestResult) -> Row:
     request, result = item
     values = list(_result_values(result))
     values[_TS] = _to_micros(values[_TS])
+    for index in _TEXT_FIELDS:
+        if values[index]:
+            values[index] = redact(values[index])
     key = fp_key(request.fingerprint)
     return (key, request.key, *values, own_charge(result), key_prefix(key))
 
