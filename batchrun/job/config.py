@@ -34,6 +34,7 @@ COLUMN_TYPES = ("string", "double", "float", "int64", "int32", "bool", "boolean"
 class InputConfig:
     path: str
     id_column: str | None = None
+    delimiter: str = ","
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,12 @@ def _parquet_path(key: str, value: Any) -> str:
     return text
 
 
+def _delimiter(key: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value) != 1 or value in '"\r\n':
+        _fail(key, f"{_show(value)} must be one character other than a quote or newline, e.g. ';'")
+    return value
+
+
 def _enum(choices: Sequence[str], *, optional: bool = True) -> Check:
     def check(key: str, value: Any) -> str | None:
         if optional and value == "":
@@ -346,6 +352,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     "input": {
         "path": _Key(_path, required=True, text=True),
         "id_column": _Key(_optional_text, text=True),
+        "delimiter": _Key(_delimiter, text=True),
     },
     "api": {
         "base_url": _Key(_base_url, text=True),
@@ -526,5 +533,7 @@ def _config_hash(job: Job) -> str:
     """Versioned so a change of canonical form is detectable (``v1:`` + sha256 hex)."""
     data = asdict(job)
     del data["config_hash"]
+    if data["input"]["delimiter"] == ",":  # a key added later: at its default, hashes stay
+        del data["input"]["delimiter"]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "v1:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
