@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 _SECRETS: set[str] = set()
@@ -45,16 +46,21 @@ def add_secret(value: str | None) -> None:
 
 def redact(text: str) -> str:
     """``text`` without the API key, URL credentials or cloud credential values."""
-    for name in _SECRET_VARIABLES:
-        value = os.environ.get(name)
-        if value and len(value) >= _MIN_SECRET and value in text:
-            text = text.replace(value, MASK)
-    for secret in _SECRETS:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    if "://" in text:
-        text = _USERINFO.sub(MASK + "@", text)
-    return text
+    return redactor()(text)
+
+
+def redactor() -> Callable[[str], str]:
+    """``redact`` with the secrets known now, for many texts at once (a commit's answers)."""
+    secrets = [v for v in map(os.environ.get, _SECRET_VARIABLES) if v and len(v) >= _MIN_SECRET]
+    secrets.extend(_SECRETS)
+
+    def apply(text: str) -> str:
+        for secret in secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return _USERINFO.sub(MASK + "@", text) if "://" in text else text
+
+    return apply
 
 
 def _redacted_args(args: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -232,6 +232,7 @@ class Run:
         self.progress = Progress()
         self.stopped: str | None = None
         self.fatal_message: str | None = None
+        self.has_output = False  # the job's own output is at output.path (see _prepare)
         self.started = time.monotonic()
 
     def execute(self) -> RunSummary:
@@ -240,7 +241,7 @@ class Run:
     def _prepare(self) -> tuple[InputTable, RequestBuilder]:
         """``prepare``, and refuse to replace a file that is not this job's output."""
         prepared = prepare(self.job)
-        check_replaceable(self.job, overwrite=self.options.overwrite)
+        self.has_output = check_replaceable(self.job, overwrite=self.options.overwrite)
         return prepared
 
     def _api_key(self) -> str:

@@ -61,6 +61,7 @@ from batchrun.job.document import (
     substitute,
     toml_literal,
 )
+from batchrun.job.paths import inside_input
 from batchrun.job.template import Template
 
 __all__ = ["load_job", "toml_literal", "validate_job"]
@@ -497,6 +498,13 @@ def _check_output(job: Job) -> None:
         )
     if Path(out.path) == Path(job.input.path):
         _fail("output.path", f"{_show(out.path)} is the input file; the output would replace it")
+    for key, written in (("output.path", out.path), ("output.checkpoint", out.checkpoint)):
+        if written and inside_input(written, job.input.path):
+            _fail(
+                key,
+                f"{_show(written)} is inside input.path {_show(job.input.path)}, so a later "
+                "run would read it as input; write it elsewhere",
+            )
 
 
 def _check_limits(job: Job) -> None:

@@ -42,7 +42,7 @@ import anyio.to_thread
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from batchrun._errors import JobError, redact
+from batchrun._errors import JobError, redactor
 from batchrun._types import Answer, RequestResult, Result
 from batchrun.store.answers import (
     chunks,
@@ -65,6 +65,7 @@ from batchrun.store.charges import (
 from batchrun.store.fpkey import fp_key
 from batchrun.store.keptlimits import KeptLimits, read_kept, write_kept
 from batchrun.store.lock import JobLock
+from batchrun.store.openmark import WalMark, check_whole
 from batchrun.store.schema import MIGRATIONS, migrate, now_iso, transaction
 
 __all__ = ["COMMIT_INTERVAL_S", "COMMIT_ROWS", "MIGRATIONS", "Checkpoint", "CheckpointReader"]
@@ -128,7 +129,7 @@ def _from_micros(micros: int | None) -> datetime | None:
     return None if micros is None else datetime.fromtimestamp(micros / 1e6, UTC)
 
 
-def _to_row(item: RequestResult) -> Row:
+def _to_row(item: RequestResult, redact: Callable[[str], str]) -> Row:
     request, result = item
     values = list(_result_values(result))
     values[_TS] = _to_micros(values[_TS])
@@ -207,6 +208,7 @@ class _Pending:
     charges: list[Row] = field(default_factory=list)
     fingerprints: list[str] = field(default_factory=list)
     deadline: float = math.inf
+    redact: Callable[[str], str] = field(default_factory=redactor)
 
     def add(self, item: RequestResult) -> None:
         if not self.fingerprints:
@@ -216,7 +218,7 @@ class _Pending:
         if result.charges:  # those the answer row does not keep (own_charge)
             self.charges.extend(charge_rows(request, result))
         if result.status != "pending":
-            self.rows.append(_to_row(item))
+            self.rows.append(_to_row(item, self.redact))
 
     def due(self) -> bool:
         return len(self.fingerprints) >= COMMIT_ROWS or anyio.current_time() >= self.deadline
@@ -224,6 +226,7 @@ class _Pending:
     def clear(self) -> None:
         self.rows, self.charges, self.fingerprints = [], [], []
         self.deadline = math.inf
+        self.redact = redactor()
 
 
 def _drain_buffered(
@@ -251,19 +254,25 @@ class Checkpoint:
     guarded by a lock so only one thread uses it at a time.
     """
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, lock: JobLock) -> None:
+    def __init__(
+        self, path: Path, conn: sqlite3.Connection, lock: JobLock, wal_mark: WalMark
+    ) -> None:
         self.path = path
         self._conn = conn
         self._job_lock: JobLock | None = lock
         self._mutex = threading.Lock()
+        self._wal_mark = wal_mark
 
     @classmethod
-    def open(cls, path: Path, *, job_name: str, fresh: bool = False) -> Checkpoint:
+    def open(
+        cls, path: Path, *, job_name: str, fresh: bool = False, has_output: bool = False
+    ) -> Checkpoint:
         """Open (or create) the checkpoint at ``path`` and take the job's run lock.
 
         ``fresh=True`` starts over: earlier answers (and their spend) are dropped.
         Raises ``LockedError`` naming the running pid if another run holds the
-        lock, ``JobError`` if the file is unreadable or belongs to another job.
+        lock, ``JobError`` if the file is unreadable, belongs to another job, or lost
+        its answers (``store.openmark``; ``has_output``: the job has written its output).
         """
         path = Path(path)
         with _translated(path, "create its directory"):
@@ -271,14 +280,18 @@ class Checkpoint:
         with _translated(path, "take the run lock"):
             lock = JobLock.acquire(path)
         try:
-            conn = cls._open_database(path, job_name=job_name, fresh=fresh)
+            if not fresh:
+                check_whole(path, has_output)
+            conn, wal_mark = cls._open_database(path, job_name=job_name, fresh=fresh)
         except BaseException:
             lock.release()
             raise
-        return cls(path, conn, lock)
+        return cls(path, conn, lock, wal_mark)
 
     @staticmethod
-    def _open_database(path: Path, *, job_name: str, fresh: bool) -> sqlite3.Connection:
+    def _open_database(
+        path: Path, *, job_name: str, fresh: bool
+    ) -> tuple[sqlite3.Connection, WalMark]:
         # Under the lock, so starting over cannot pull the file from under a live run.
         with _translated(path, "open it"):
             if fresh:
@@ -287,10 +300,12 @@ class Checkpoint:
         try:
             with _translated(path, "read its job name"):
                 _claim_for_job(conn, path, job_name)
+            with _translated(path, "mark it open"):
+                wal_mark = WalMark(conn, path)  # set before the first answer is stored
         except BaseException:
             conn.close()
             raise
-        return conn
+        return conn, wal_mark
 
     def lookup(
         self, fingerprints: Sequence[str], *, include_failed: bool = True
@@ -419,6 +434,8 @@ class Checkpoint:
             self._conn.executemany(INSERT_CHARGES_SQL, charges)  # first: answers read them
             _insert_rows(self._conn, rows)
             self._conn.execute(_COUNT_COMMIT_SQL)
+        with self._using("mark it open"):
+            self._wal_mark.keep()
 
     def commits(self) -> int:
         """How many commits of answers this file has had: an output written at one count
