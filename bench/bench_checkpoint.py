@@ -37,6 +37,7 @@ from pathlib import Path
 
 import anyio
 
+from batchrun._errors import redactor
 from batchrun._types import Charge, Request, Result
 from batchrun.store.answers import insert_new
 from batchrun.store.checkpoint import _ROW_COLUMNS, COMMIT_ROWS, MIGRATIONS, Checkpoint, _to_row
@@ -121,8 +122,9 @@ def phase_bare(rows: int, db: Path) -> dict[str, float]:
         conn.execute("PRAGMA wal_autocheckpoint=8000")
         MIGRATIONS[0](conn)  # the answers table up to m005: its key is the primary key
         batch: list[tuple[object, ...]] = []
+        redact = redactor()  # as the writer builds its rows
         for i in range(rows):
-            batch.append(_to_row(item(i))[:-2])
+            batch.append(_to_row(item(i), redact)[:-2])
             if len(batch) == COMMIT_ROWS or i == rows - 1:
                 conn.execute("BEGIN")
                 conn.executemany(OLD_INSERT_SQL, batch)
@@ -143,8 +145,9 @@ def phase_bare_new(rows: int, db: Path) -> dict[str, float]:
         MIGRATIONS[0](conn)
         MIGRATIONS[-1](conn)  # m006: today's answers table
         batch: list[tuple[object, ...]] = []
+        redact = redactor()  # as the writer builds its rows
         for i in range(rows):
-            batch.append(_to_row(item(i)))
+            batch.append(_to_row(item(i), redact))
             if len(batch) == COMMIT_ROWS or i == rows - 1:
                 conn.execute("BEGIN")
                 insert_new(conn, _ROW_COLUMNS, batch)
