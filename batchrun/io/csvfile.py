@@ -7,9 +7,10 @@ that block size for its later reads. Quoted values may span lines.
 
 A file whose structure is broken fails with the line to look at: a row with a different
 number of fields than the header (pyarrow says only that there is one), and a quote
-never closed (pyarrow would read the rest of the file into that one cell). Quotes are
-counted as the file streams; an odd count at the end means a quote left open or a stray
-one inside an unquoted value, and a pass of Python's ``csv`` module tells which, and where.
+never closed (pyarrow would read the rest of the file into that one cell). The header
+check counts the file's quotes (one quick read); an odd count means a quote left open or
+a stray one inside an unquoted value, and a pass of Python's ``csv`` module tells which,
+and where, before anything is sent.
 A header that is one column but splits on ``;``, a tab or ``|`` names the delimiter to set.
 """
 
@@ -47,6 +48,10 @@ def csv_header(found: Found, delimiter: str) -> list[str]:
             break
         except pa.ArrowInvalid as exc:
             _recover(found, delimiter, block, exc)
+    if _odd_quotes(found):
+        problem = locate_problem(found, delimiter)
+        if problem:
+            raise InputError(f"{found.name}: {problem}")
     if len(names) == 1:
         for other, shown in _OTHER_DELIMITERS.items():
             if other != delimiter and other in names[0]:
@@ -66,8 +71,7 @@ def csv_batches(
         block = _block_sizes.get(found.name, FIRST_BLOCK)
         seen = 0
         try:
-            with found.fs.open_input_stream(found.path) as raw:
-                stream = _QuoteCounting(raw)
+            with found.fs.open_input_stream(found.path) as stream:
                 for batch in _open(stream, delimiter, block, convert):
                     if seen + batch.num_rows > handed_on:
                         yield batch.slice(max(handed_on - seen, 0))
@@ -76,19 +80,15 @@ def csv_batches(
         except pa.ArrowInvalid as exc:
             _recover(found, delimiter, block, exc)
             continue
-        if stream.quotes % 2:
-            problem = locate_problem(found, delimiter)
-            if problem:
-                raise InputError(f"{found.name}: {problem}")
         return
 
 
 def _open(
-    stream: object, delimiter: str, block: int, convert: pacsv.ConvertOptions | None = None
+    stream: pa.NativeFile, delimiter: str, block: int, convert: pacsv.ConvertOptions | None = None
 ) -> pacsv.CSVStreamingReader:
     read = pacsv.ReadOptions(block_size=block)
     parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
-    # pyarrow-stubs miss that open_csv takes pyarrow's own NativeFile or a Python file.
+    # pyarrow-stubs miss that open_csv takes pyarrow's own NativeFile.
     return pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)  # type: ignore[arg-type]
 
 
@@ -106,27 +106,13 @@ def _recover(found: Found, delimiter: str, block: int, exc: pa.ArrowInvalid) -> 
     raise exc
 
 
-class _QuoteCounting:
-    """A read-only file over a pyarrow stream that counts the quotes read through it."""
-
-    def __init__(self, stream: pa.NativeFile) -> None:
-        self._stream = stream
-        self.quotes = 0
-        self.closed = False
-
-    def read(self, nbytes: int = -1) -> bytes:
-        data = self._stream.read(None if nbytes < 0 else nbytes)
-        self.quotes += data.count(b'"')
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
+def _odd_quotes(found: Found) -> bool:
+    """Whether the file holds an odd number of quotes (a quick read of its bytes)."""
+    quotes = 0
+    with found.fs.open_input_stream(found.path) as stream:
+        while chunk := stream.read(8 << 20):
+            quotes += chunk.count(b'"')
+    return quotes % 2 == 1
 
 
 def locate_problem(found: Found, delimiter: str) -> str | None:
