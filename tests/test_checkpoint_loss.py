@@ -17,6 +17,7 @@ from conftest import run_batchrun, start_batchrun, wait_for_requests, write_job
 
 from batchrun._errors import JobError
 from batchrun._types import Request, Result
+from batchrun.job.paths import inside_input
 from batchrun.store.checkpoint import Checkpoint
 
 CKPT = "out.parquet.ckpt.sqlite"
@@ -172,3 +173,30 @@ async def test_a_fold_by_anyone_keeps_the_file_whole_and_the_writer_marks_again(
             Checkpoint.open(lost, job_name="j")
     _fold(path)  # an outside client after the run, as `sqlite3 ckpt "select ..."` is
     Checkpoint.open(path, job_name="j").close()
+
+
+@pytest.mark.parametrize(
+    ("written", "spec", "inside"),
+    [
+        ("data/out.parquet", "data", True),
+        ("data/sub/out.parquet", "data/", True),
+        ("data/_out.parquet", "data", False),  # discovery skips _ and . names
+        ("data/.out/o.parquet", "data", False),
+        ("data-out/out.parquet", "data", False),
+        ("data/o.parquet", "data/*.parquet", True),
+        ("data/sub/o.parquet", "data/*.parquet", False),  # * stays in one directory
+        ("data/sub/o.parquet", "data/**/*.parquet", True),
+        ("data/o.parquet", "data/**/*.parquet", True),
+        ("data/o.parquet", "data/*.csv", False),
+        ("data/.o.parquet", "data/*", False),  # * skips hidden names
+        ("s3://b/in/o.parquet", "s3://b/in/", True),
+        ("s3://b/inx/o.parquet", "s3://b/in", False),
+        ("s3://b/in/o.parquet", "s3://b/in/*.parquet", True),
+        ("s3://b/in/o.parquet", "in", False),
+    ],
+)
+def test_inside_input_follows_how_input_files_are_found(
+    written: str, spec: str, inside: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert inside_input(written, spec) is inside
