@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
@@ -107,8 +108,9 @@ def complete(
 
     ``options`` are ``[request]``, ``[limits]``, ``[api]`` or ``[output]`` keys
     (``max_completion_tokens=64``, ``concurrency=16``, ``parse="json"``, ...).
-    Answers are checkpointed (by default under the system temp directory, keyed
-    by the request settings), so running the same cell again pays for nothing.
+    Answers are checkpointed (by default in ``$XDG_CACHE_HOME/batchrun``, else
+    ``~/.cache/batchrun``, keyed by the request settings), so running the same cell
+    again pays for nothing.
 
     >>> out = batchrun.complete(df, prompt="Sentiment of: {text}", model="gpt-5.5",
     ...                         max_completion_tokens=16, emulate=True)  # doctest: +SKIP
@@ -157,10 +159,9 @@ def _notebook_job(
     # Emulated answers and answers from another endpoint must never be reused as real ones.
     settings = (request, sorted(picked["output"].items()), sorted(picked["api"].items()))
     digest = hashlib.sha256(repr((*settings, synthetic)).encode()).hexdigest()
-    default_ckpt = Path(tempfile.gettempdir()) / "batchrun" / f"complete-{digest[:16]}.sqlite"
     output = OutputConfig(
         path=str(source.with_name("output.parquet")),
-        checkpoint=str(checkpoint or default_ckpt),
+        checkpoint=str(checkpoint or _private_file(f"complete-{digest[:16]}.sqlite")),
         **picked["output"],
     )
     job = Job(
@@ -175,6 +176,31 @@ def _notebook_job(
     from batchrun.job.load import validate_job
 
     return validate_job(job)
+
+
+def _private_file(name: str) -> Path:
+    """``name`` in the user's own cache directory, ``$XDG_CACHE_HOME/batchrun`` (by default
+    ``~/.cache/batchrun``), made 0700; the file and its lock are made 0600 (SQLite gives
+    its ``-wal`` and ``-shm`` the file's mode). A directory another user owns is refused:
+    whoever owns it could read the answers, or plant some to be returned unpaid."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    directory = base / "batchrun"
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner = directory.stat().st_uid
+        if owner != os.getuid():
+            raise JobError(
+                f"complete(): {directory} belongs to another user (uid {owner}); "
+                "set XDG_CACHE_HOME to a directory of yours, or pass checkpoint="
+            )
+        directory.chmod(0o700)
+        path = directory / name
+        for file in (path, Path(f"{path}.lock")):
+            os.close(os.open(file, os.O_RDWR | os.O_CREAT, 0o600))
+            file.chmod(0o600)  # one made before, with the default mode
+    except OSError as exc:
+        raise JobError(f"complete(): cannot use {directory} for answers: {exc}") from None
+    return path
 
 
 def _field_names(cls: type) -> set[str]:

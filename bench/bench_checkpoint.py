@@ -41,12 +41,14 @@ from pathlib import Path
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from batchrun._errors import redactor
 from batchrun._types import Charge, Request, Result
 from batchrun.store.answers import insert_new, m006_compact_answers
-from batchrun.store.checkpoint import _ROW_COLUMNS, COMMIT_ROWS, MIGRATIONS, Checkpoint, _to_row
+from batchrun.store.checkpoint import COMMIT_ROWS, MIGRATIONS, Checkpoint
 from batchrun.store.fpkey import fp_key
 from batchrun.store.intents import IntentLog
 from batchrun.store.origin import m008_synthetic_answers
+from batchrun.store.rows import ROW_COLUMNS, to_row
 
 LOOKUP_BATCH = 4096
 BODY = {"model": "gpt-5.5", "messages": [{"role": "user", "content": "..."}]}
@@ -144,7 +146,7 @@ def phase_write_ahead(rows: int, db: Path) -> dict[str, float]:
     return figures
 
 
-OLD_COLUMNS = _ROW_COLUMNS[:-2]  # m001's table (+ m008's synthetic) has no paid_usd, key_prefix
+OLD_COLUMNS = ROW_COLUMNS[:-2]  # m001's table (+ m008's synthetic) has no paid_usd, key_prefix
 OLD_INSERT_SQL = f"INSERT INTO answers VALUES ({', '.join('?' * len(OLD_COLUMNS))})"
 
 
@@ -157,8 +159,9 @@ def phase_bare(rows: int, db: Path) -> dict[str, float]:
         MIGRATIONS[0](conn)  # the answers table up to m005: its key is the primary key
         m008_synthetic_answers(conn)  # its one column more since, last in rows and table
         batch: list[tuple[object, ...]] = []
+        redact = redactor()  # as the writer builds its rows
         for i in range(rows):
-            batch.append(_to_row(item(i))[:-2])
+            batch.append(to_row(item(i), redact)[:-2])
             if len(batch) == COMMIT_ROWS or i == rows - 1:
                 conn.execute("BEGIN")
                 conn.executemany(OLD_INSERT_SQL, batch)
@@ -180,11 +183,12 @@ def phase_bare_new(rows: int, db: Path) -> dict[str, float]:
         m006_compact_answers(conn)  # today's answers table
         m008_synthetic_answers(conn)
         batch: list[tuple[object, ...]] = []
+        redact = redactor()  # as the writer builds its rows
         for i in range(rows):
-            batch.append(_to_row(item(i)))
+            batch.append(to_row(item(i), redact))
             if len(batch) == COMMIT_ROWS or i == rows - 1:
                 conn.execute("BEGIN")
-                insert_new(conn, _ROW_COLUMNS, batch)
+                insert_new(conn, ROW_COLUMNS, batch)
                 conn.execute("COMMIT")
                 batch = []
         conn.close()

@@ -8,13 +8,13 @@ a temporary directory; delete it afterwards: 10M rows take about 6 GB).
 
 - (a) checkpoint write cost per row: ``live`` is a real run (``run_job_file`` in this
   process) of ``--live-rows`` rows against the emulator at zero latency, with the
-  writer's ``_to_row`` and ``_insert`` timed from inside; ``write_results`` stores
+  writer's ``to_row`` and ``_insert`` timed from inside; ``write_results`` stores
   ``--write-rows`` answers into a checkpoint of their own.
 - set-up: the state a finished run leaves, built in bulk, NOT by a run (a run of 10M
   rows, or 10M answers through ``write_results``, would take most of an hour here):
   ``write_output`` walks the input as a run's output pass does, with a stand-in lookup
   that answers every row; the builder's rows are appended, in the checkpoint module's own row
-  format (``_to_row``, ``charge_rows``), to an unindexed side database, then copied
+  format (``to_row``, ``charge_rows``), to an unindexed side database, then copied
   into the real checkpoint (``Checkpoint.open``: real schema and migrations) in key
   order; every input batch is recorded as done and the output's footer names them
   (``batchrun.written_from``), as a finished run leaves them.
@@ -59,6 +59,7 @@ from batchrun.engines.local import BATCH_ROWS, _DoneBatches
 from batchrun.job.load import load_job
 from batchrun.output.table import write_output
 from batchrun.store import checkpoint as _checkpoint
+from batchrun.store import rows as _rows
 from batchrun.store.answers import key_prefix
 from batchrun.store.batchdone import WRITTEN_FROM_KEY, batch_digest, output_state, request_key
 from batchrun.store.charges import charge_rows
@@ -183,8 +184,8 @@ class _Stopwatch:
 def live_run(source: Path, workdir: Path, rows: int) -> Figures:
     """(a) A real run, with the checkpoint writer's two steps timed from inside."""
     to_row, insert = _Stopwatch(), _Stopwatch()
-    original_to_row, original_insert = _checkpoint._to_row, Checkpoint._insert
-    _checkpoint._to_row = to_row.wrap(original_to_row)
+    original_to_row, original_insert = _checkpoint.to_row, Checkpoint._insert
+    _checkpoint.to_row = to_row.wrap(original_to_row)
     Checkpoint._insert = insert.wrap(original_insert)  # type: ignore[method-assign]
     try:
         with EmulatorProcess([], quiet=True) as emu:
@@ -193,7 +194,7 @@ def live_run(source: Path, workdir: Path, rows: int) -> Figures:
             summary = run_job_file(job, options=RunOptions(api_key=KEY))
             wall = time.perf_counter() - started
     finally:
-        _checkpoint._to_row, Checkpoint._insert = original_to_row, original_insert
+        _checkpoint.to_row, Checkpoint._insert = original_to_row, original_insert
     assert summary.by_status == {"ok": rows}, summary.by_status
     writer = to_row.seconds + insert.seconds
     return {
@@ -273,11 +274,11 @@ class _Staging:
         self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=OFF")
         self.conn.execute("PRAGMA synchronous=OFF")
-        columns = ", ".join(_checkpoint._ROW_COLUMNS)
+        columns = ", ".join(_rows.ROW_COLUMNS)
         self.conn.execute(f"CREATE TABLE answers ({columns})")
         self.conn.execute("CREATE TABLE charges (fingerprint, cost_usd, usage_known, at)")
         self.result = _result(now)
-        self.marks = ", ".join("?" * len(_checkpoint._ROW_COLUMNS))
+        self.marks = ", ".join("?" * len(_rows.ROW_COLUMNS))
 
         self.owners: dict[str, str] = {}
 
@@ -291,7 +292,8 @@ class _Staging:
         self.owners = {request.fingerprint: request.key for request, _ in pairs}
         self.conn.execute("BEGIN")
         self.conn.executemany(
-            f"INSERT INTO answers VALUES ({self.marks})", map(_checkpoint._to_row, pairs)
+            f"INSERT INTO answers VALUES ({self.marks})",
+            (_checkpoint.to_row(pair, str) for pair in pairs),
         )
         self.conn.executemany(
             "INSERT INTO charges VALUES (?, ?, ?, ?)",
@@ -343,7 +345,7 @@ def _bulk_copy(conn: sqlite3.Connection, staging: Path) -> None:
     conn.execute("PRAGMA journal_mode=DELETE")  # a load from scratch needs no WAL
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("ATTACH DATABASE ? AS staging", (str(staging),))
-    columns = ", ".join(_checkpoint._ROW_COLUMNS)
+    columns = ", ".join(_rows.ROW_COLUMNS)
     conn.execute("BEGIN")
     conn.execute("DROP INDEX answers_by_prefix")  # m006's, made again below
     conn.execute(f"INSERT INTO answers ({columns}) SELECT * FROM staging.answers ORDER BY rowid")
@@ -464,7 +466,7 @@ def print_table(rows: int, f: dict[str, Figures]) -> None:
         a = f["live"]
         lines += [
             ("(a) live run, 0 ms: rows per second", f"{a['rows_per_s']:.0f}", None),
-            ("    writer per row (_to_row + _insert)", f"{a['writer_us']:.1f} us", None),
+            ("    writer per row (to_row + _insert)", f"{a['writer_us']:.1f} us", None),
             ("    writer share of the run's wall time", f"{a['writer_share']:.1%}", None),
         ]
     if "write" in f:

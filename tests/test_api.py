@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,13 @@ def emu(emulator: EmulatorProcess, monkeypatch: pytest.MonkeyPatch) -> EmulatorP
     emulator.reset()
     monkeypatch.setenv(KEY_ENV, "sk-test")
     return emulator
+
+
+@pytest.fixture(autouse=True)
+def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """complete()'s default checkpoints go to this test's own cache directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 @pytest.fixture
@@ -180,3 +189,38 @@ def test_complete_keeps_emulated_answers_apart_from_real_ones(tmp_path: Path) ->
 
     assert default_checkpoint(True) != default_checkpoint(False)
     assert default_checkpoint(False) == default_checkpoint(False)
+
+
+def test_complete_keeps_its_default_checkpoint_private(
+    cache_home: Path, reviews: pd.DataFrame, emu: EmulatorProcess
+) -> None:
+    def call() -> pd.DataFrame:
+        return batchrun.complete(
+            reviews, prompt="{text}", model="gpt-5.5", base_url=emu.base_url, api_key_env=KEY_ENV
+        )
+
+    call()
+    directory = cache_home / "batchrun"
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    files = sorted(directory.iterdir())
+    assert [f.name.split(".", 1)[1] for f in files] == ["sqlite", "sqlite.lock"]
+    assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o600}
+    # The answers are this user's alone; a second call pays for nothing.
+    billed = emu.ledger()["requests_billed"]
+    call()
+    assert billed == len(reviews) and emu.ledger()["requests_billed"] == billed
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+def test_complete_refuses_a_cache_directory_another_user_owns(
+    cache_home: Path, reviews: pd.DataFrame, emu: EmulatorProcess
+) -> None:
+    planted = cache_home / "batchrun"
+    planted.mkdir(parents=True)
+    planted.chmod(0o777)
+    os.chown(planted, 4242, 4242)
+    with pytest.raises(batchrun.JobError, match=r"belongs to another user \(uid 4242\)"):
+        batchrun.complete(
+            reviews, prompt="{text}", model="gpt-5.5", base_url=emu.base_url, api_key_env=KEY_ENV
+        )
+    assert emu.ledger()["requests_received"] == 0 and not list(planted.iterdir())

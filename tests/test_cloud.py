@@ -92,6 +92,21 @@ def test_demo_job_reads_and_writes_the_bucket(
     assert list(listed.table["rows"]) == [300, 300]
 
 
+def test_only_the_output_object_appears_under_the_output_prefix(
+    store: dict[str, Any], tmp_path: Path, emulator: Any
+) -> None:
+    emu = emulator()
+    job = write_job(tmp_path, rows=50)
+    out = f"s3://{store['bucket']}/out/date=2026-11-25/reviews.parquet"
+    args = [job.name, f"--set=output.path={out}", f'--set=api.base_url="{emu.base_url}"']
+    for extra in ([], ["--retry-failed"], ["--fresh"]):  # written, kept, written again
+        done = batchrun(tmp_path, store, "run", *args, "--quiet", *extra)
+        assert done.returncode == 0, done.stderr
+        listed = store["client"].list_objects_v2(Bucket=store["bucket"])
+        assert [o["Key"] for o in listed["Contents"]] == ["out/date=2026-11-25/reviews.parquet"]
+    assert read_output(out).num_rows == 50
+
+
 def _sets(sets: list[str], *, rpm: int) -> list[str]:
     args = [f"--set={item}" for item in sets]
     return [*args, f"--set=limits.requests_per_minute={rpm}"]

@@ -155,7 +155,7 @@ def test_non_utf8_csv_names_byte_offset_and_line(tmp_path: Path) -> None:
 
 def test_ragged_csv_row(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "r.csv", "id,text\n1,a\n2,b,c\n")
-    with pytest.raises(InputError, match=r"r.csv: cannot read CSV: .*Expected 2 columns, got 3"):
+    with pytest.raises(InputError, match=r"r.csv: line 3: 3 fields, but the header has 2$"):
         list(open_input(make_job(path)).batches())
 
 

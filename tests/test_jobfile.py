@@ -115,6 +115,11 @@ BAD_JOBS: list[tuple[str, dict[str, str | None], str]] = [
     ("input-path-missing", {"input.path": None}, "input.path: missing; it is required"),
     ("input-path-empty", {"input.path": '""'}, "input.path: must not be empty"),
     ("id-column-type", {"input.id_column": "5"}, "input.id_column: must be a string, got 5"),
+    (
+        "delimiter-long",
+        {"input.delimiter": '";;"'},
+        "input.delimiter: ';;' must be one character other than a quote or newline",
+    ),
     # [api]
     (
         "base-url-scheme",

@@ -158,6 +158,9 @@ class EmulatorApp:
         except ApiError as error:
             await self._error(send, error, [])
             return
+        if self.config.echo_key and request.stream:
+            await _respond(send, 200, _echoing_error(scope), _SSE)
+            return
         await self._admitted(send, body, request)
 
     async def _admitted(self, send: Send, body: dict[str, Any], request: ChatRequest) -> None:
@@ -294,6 +297,14 @@ async def _read_body(receive: Receive) -> bytes:
         message = await receive()
         chunks.append(message.get("body", b""))
     return b"".join(chunks)
+
+
+def _echoing_error(scope: Scope) -> bytes:
+    """A stream whose only event is an error quoting the request's Authorization header,
+    as a careless proxy does."""
+    auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+    error = {"message": f"upstream refused the request (authorization: {auth})"}
+    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: Headers = _JSON) -> None:

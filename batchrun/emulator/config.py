@@ -35,6 +35,7 @@ class EmulatorConfig:
     context_tokens: int | None = None  # longer prompts get a 400, as a model's context window
     api_keys: tuple[str, ...] = ()  # empty: any key starting "sk-"
     allow_remote: bool = False
+    echo_key: bool = False  # streamed answers are an error chunk quoting the API key
     parent_watch: bool = False  # exit when stdin reaches EOF (parent died)
 
     def accepts_key(self, key: str) -> bool:
@@ -90,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="every chat answer (429s too) carries this header literally, in place of any "
         "of that name (e.g. retry-after=NaN); repeatable",
     )
+    add(
+        "--echo-key",
+        action="store_true",
+        help="answer every streamed request with an SSE error chunk that quotes its "
+        "Authorization header (a proxy that leaks the key)",
+    )
     add("--parent-watch", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -128,6 +135,7 @@ def parse_config(argv: Sequence[str]) -> EmulatorConfig:
         context_tokens=args.context_tokens,
         api_keys=tuple(args.api_key),
         allow_remote=args.allow_remote,
+        echo_key=args.echo_key,
         parent_watch=args.parent_watch,
     )
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
-from batchrun._errors import JobError
+from batchrun._errors import JobError, add_secret
 from batchrun._version import __version__
 from batchrun.engines.pipeline import Progress
 from batchrun.engines.reason import Outcome, exit_reason
@@ -191,12 +191,11 @@ def prepare(job: Job) -> tuple[InputTable, RequestBuilder]:
 def resolve_api_key(job: Job, given: str | None = None, *, why: str = "") -> str:
     """``given``, else the key in ``api.api_key_env``; a ``JobError`` (plus ``why``)
     when that variable is unset or empty."""
-    if given:
-        return given
     name = job.api.api_key_env
-    key = os.environ.get(name, "").strip()
+    key = given or os.environ.get(name, "").strip()
     if not key:
         raise JobError(f"api.api_key_env: environment variable {name} is not set or empty{why}")
+    add_secret(key)
     return key
 
 
@@ -264,6 +263,7 @@ class Run:
         self.progress = Progress()
         self.stopped: str | None = None
         self.fatal_message: str | None = None
+        self.has_output = False  # the job's own output is at output.path (see _prepare)
         self.started = time.monotonic()
 
     def execute(self) -> RunSummary:
@@ -272,7 +272,7 @@ class Run:
     def _prepare(self) -> tuple[InputTable, RequestBuilder]:
         """``prepare``, and refuse to replace a file that is not this job's output."""
         prepared = prepare(self.job)
-        check_replaceable(self.job, overwrite=self.options.overwrite)
+        self.has_output = check_replaceable(self.job, overwrite=self.options.overwrite)
         return prepared
 
     def _claim_endpoint(self, ckpt: Checkpoint) -> None:

@@ -60,7 +60,10 @@ class LocalRun(Run):
         api_key = self._api_key()
         with (
             Checkpoint.open(
-                self.job.output.checkpoint_path, job_name=self.job.name, fresh=self.options.fresh
+                self.job.output.checkpoint_path,
+                job_name=self.job.name,
+                fresh=self.options.fresh,
+                has_output=self.has_output,
             ) as own,
             local_store(own, self.job) as ckpt,  # answers and spend of both engines' files
         ):

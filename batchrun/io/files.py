@@ -26,11 +26,11 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-from batchrun.job.config import is_store_uri
+from batchrun._errors import JobError, redact
+from batchrun.job.config import is_store_uri, store_uri_problem
 
 IGNORED_PREFIXES = (".", "_")
 _GLOB_CHARS = frozenset("*?[")
-_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
 class NotFound(Exception):
@@ -65,6 +65,9 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem holding ``location`` and the path within it."""
     if not is_remote(location):
         return _local(), location
+    problem = store_uri_problem(location)
+    if problem:
+        raise JobError(f"{location} {problem}")  # redacted, as every message is
     parts = urlsplit(location)
     scheme, bucket = parts.scheme.lower(), parts.netloc
     path = f"{bucket}{parts.path}".rstrip("/") if parts.path != "/" else bucket
@@ -284,11 +287,11 @@ def describe(location: str, exc: BaseException) -> str:
     """One line naming ``location`` and the cause of a store or file error, no secret."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if not is_remote(location):
-        return f"{location}: {_redacted(text)}"
+        return f"{location}: {redact(text)}"
     cause = _cause(text)
     if cause in (None, _DENIED, _DENIED_HEAD) and not _has_credentials(location):
         cause = _NO_CREDENTIALS
-    return f"{location}: {cause or _short(_redacted(text))}"
+    return f"{location}: {cause or _short(redact(text))}"
 
 
 _CREDENTIALS_HINT = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE"
@@ -349,16 +352,8 @@ def _short(text: str) -> str:
 
 
 def _endpoint() -> str:
-    return (
+    return redact(
         os.environ.get("AWS_ENDPOINT_URL_S3")
         or os.environ.get("AWS_ENDPOINT_URL")
         or "the store's default endpoint"
     )
-
-
-def _redacted(text: str) -> str:
-    for name in _SECRET_VARIABLES:
-        secret = os.environ.get(name)
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text

@@ -31,6 +31,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from batchrun._errors import InputError
+from batchrun.io.csvfile import csv_batches, csv_header
 from batchrun.io.files import Found, NotFound, describe, find, is_remote, resolve
 from batchrun.job.config import Job
 
@@ -43,6 +44,7 @@ _GLOB_CHARS = frozenset("*?[")
 class _File:
     found: Found
     schema: pa.Schema
+    delimiter: str = ","
 
     @property
     def name(self) -> str:
@@ -104,7 +106,7 @@ class InputTable:
 def open_input(job: Job) -> InputTable:
     """Open ``job.input.path``; raises ``InputError`` naming the file and the problem."""
     paths = _resolve(job.input.path)
-    files = [_open_file(p) for p in paths]
+    files = [_open_file(p, job.input.delimiter) for p in paths]
     schema = _unify(files)
     _check_id_column(job.input.id_column, schema)
     return InputTable(files, schema)
@@ -227,16 +229,14 @@ def _resolve(spec: str) -> list[Found]:
 # --- opening files and unifying schemas -------------------------------------------
 
 
-def _open_file(found: Found) -> _File:
+def _open_file(found: Found, delimiter: str) -> _File:
     with _translating(found.name):
         if found.suffix == ".csv":
-            # Reads the first block only, for the header's column names.
-            with _csv_reader(found) as reader:
-                names = reader.schema.names
+            names = csv_header(found, delimiter)
             schema = pa.schema([(name, pa.string()) for name in names])
         else:
             schema = _parquet(found).schema_arrow
-    return _File(found, schema.remove_metadata())
+    return _File(found, schema.remove_metadata(), delimiter)
 
 
 def _unify(files: Sequence[_File]) -> pa.Schema:
@@ -273,19 +273,7 @@ def _read_csv(file: _File, names: Sequence[str], batch_size: int) -> Iterator[pa
         strings_can_be_null=True,
         null_values=[""],
     )
-    with _csv_reader(file.found, convert) as reader:
-        yield from reader
-
-
-@contextmanager
-def _csv_reader(
-    found: Found, convert: pacsv.ConvertOptions | None = None
-) -> Iterator[pacsv.CSVStreamingReader]:
-    """A streaming CSV reader over a stream of the file (ranged reads on a store)."""
-    with found.fs.open_input_stream(found.path) as stream:
-        read = pacsv.ReadOptions(block_size=1 << 20)
-        # pyarrow-stubs miss that open_csv takes pyarrow's own NativeFile.
-        yield pacsv.open_csv(stream, read_options=read, convert_options=convert)  # type: ignore[arg-type]
+    yield from csv_batches(file.found, file.delimiter, convert)
 
 
 def _parquet(found: Found) -> pq.ParquetFile:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ COLUMN_TYPES = ("string", "double", "float", "int64", "int32", "bool", "boolean"
 class InputConfig:
     path: str
     id_column: str | None = None
+    delimiter: str = ","
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,22 @@ STORE_SCHEMES = ("s3", "gs", "gcs")
 def is_store_uri(location: str) -> bool:
     """Whether ``location`` is an object-store URI (``s3://``, ``gs://``)."""
     return "://" in location and urlsplit(location).scheme.lower() in STORE_SCHEMES
+
+
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def store_uri_problem(location: str) -> str | None:
+    """What is wrong with an object-store URI (None when nothing is), never quoting it."""
+    netloc = location.split("://", 1)[1].split("/", 1)[0]
+    if "@" in netloc:
+        return (
+            "must not carry credentials (they come from AWS_* variables or profiles, "
+            "or GOOGLE_APPLICATION_CREDENTIALS)"
+        )
+    if not _BUCKET.fullmatch(netloc):
+        return "is not a valid object-store URI; write s3://BUCKET/KEY or gs://BUCKET/KEY"
+    return None
 
 
 def state_dir() -> Path:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from batchrun._errors import JobError
+from batchrun._errors import JobError, redact
 from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS
 from batchrun.job.config import (
     COLUMN_TYPES,
@@ -46,6 +46,8 @@ from batchrun.job.config import (
     OutputConfig,
     Price,
     RequestConfig,
+    is_store_uri,
+    store_uri_problem,
 )
 from batchrun.job.document import (
     NAME,
@@ -59,6 +61,7 @@ from batchrun.job.document import (
     substitute,
     toml_literal,
 )
+from batchrun.job.paths import inside_input
 from batchrun.job.template import Template
 
 __all__ = ["load_job", "toml_literal", "validate_job"]
@@ -168,6 +171,9 @@ def _optional_text(key: str, value: Any) -> str | None:
 
 def _path(key: str, value: Any) -> str:
     text = _text(key, value)
+    problem = store_uri_problem(text) if is_store_uri(text) else None
+    if problem:
+        _fail(key, f"{_show(redact(text))} {problem}")
     return str(Path(text).expanduser()) if text.startswith("~") else text
 
 
@@ -180,6 +186,12 @@ def _parquet_path(key: str, value: Any) -> str:
     if not text.lower().endswith(".parquet"):
         _fail(key, f"{_show(text)} must end in .parquet")
     return text
+
+
+def _delimiter(key: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value) != 1 or value in '"\r\n':
+        _fail(key, f"{_show(value)} must be one character other than a quote or newline, e.g. ';'")
+    return value
 
 
 def _enum(choices: Sequence[str], *, optional: bool = True) -> Check:
@@ -261,15 +273,15 @@ def _env_name(key: str, value: Any) -> str:
 
 def _base_url(key: str, value: Any) -> str:
     text = _text(key, value)
+    if "@" in text.split("://", 1)[-1].split("/", 1)[0]:  # first: no message may echo it
+        _fail(
+            key, "must not carry credentials; the key comes from the variable api.api_key_env names"
+        )
     try:
         url = urlsplit(text)
         url.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
-        _fail(key, f"{_show(text)} is not a valid URL")
-    if url.username or url.password:  # checked first: the message must not echo a secret
-        _fail(
-            key, "must not carry credentials; the key comes from the variable api.api_key_env names"
-        )
+        _fail(key, f"{_show(redact(text))} is not a valid URL")
     if url.scheme not in ("http", "https") or not url.hostname:
         _fail(key, f"{_show(text)} is not an http:// or https:// URL")
     if url.scheme == "http" and not _is_loopback(url.hostname):
@@ -341,6 +353,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     "input": {
         "path": _Key(_path, required=True, text=True),
         "id_column": _Key(_optional_text, text=True),
+        "delimiter": _Key(_delimiter, text=True),
     },
     "api": {
         "base_url": _Key(_base_url, text=True),
@@ -485,6 +498,13 @@ def _check_output(job: Job) -> None:
         )
     if Path(out.path) == Path(job.input.path):
         _fail("output.path", f"{_show(out.path)} is the input file; the output would replace it")
+    for key, written in (("output.path", out.path), ("output.checkpoint", out.checkpoint)):
+        if written and inside_input(written, job.input.path):
+            _fail(
+                key,
+                f"{_show(written)} is inside input.path {_show(job.input.path)}, so a later "
+                "run would read it as input; write it elsewhere",
+            )
 
 
 def _check_limits(job: Job) -> None:
@@ -521,5 +541,7 @@ def _config_hash(job: Job) -> str:
     """Versioned so a change of canonical form is detectable (``v1:`` + sha256 hex)."""
     data = asdict(job)
     del data["config_hash"]
+    if data["input"]["delimiter"] == ",":  # a key added later: at its default, hashes stay
+        del data["input"]["delimiter"]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "v1:" + hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -2,11 +2,13 @@
 
 ``write_output`` streams the input again, keys each row again (``RequestBuilder.keyed``:
 its key and the fingerprint the checkpoint keys answers by, no body), looks the answers up
-batch by batch and writes through a temp file beside the output (a dot-name that
-discovery skips), which is swapped in only once complete: ``os.replace`` locally,
-a server-side copy on an object store (S3 CopyObject, GCS rewrite: the new object
-appears whole). A reader sees the old file or the new one, never half. Temp files a
-killed run left beside the output are removed by the next successful write.
+batch by batch and writes through a temp file, which is swapped in only once complete. A
+reader sees the old file or the new one, never half. Locally the temp file sits beside the
+output (a dot-name that discovery skips) and ``os.replace`` swaps it in; temp files a
+killed run left there are removed by the next successful write. On an object store it
+sits in the local temp directory and is uploaded to the output's key in one call (the
+object appears when the upload completes, whole): no other object is made, not even the
+empty "directory" marker pyarrow leaves where it deletes one.
 
 ``check_replaceable`` refuses, before anything is sent, to replace a file that is not
 an earlier output of the same job (``batchrun.job`` in its Parquet metadata).
@@ -18,6 +20,7 @@ import dataclasses
 import json
 import os
 import re
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -405,56 +408,73 @@ def _output_batches(
 def _atomic_writer(
     location: Path | str, schema: pa.Schema, job: str | None = None
 ) -> Iterator[pq.ParquetWriter]:
-    """A writer on a temp file beside ``location`` (a path or a URI), swapped in only on
+    """A writer on a temp file, swapped in for ``location`` (a path or a URI) only on
     success (and, given ``job``, only over nothing or that job's output: else kept
     beside it); stale temp files of killed runs are removed after a successful swap."""
     location = str(location)
-    fs, path = resolve(location)
-    if not is_remote(location):
-        path = os.path.abspath(path)
+    if is_remote(location):
+        with _uploading_writer(location, schema, job) as writer:
+            yield writer
+        return
+    path = os.path.abspath(location)
     directory, _, name = path.rpartition("/")
     # A dot-name, so globs and discovery never pick up a half-written file.
     temp = f"{directory}/.{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    fs = pafs.LocalFileSystem()
     try:
-        with _translating(location):
-            if not is_remote(location):  # a store has no directories to make
-                fs.create_dir(directory, recursive=True)
-            with fs.open_output_stream(temp) as sink, pq.ParquetWriter(sink, schema) as writer:
-                yield writer
-            if job is not None:
-                _still_replaceable(fs, temp, location, job)
-            _swap(fs, temp, path, remote=is_remote(location))
+        fs.create_dir(directory, recursive=True)
+        with fs.open_output_stream(temp) as sink, pq.ParquetWriter(sink, schema) as writer:
+            yield writer
+        if job is not None:
+            _still_replaceable(location, job, lambda kept: os.replace(temp, kept))
+        os.replace(temp, path)
         _remove_stale_temps(fs, directory, name)
     finally:
         _delete_quietly(fs, temp)
 
 
-def _swap(fs: pafs.FileSystem, temp: str, path: str, *, remote: bool) -> None:
-    if remote:
-        # One server-side copy: the object at ``path`` is the old one until it is the new.
-        fs.copy_file(temp, path)
-    else:
-        os.replace(temp, path)
+@contextmanager
+def _uploading_writer(
+    location: str, schema: pa.Schema, job: str | None
+) -> Iterator[pq.ParquetWriter]:
+    """A writer on a local temp file, uploaded to ``location``'s key once complete: one
+    call, so a signal cannot cut it short (a killed upload leaves the old object)."""
+    fs, path = resolve(location)
+    with tempfile.TemporaryDirectory(prefix="batchrun-output-") as staging:
+        local = os.path.join(staging, "output.parquet")
+        with pq.ParquetWriter(local, schema) as writer:
+            yield writer
+        with _translating(location):
+
+            def upload(to: str) -> None:
+                pafs.copy_files(
+                    local, to, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
+                )
+
+            if job is not None:
+                _still_replaceable(location, job, lambda kept: upload(resolve(kept)[1]))
+            upload(path)
+            # Temp objects an earlier batchrun left beside the output (it wrote through one).
+            _remove_stale_temps(fs, path.rpartition("/")[0], path.rpartition("/")[2])
 
 
-def _still_replaceable(fs: pafs.FileSystem, temp: str, location: str, job: str) -> None:
+def _still_replaceable(location: str, job: str, keep: Callable[[str], None]) -> None:
     """At the swap: refuse to replace a file that appeared at ``location`` during the
-    run and is not ``job``'s output; this run's output is moved beside it."""
+    run and is not ``job``'s output; ``keep`` puts this run's output beside it."""
     owner = _owner(location)
     if owner is None or owner == job:
         return
-    base, tag = location.rpartition("/")[2], uuid.uuid4().hex[:8]
+    directory, _, base = location.rpartition("/")
     stem, dot, suffix = base.rpartition(".")
-    kept = temp.rpartition("/")[0] + "/" + (f"{stem}.{tag}.{suffix}" if dot else f"{base}.{tag}")
-    if is_remote(location):
-        fs.copy_file(temp, kept)
-    else:
-        os.replace(temp, kept)
-    shown = f"{location.partition('://')[0]}://{kept}" if is_remote(location) else kept
+    tag = uuid.uuid4().hex[:8]
+    kept = (f"{directory}/" if directory else "") + (
+        f"{stem}.{tag}.{suffix}" if dot else f"{base}.{tag}"
+    )
+    keep(kept)
     whose = "not a batchrun output" if owner == "" else f"the output of job {owner!r}"
     raise OutputError(
         f"output.path: {location} was written during the run and is {whose}; left alone,"
-        f" this run's output is kept at {shown} (rerun with --overwrite to replace that file)"
+        f" this run's output is kept at {kept} (rerun with --overwrite to replace that file)"
     )
 
 
@@ -513,14 +533,14 @@ def kept_output(job: Job, key: str, value: str) -> OutputStats | None:
 # --- never replace someone else's file ------------------------------------------------
 
 
-def check_replaceable(job: Job, *, overwrite: bool = False) -> None:
+def check_replaceable(job: Job, *, overwrite: bool = False) -> bool:
     """Raise ``OutputError`` (exit 2) when ``job.output.path`` holds a file that is not
     an output of ``job.name``: a typo must not destroy someone's data. ``overwrite``
-    (``--overwrite``) allows it."""
+    (``--overwrite``) allows it. Returns whether the job's own output is there."""
     location = job.output.path
     owner = _owner(location)
     if overwrite or owner is None or owner == job.name:
-        return
+        return owner == job.name
     whose = "not a batchrun output" if owner == "" else f"the output of job {owner!r}"
     raise OutputError(
         f"output.path: {location} exists and is {whose}; refusing to replace it"

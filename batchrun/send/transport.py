@@ -23,7 +23,14 @@ import yarl
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 
-from batchrun._errors import FatalApiError, JobError, PermanentError, RetryableError
+from batchrun._errors import (
+    FatalApiError,
+    JobError,
+    PermanentError,
+    RetryableError,
+    add_secret,
+    redact,
+)
 from batchrun._types import Request, Result
 from batchrun._version import __version__
 from batchrun.send.headers import RateInfo, parse_rate_info
@@ -138,7 +145,7 @@ class Sender:
         self._direct = transport if isinstance(transport, Transport) else None
         self._url = httpx.URL(url)  # parsed once, not on every request
         self._yarl_url = yarl.URL(url)
-        self._secret = api_key
+        add_secret(api_key)
         self._headers = api_headers(api_key)
         # The direct POST's deadline: connect, send and the whole answer, as ``fail_after``
         # gives the httpx path, for less (one timer, no cancel scope). Exact: aiohttp would
@@ -211,7 +218,7 @@ class Sender:
 
     def _status_error(self, status: int, body: bytes, rate: RateInfo) -> Exception:
         error_type, message = _api_error(status, body)
-        message = self._redact(message)
+        message = redact(message)
         if status in _FATAL_STATUSES or error_type == "model_not_found":
             return FatalApiError(f"the API refused the job (HTTP {status} {error_type}): {message}")
         if status == 429:
@@ -226,7 +233,7 @@ class Sender:
     def _translate(self, exc: BaseException) -> RetryableError:
         if isinstance(exc, TimeoutError | httpx.TimeoutException) and not _dropped(exc):
             return RetryableError("timeout", f"no answer within {self._timeout_s:g} s")
-        detail = self._redact(str(exc) or type(exc).__name__)
+        detail = redact(str(exc) or type(exc).__name__)
         if isinstance(exc, httpx.ConnectError) or isinstance(
             exc.__cause__, aiohttp.ClientConnectorError
         ):
@@ -234,9 +241,6 @@ class Sender:
         if isinstance(exc, httpx.ReadError | aiohttp.ClientPayloadError):
             return RetryableError("broken_stream", f"the answer was cut: {detail}")
         return RetryableError("connection_error", detail)
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
 
 
 def from_emulator(raw_headers: RawHeaders) -> bool:

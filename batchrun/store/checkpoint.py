@@ -29,45 +29,41 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
-from functools import cache
-from operator import attrgetter
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import anyio
 import anyio.to_thread
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from batchrun._errors import JobError
-from batchrun._types import Answer, RequestResult, Result
+from batchrun._errors import JobError, redactor
+from batchrun._types import Answer, RequestResult
 from batchrun.store.answers import (
-    chunks,
     has_migration,
-    insert_new,
     is_compact,
-    key_params,
-    key_prefix,
-    replace,
-    split_replaced,
-    where_keys,
 )
 from batchrun.store.batchdone import DoneBatch
 from batchrun.store.charges import (
     INSERT_CHARGES_SQL,
     charge_rows,
-    own_charge,
     spent,
     unpriced_usage,
 )
-from batchrun.store.fpkey import fp_key
 from batchrun.store.intents import Intent, IntentIds, IntentLog, settle
 from batchrun.store.keptlimits import KeptLimits, read_kept, write_kept
 from batchrun.store.lock import JobLock
+from batchrun.store.openmark import WalMark, check_whole
 from batchrun.store.origin import claim_origin
+from batchrun.store.rows import (
+    Row,
+    insert_rows,
+    select_answered,
+    select_answers,
+    to_row,
+)
 from batchrun.store.schema import (
     MIGRATIONS,
     claim_for_job,
@@ -91,67 +87,6 @@ came in the gap, so its cost (~45 µs of CPU, whatever its size) stays under 1% 
 """
 _GATHER_S = 0.02
 """How long the writer lets answers gather in its stream after it wakes for one."""
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-Row = tuple[Any, ...]
-
-# ---------------------------------------------------------------- rows
-
-# A Result is stored field by field, in its own field order, so reading one back
-# is a single positional constructor call (lookup cost matters at 1M rows). Its last
-# field, ``charges``, goes to ``paid_usd`` (known charges) and the charges table (others).
-_RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result) if f.name != "charges")
-_TS = _RESULT_FIELDS.index("completed_at")
-_SYNTHETIC = _RESULT_FIELDS.index("synthetic")
-_result_values = attrgetter(*_RESULT_FIELDS)
-_ROW_COLUMNS = ("fingerprint", "owner_key", *_RESULT_FIELDS, "paid_usd", "key_prefix")
-
-
-def _insert_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
-    new, replacing = split_replaced(conn, rows)
-    insert_new(conn, _ROW_COLUMNS, new)
-    for row in replacing:  # after the new ones: a key may repeat within one commit
-        replace(conn, _ROW_COLUMNS, row)
-
-
-def _to_micros(when: datetime | None) -> int | None:
-    if when is None:
-        return None
-    if when.tzinfo is None:  # the dispatcher stamps UTC; a naive time is taken as UTC
-        when = when.replace(tzinfo=UTC)
-    return (when - _EPOCH) // _MICROSECOND
-
-
-def _from_micros(micros: int | None) -> datetime | None:
-    # Exact to the microsecond for any date before 2200 (a double has 52 mantissa bits),
-    # and faster than epoch + timedelta, which matters on a 1M-row resume.
-    return None if micros is None else datetime.fromtimestamp(micros / 1e6, UTC)
-
-
-def _to_row(item: RequestResult) -> Row:
-    request, result = item
-    values = list(_result_values(result))
-    values[_TS] = _to_micros(values[_TS])
-    key = fp_key(request.fingerprint)
-    return (key, request.key, *values, own_charge(result), key_prefix(key))
-
-
-def _to_answer(row: Row) -> Answer:
-    values = list(row[2:])
-    values[_TS] = _from_micros(values[_TS])
-    values[_SYNTHETIC] = bool(values[_SYNTHETIC])
-    return Answer(row[1], Result(*values))
-
-
-@cache
-def _lookup_sql(params: int, include_failed: bool, compact: bool, marked: bool = True) -> str:
-    # Before m008 (a read-only view of an older file) no answer was marked synthetic.
-    fields = [name if marked or name != "synthetic" else "0" for name in _RESULT_FIELDS]
-    columns = ", ".join(("fingerprint", "owner_key", *fields))
-    failed = "" if include_failed else " AND status != 'error'"
-    return f"SELECT {columns} FROM answers {where_keys(params, compact)}{failed}"
-
 
 # ---------------------------------------------------------------- sqlite helpers
 
@@ -182,6 +117,7 @@ class _Pending:
     settled: list[int] = field(default_factory=list)  # intents these charges settle
     fingerprints: list[str] = field(default_factory=list)
     deadline: float = math.inf
+    redact: Callable[[str], str] = field(default_factory=redactor)
 
     def add(self, item: RequestResult) -> None:
         if not self.fingerprints:
@@ -192,7 +128,7 @@ class _Pending:
             self.charges.extend(charge_rows(request, result))
             self.settled.extend(c.intent for c in result.charges if c.intent is not None)
         if result.status != "pending":
-            self.rows.append(_to_row(item))
+            self.rows.append(to_row(item, self.redact))
 
     def due(self) -> bool:
         return len(self.fingerprints) >= COMMIT_ROWS or anyio.current_time() >= self.deadline
@@ -200,6 +136,7 @@ class _Pending:
     def clear(self) -> None:
         self.rows, self.charges, self.settled, self.fingerprints = [], [], [], []
         self.deadline = math.inf
+        self.redact = redactor()
 
 
 def _drain_buffered(
@@ -227,20 +164,26 @@ class Checkpoint:
     guarded by a lock so only one thread uses it at a time.
     """
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, lock: JobLock) -> None:
+    def __init__(
+        self, path: Path, conn: sqlite3.Connection, lock: JobLock, wal_mark: WalMark
+    ) -> None:
         self.path = path
         self._conn = conn
         self._job_lock: JobLock | None = lock
         self._mutex = threading.Lock()
         self._intent_ids = IntentIds()
+        self._wal_mark = wal_mark
 
     @classmethod
-    def open(cls, path: Path, *, job_name: str, fresh: bool = False) -> Checkpoint:
+    def open(
+        cls, path: Path, *, job_name: str, fresh: bool = False, has_output: bool = False
+    ) -> Checkpoint:
         """Open (or create) the checkpoint at ``path`` and take the job's run lock.
 
         ``fresh=True`` starts over: earlier answers (and their spend) are dropped.
         Raises ``LockedError`` naming the running pid if another run holds the
-        lock, ``JobError`` if the file is unreadable or belongs to another job.
+        lock, ``JobError`` if the file is unreadable, belongs to another job, or lost
+        its answers (``store.openmark``; ``has_output``: the job has written its output).
         """
         path = Path(path)
         with _translated(path, "create its directory"):
@@ -248,14 +191,18 @@ class Checkpoint:
         with _translated(path, "take the run lock"):
             lock = JobLock.acquire(path)
         try:
-            conn = cls._open_database(path, job_name=job_name, fresh=fresh)
+            if not fresh:
+                check_whole(path, has_output)
+            conn, wal_mark = cls._open_database(path, job_name=job_name, fresh=fresh)
         except BaseException:
             lock.release()
             raise
-        return cls(path, conn, lock)
+        return cls(path, conn, lock, wal_mark)
 
     @staticmethod
-    def _open_database(path: Path, *, job_name: str, fresh: bool) -> sqlite3.Connection:
+    def _open_database(
+        path: Path, *, job_name: str, fresh: bool
+    ) -> tuple[sqlite3.Connection, WalMark]:
         # Under the lock, so starting over cannot pull the file from under a live run.
         with _translated(path, "open it"):
             if fresh:
@@ -264,10 +211,12 @@ class Checkpoint:
         try:
             with _translated(path, "read its job name"):
                 claim_for_job(conn, path, job_name)
+            with _translated(path, "mark it open"):
+                wal_mark = WalMark(conn, path)  # set before the first answer is stored
         except BaseException:
             conn.close()
             raise
-        return conn
+        return conn, wal_mark
 
     def lookup(
         self, fingerprints: Sequence[str], *, include_failed: bool = True
@@ -279,13 +228,13 @@ class Checkpoint:
         most one in-progress commit of the writer task.
         """
         with self._using("look up answers"):
-            return _select_answers(self._conn, fingerprints, include_failed, True)
+            return select_answers(self._conn, fingerprints, include_failed, True)
 
     def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:
         """Which of ``fingerprints`` have an answer: ``lookup`` without reading the answers
         (what a resume asks of every row before it sends anything)."""
         with self._using("look up answers"):
-            return _select_answered(self._conn, fingerprints, include_failed, True)
+            return select_answered(self._conn, fingerprints, include_failed, True)
 
     def done_batch(self, digest: bytes, *, include_failed: bool = True) -> DoneBatch | None:
         """The recorded batch (``store.batchdone``) named ``digest``, unless it is not recorded
@@ -451,9 +400,11 @@ class Checkpoint:
     def _insert(self, rows: list[Row], charges: list[Row], settled: list[int]) -> None:
         with self._using("write answers"), transaction(self._conn):
             self._conn.executemany(INSERT_CHARGES_SQL, charges)  # first: answers read them
-            _insert_rows(self._conn, rows)
+            insert_rows(self._conn, rows)
             settle(self._conn, settled)
             self._conn.execute(_COUNT_COMMIT_SQL)
+        with self._using("mark it open"):
+            self._wal_mark.keep()
 
     def forget_failed(self, error_type: str, message: str) -> int:
         """Drop the answers that failed with exactly this error (a job-level failure, not
@@ -506,37 +457,6 @@ async def _receive_until_due(
     return True
 
 
-def _select_answered(
-    conn: sqlite3.Connection, fingerprints: Sequence[str], include_failed: bool, compact: bool
-) -> set[str]:
-    by_key = {fp_key(fp): fp for fp in fingerprints}
-    failed = "" if include_failed else " AND status != 'error'"
-    found: set[str] = set()
-    for chunk in chunks(key_params(list(by_key), compact)):
-        sql = f"SELECT fingerprint FROM answers {where_keys(len(chunk), compact)}{failed}"
-        # A prefix may also match keys not asked for: only whole keys count.
-        found.update(by_key[key] for (key,) in conn.execute(sql, chunk) if key in by_key)
-    return found
-
-
-def _select_answers(
-    conn: sqlite3.Connection,
-    fingerprints: Sequence[str],
-    include_failed: bool,
-    compact: bool,
-    marked: bool = True,
-) -> dict[str, Answer]:
-    by_key = {fp_key(fp): fp for fp in fingerprints}  # dedupe keeps many rows to one probe
-    found: dict[str, Answer] = {}
-    for chunk in chunks(key_params(list(by_key), compact)):
-        sql = _lookup_sql(len(chunk), include_failed, compact, marked)
-        for row in conn.execute(sql, chunk):
-            fingerprint = by_key.get(row[0])
-            if fingerprint is not None:  # not another key with the same prefix
-                found[fingerprint] = _to_answer(row)
-    return found
-
-
 # ---------------------------------------------------------------- read-only view
 
 
@@ -580,14 +500,14 @@ class CheckpointReader:
     ) -> dict[str, Answer]:
         """As ``Checkpoint.lookup``."""
         with _translated(self.path, "look up answers"):
-            return _select_answers(
+            return select_answers(
                 self._conn, fingerprints, include_failed, self._compact, self._marked
             )
 
     def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:
         """As ``Checkpoint.answered``."""
         with _translated(self.path, "look up answers"):
-            return _select_answered(self._conn, fingerprints, include_failed, self._compact)
+            return select_answered(self._conn, fingerprints, include_failed, self._compact)
 
     def spent_usd(self) -> float:
         """As ``Checkpoint.spent_usd``."""

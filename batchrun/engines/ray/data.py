@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from batchrun.io.csvfile import csv_options
 from batchrun.io.input import InputTable, conform, row_keys
 from batchrun.job.config import Job
 
@@ -74,7 +75,16 @@ def read_input(ray: Any, table: InputTable) -> Any:
                 strings_can_be_null=True,
                 null_values=[""],
             )
-            parts.append(ray.data.read_csv(file.found.path, convert_options=convert, **where))
+            read, parse = csv_options(file.found, file.delimiter)
+            parts.append(
+                ray.data.read_csv(
+                    file.found.path,
+                    read_options=read,
+                    parse_options=parse,
+                    convert_options=convert,
+                    **where,
+                )
+            )
         else:
             parts.append(ray.data.read_parquet(file.found.path, **where))
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]

@@ -108,7 +108,9 @@ class RayRun(Run):
         table, builder = self._prepare()
         api_key = self._api_key()
         ckpt_path = self.job.output.checkpoint_path
-        with Checkpoint.open(ckpt_path, job_name=self.job.name, fresh=self.options.fresh) as ckpt:
+        with Checkpoint.open(
+            ckpt_path, job_name=self.job.name, fresh=self.options.fresh, has_output=self.has_output
+        ) as ckpt:
             self._log_started()
             store = ray_dir(self.job)
             if self.options.fresh:
