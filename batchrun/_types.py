@@ -132,6 +132,6 @@ RESULT_COLUMNS: tuple[str, ...] = (
 """The columns batchrun adds after the input's, in order (parsed columns follow)."""
 
 EXTRA_COLUMNS: tuple[str, ...] = ("shared", "synthetic")
-"""Columns beyond the SPEC's, after the parsed ones: ``shared`` is true when the row
+"""Columns after the result and parsed ones: ``shared`` is true when the row
 reused another row's answer (dedupe), so ``sum(tokens where not shared)`` is the bill;
 ``synthetic`` when its answer came from batchrun's emulator."""

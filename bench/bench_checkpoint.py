@@ -14,7 +14,7 @@ Each phase runs in its own subprocess so its peak RSS is its own. Phases:
   answer, whose charge settles it. Minus ``write``: the intents' cost per row.
 - ``bare``: baseline, the same row tuples ``executemany``'d one per statement into
   the answers table as it was up to m005 (a unique index on the 32-byte key, the
-  layout before issue 14's compact one), with the checkpoint's pragmas but its page
+  layout before the compact one), with the checkpoint's pragmas but its page
   cache, 4,096 rows per transaction, no stream, no thread.
 - ``bare-new``: the same into today's layout (``m006_compact_answers``: the index
   on an 8-byte integer prefix), 64 rows a statement, with every pragma the checkpoint sets.

@@ -16,7 +16,7 @@ the children run on CPU 1. Each round runs, one after the other:
 
 CPU is user + system time of the child alone, start-up included (``os.wait4``'s rusage);
 the emulator's is not counted. Medians per process, per row, peak RSS and the ratio.
-Target (issue 14): batchrun ≤ 1.6 × aiohttp at 20,000 rows.
+Target: batchrun ≤ 1.6 × aiohttp at 20,000 rows.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def report(figures: dict[str, list[dict[str, float]]], rows: int) -> None:
     for name, runs in figures.items():
         per_round = " ".join(f"{r['cpu_s']:.2f}" for r in runs)
         print(f"  {name} CPU s per round: {per_round}")
-    print("target (issue 14): batchrun CPU <= 1.6x aiohttp at 20,000 rows")
+    print("target: batchrun CPU <= 1.6x aiohttp at 20,000 rows")
 
 
 def main() -> None:

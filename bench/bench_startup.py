@@ -12,7 +12,7 @@ Each round runs, one after another (so load from other processes hits all alike)
 - ``help``: ``python -m batchrun --help``.
 
 CPU is user + system time of the child alone (``os.wait4``'s rusage), RSS its peak
-(``ru_maxrss``). Targets (issue 14): run CPU ≤ 1.35 × bare, run RSS ≤ 110 MB,
+(``ru_maxrss``). Targets: run CPU ≤ 1.35 × bare, run RSS ≤ 110 MB,
 ``--help`` ≤ 0.15 s wall.
 """
 

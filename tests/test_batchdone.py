@@ -1,5 +1,5 @@
 """Resume skips whole input batches the checkpoint has every answer for (``store.batchdone``),
-and still sends exactly the rows an edit changed (issue 14)."""
+and still sends exactly the rows an edit changed."""
 
 from __future__ import annotations
 

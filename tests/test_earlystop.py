@@ -1,7 +1,7 @@
 """A misconfigured job stops early (exit 4); a job with bad rows among good ones does not.
 
-Issue 11, "A misconfigured job stops early": a proxy that answers an unknown model with
-HTTP 400 made batchrun fail every row and exit 1 at the end.
+Without the rule, a proxy that answers an unknown model with HTTP 400 would make batchrun
+fail every row and exit 1 at the end.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A rerun that finds every input batch done keeps the output it would rewrite unchanged,
-and any change the output depends on still rewrites it (issue 14)."""
+and any change the output depends on still rewrites it."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ RESULT_SCHEMA = [
     ("attempts", pa.int32()),
     ("latency_ms", pa.float64()),
     ("completed_at", pa.timestamp("us", tz="UTC")),
-    ("shared", pa.bool_()),  # after the SPEC's columns (and after parsed ones)
+    ("shared", pa.bool_()),  # after the result columns (and after parsed ones)
     ("synthetic", pa.bool_()),
 ]
 

@@ -303,7 +303,7 @@ def test_without_an_id_column_the_ray_engine_refuses_before_sending(
         run_job(job, RunOptions(engine="ray", api_key=KEY))
 
 
-# --- global limits, the budget and one store (issues 11, 12, 16) ---------------------
+# --- global limits, the budget and one store ------------------------------------------
 
 
 def test_more_workers_than_concurrency_keep_the_jobs_concurrency(
@@ -421,7 +421,7 @@ def test_local_and_ray_runs_share_one_store(
     assert fresh.exit_code == 0
 
 
-# --- dedupe across workers (issue 16) ------------------------------------------------
+# --- dedupe across workers -----------------------------------------------------------
 
 
 def test_identical_requests_on_two_workers_are_sent_once(

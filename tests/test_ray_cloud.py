@@ -1,4 +1,4 @@
-"""The Ray engine on an object store (issues 15 and 16): input and output ``s3://`` URIs
+"""The Ray engine on an object store: input and output ``s3://`` URIs
 on a real S3 server on loopback (moto, the ``store`` fixture), 2 workers, the workers'
 checkpoints kept on the local state directory."""
 

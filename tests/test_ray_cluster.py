@@ -1,4 +1,4 @@
-"""The Ray engine on a multi-node cluster (issue 16): one store on the shared filesystem,
+"""The Ray engine on a multi-node cluster: one store on the shared filesystem,
 a lost worker node, a lost driver.
 
 A local ``ray.cluster_utils.Cluster`` on loopback: a head node with no CPUs (the driver,

@@ -1,4 +1,4 @@
-"""Starting Ray (issue 16, "No traceback at start"): a long ``TMPDIR`` does not kill
+"""Starting Ray (no traceback at start): a long ``TMPDIR`` does not kill
 ``--engine ray``; a ``RAY_TMPDIR`` too long for Ray's sockets is one line, exit 2."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Ray coordinator's waits (issue 16, "start faster"): a worker waiting for the stop,
+"""The Ray coordinator's waits: a worker waiting for the stop,
 for slots or for claims gets the change in the call already waiting, not at its next
 poll; without a change the call returns after its wait, as a heartbeat. The coordinator
 is a plain class here, on asyncio as in its Ray actor (no Ray needed)."""

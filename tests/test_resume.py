@@ -2,7 +2,7 @@
 emulator, killed and signalled for real, with the emulator's billing ledger as the
 proof of what was paid for.
 
-SPEC, "Guarantees" -> Resume, Budget; exit codes 0, 2, 3, 130.
+Resume and the budget across runs; exit codes 0, 2, 3, 130.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`batchrun run` as a user runs it: exit codes, what reaches stderr, and the summary JSON.
 
-SPEC, "Commands" -> exit codes 0, 1, 2, 4; "Guarantees" -> Secrets.
+Exit codes 0, 1, 2, 4; secrets never leak.
 """
 
 from __future__ import annotations

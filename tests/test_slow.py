@@ -1,6 +1,6 @@
-"""Say why a run is slow, and plan with the limits a run learned (issue 11, "Say why a run
-is slow"): an unset ``max_completion_tokens`` reserves 128,000 tokens a request; the limits
-learned from the API's headers are kept in the checkpoint; plan's text says what its JSON says.
+"""Say why a run is slow, and plan with the limits a run learned: an unset
+``max_completion_tokens`` reserves 128,000 tokens a request; the limits learned from the
+API's headers are kept in the checkpoint; plan's text says what its JSON says.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Start-up: `batchrun run` loads only what a run uses (issue 14).
+"""Start-up: `batchrun run` loads only what a run uses.
 
 pandas (~0.25 s of CPU and ~45 MB at start) is for ``report`` and ``complete``; uvicorn and
 the emulator's server for ``--emulate`` and ``batchrun emulator``; pyarrow.compute (~0.1 s)

@@ -85,7 +85,7 @@ class RunOptions:
 
 @dataclass
 class RunSummary:
-    """What a run did; ``exit_code`` follows SPEC's table."""
+    """What a run did; ``exit_code`` follows the exit-code table."""
 
     job: str
     output_path: str

@@ -141,7 +141,7 @@ class Price:
     cached_input: float | None = None
 
     def cost(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> float:
-        """SPEC's formula; cached tokens at ``cached_input`` (``input`` when unset).
+        """The cost formula; cached tokens at ``cached_input`` (``input`` when unset).
 
         >>> Price(input=1.25, cached_input=0.125, output=10.0).cost(1000, 200, 100)
         0.002025

@@ -68,7 +68,7 @@ RESULT_TYPES: Mapping[str, pa.DataType] = {
     "shared": pa.bool_(),
     "synthetic": pa.bool_(),
 }
-"""SPEC's type of each column in ``RESULT_COLUMNS`` (and of ``EXTRA_COLUMNS``)."""
+"""The type of each column in ``RESULT_COLUMNS`` (and of ``EXTRA_COLUMNS``)."""
 
 ROW_GROUP_ROWS = 65_536
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -9,7 +9,7 @@ file's hive keys and never opens those outside the range.
 
 Re-pricing applies a ``[pricing."MODEL"]`` table (the job file's format; ``"*"``
 prices every model not listed) to each row's billed token columns with the
-SPEC's formula; a row whose model has no price, or that has no usage, is null.
+The run's own cost formula; a row whose model has no price, or that has no usage, is null.
 """
 
 from __future__ import annotations

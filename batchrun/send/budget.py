@@ -127,7 +127,7 @@ def _texts(body: dict[str, object]) -> list[str]:
 
 
 def result_cost(price: Price | None, result: Result) -> float | None:
-    """The SPEC's cost of an answer from its usage; None without a price or usage."""
+    """The cost of an answer from its usage; None without a price or usage."""
     if price is None or result.prompt_tokens is None:
         return None
     return price.cost(

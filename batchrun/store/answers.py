@@ -4,7 +4,7 @@ Rows are appended in arrival order (a rowid table), indexed by ``key_prefix``, t
 first 8 bytes of their key (``store.fpkey``) as a signed integer, instead of all 32. The
 index is what a commit pays for: its keys are random, so each new row dirties an index
 page of its own. An integer entry packs about twice as many a page as the 32-byte key
-did, and compares faster (issue 14, a bare insert loop at 1M rows: 16 -> 8.5-10 µs of
+did, and compares faster (a bare insert loop at 1M rows: 16 -> 8.5-10 µs of
 SQLite CPU per row; the same 8 bytes as a BLOB expression index gave 14).
 
 Two fingerprints may share a prefix, so every read compares the whole key, and the index

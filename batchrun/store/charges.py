@@ -4,7 +4,7 @@ An answer keeps its own known charges (attempts whose usage came back) in its ro
 ``answers.paid_usd``; the ``charges`` table is appended the rest: attempts without
 usage (charged at the worst case reserved), and the attempts of a row given up unanswered.
 Since ``m006_compact_answers`` (before it, every charge was a row of the table), so a
-commit of answers that each cost one attempt writes no charge rows at all (issue 14).
+commit of answers that each cost one attempt writes no charge rows at all.
 
 Answers are replaced when a failed row is retried; charges never are: the replacing
 answer's ``paid_usd`` is the old one's plus its own (``answers.replace``). So the spend a

@@ -2,7 +2,7 @@
 
 ``"v1:" + 64 hex digits`` (a sha256, ``send.requests.fingerprint``) is stored as the 32
 bytes of the digest. At 1M rows that halves the key in the answers B-tree and the
-charges index, which is most of what a commit writes (issue 14). Any other string
+charges index, which is most of what a commit writes. Any other string
 (none is made by batchrun; tests use short ones) is stored as its UTF-8 bytes.
 
 Checkpoints written before ``m004_binary_keys`` hold the text; the migration rewrites
