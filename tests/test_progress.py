@@ -22,7 +22,8 @@ import trio
 from conftest import batchrun_command, batchrun_env, run_batchrun, write_job
 from test_ratelimit import _drive, _virtual, window_maxima
 
-from batchrun import cli
+from batchrun import _progress
+from batchrun._progress import ProgressDisplay, progress_line
 from batchrun.emulator import EmulatorProcess
 from batchrun.send.headers import RateInfo
 from batchrun.send.ratelimit import Pacer
@@ -57,8 +58,8 @@ def test_limit_use_never_reads_over_100_percent_and_reads_the_pace_after_a_minut
 
     sends = sorted(_virtual(main))
     now = [0.0]
-    monkeypatch.setattr(cli.time, "monotonic", lambda: now[0])
-    display = cli._ProgressDisplay(bar=False)
+    monkeypatch.setattr(_progress.time, "monotonic", lambda: now[0])
+    display = ProgressDisplay(bar=False)
     uses = []
     for step in range(900):
         now[0] = step * 0.2
@@ -155,7 +156,7 @@ def test_a_pause_the_server_asked_for_shows_on_the_progress_line() -> None:
         failed=0, rate_limited=3, cost_usd=0.0, rate_use=0.99, finished=40, total=100,
         paused=(time.monotonic() + 42.4, "llm_provider-retry-after"),
     )  # fmt: skip
-    line = cli._progress_line(counters)
+    line = progress_line(counters)
     assert line.endswith("paused 42 s more: the server asked (llm_provider-retry-after)"), line
     counters.paused = (time.monotonic() - 1, "retry-after")  # over: no longer shown
-    assert "paused" not in cli._progress_line(counters)
+    assert "paused" not in progress_line(counters)

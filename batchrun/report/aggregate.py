@@ -27,7 +27,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -37,37 +36,37 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchrun._errors import InputError, JobError
-from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS
-from batchrun.io.files import Found, NotFound, describe, find, is_remote, partitions
+from batchrun.io.files import is_remote
 from batchrun.job.config import Price
 from batchrun.report.selection import DAY, WILDCARD, DayRange, reprice, with_day
+from batchrun.report.sources import (
+    DATE,
+    METRICS,
+    OWN_COLUMNS,
+    PSEUDO_COLUMNS,
+    TOKENS,
+    Source,
+    check_by,
+    expand,
+    open_sources,
+    unreadable,
+)
 from batchrun.report.text import FORMATS, MISSING_LABELS, STATUSES, TOTAL_LABEL, render
 
 __all__ = [
     "FORMATS", "PSEUDO_COLUMNS", "TOTAL_LABEL", "ReportResult", "SkippedFile", "render", "report",
 ]  # fmt: skip
 
-PREFIX_METADATA_KEY = b"batchrun.prefix"
-JOB_METADATA_KEY = b"batchrun.job"
 PRICING_METADATA_KEY = b"batchrun.pricing"
-# Grouping keys every output has without a column of that name: the job in its metadata,
-# the file, the date (its date= partition, else the UTC day of completed_at) and the day.
-JOB, FILE, DATE = "job", "file", "date"
-PSEUDO_COLUMNS = (JOB, FILE, DATE, DAY)
 
-# Metric columns every batchrun output has; a file lacking any of them is foreign.
-_TOKENS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
-_METRICS = ("status", *_TOKENS, "cost_usd", "latency_ms")
 _OPTIONAL = ("shared", "synthetic", "attempts", "completed_at")  # read when present
 # Every report also groups by these inside, so the HTML charts are roll-ups of one pass.
 _CHART_KEYS = ("status", "model", DAY, "error_type")
-_OWN_COLUMNS = frozenset((*RESULT_COLUMNS, *EXTRA_COLUMNS))
 # Keys that are null because the row has no answer: their null group is named for the status.
-_ANSWER_KEYS = _OWN_COLUMNS | {DAY, DATE}
+_ANSWER_KEYS = OWN_COLUMNS | {DAY, DATE}
 _MISSING_BY_STATUS = {"pending": "(unanswered)", "invalid": "(invalid)", "error": "(failed)"}
 _BATCH_ROWS = 65_536
 _MAX_WORKERS = 8
-_PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,12 +164,12 @@ def report(
     """
     keys = list(dict.fromkeys(by))
     days = days or DayRange()
-    sources = _open_sources(_expand(paths), days)
+    sources = open_sources(expand(paths), days)
     outputs = [s for s in sources if not s.missing]
     skipped = tuple(SkippedFile(s.path, s.missing) for s in sources if s.missing)
     if not outputs:
         raise InputError(_no_outputs_message(skipped, days))
-    _check_by(keys, outputs)
+    check_by(keys, outputs)
     acc = _aggregate(outputs, keys, days, pricing)
     table = acc.table(keys)
     if not table["rows"].iloc[-1]:
@@ -182,7 +181,7 @@ def report(
     )  # fmt: skip
 
 
-def _job_pricing(sources: Sequence[_Source]) -> dict[str, dict[str, Price]]:
+def _job_pricing(sources: Sequence[Source]) -> dict[str, dict[str, Price]]:
     """Each job's own prices, as its outputs' metadata recorded them (job -> model -> price)."""
     found: dict[str, dict[str, Price]] = {}
     for source in sources:
@@ -202,99 +201,6 @@ def _range_note(days: DayRange) -> str:
     return f" from {days.describe()}" if days.active else ""
 
 
-# ------------------------------------------------------------ finding files
-
-
-def _expand(paths: Sequence[str]) -> list[Found]:
-    """Files named by paths, directories and globs (local or ``s3://``/``gs://``), in
-    order, each once."""
-    if not paths:
-        raise InputError("report needs at least one path")
-    found: dict[str, Found] = {}
-    for arg in paths:
-        try:
-            files = find(arg, _PARQUET_SUFFIXES)
-        except NotFound as exc:
-            raise InputError(_not_found_message(arg, exc)) from None
-        except OSError as exc:  # the store's boundary: no bucket, no access, no endpoint
-            raise InputError(describe(arg, exc)) from None
-        if not files:
-            raise InputError(f"no Parquet files match {arg}")
-        found.update((f.name, f) for f in files if f.name not in found)
-    return list(found.values())
-
-
-def _not_found_message(arg: str, exc: NotFound) -> str:
-    return str(exc) if is_remote(arg) else f"no Parquet files match {arg}"
-
-
-# ----------------------------------------------------------- opening files
-
-
-@dataclass(slots=True)
-class _Source:
-    """One file: where batchrun's columns are, and its partition values."""
-
-    path: str
-    schema: pa.Schema
-    prefix: str
-    missing: tuple[str, ...]
-    partitions: dict[str, Any] = field(default_factory=dict)
-    file: Found | None = None
-    job: str | None = None
-
-    def constant(self, name: str) -> Any:
-        """A partition value, else the pseudo-column ``job`` or ``file``; None otherwise."""
-        if name in self.partitions:
-            return self.partitions[name]
-        return {JOB: self.job, FILE: self.path}.get(name)
-
-    def column(self, name: str) -> str | None:
-        """Physical column for a report name, or None when the file lacks it."""
-        names = self.schema.names
-        physical = self.prefix + name if name in _OWN_COLUMNS else name
-        return physical if physical in names else None
-
-
-def _open_sources(files: Sequence[Found], days: DayRange) -> list[_Source]:
-    # Pruned on hive keys alone, before anything is opened.
-    typed = partitions(files)
-    kept = [(f, p) for f, p in zip(files, typed, strict=True) if days.admits_partitions(p)]
-    sources = [_open(f) for f, _ in kept]
-    for source, (_, parts) in zip(sources, kept, strict=True):
-        source.partitions = parts
-    return sources
-
-
-def _open(found: Found) -> _Source:
-    # Only the footer is read here; files are opened again one at a time, so a
-    # year of hourly outputs does not hold thousands of open handles.
-    path = found.name
-    try:
-        schema = pq.read_schema(found.path, filesystem=found.fs)
-    except (OSError, pa.ArrowException) as exc:  # the pyarrow boundary
-        raise InputError(_unreadable(path, exc, "cannot read {} as Parquet")) from exc
-    prefix = _detect_prefix(schema)
-    missing = tuple(c for c in _METRICS if prefix + c not in set(schema.names))
-    job = (schema.metadata or {}).get(JOB_METADATA_KEY)
-    name = job.decode("utf-8", "replace") if job else None
-    return _Source(path, schema, prefix, missing, file=found, job=name)
-
-
-def _detect_prefix(schema: pa.Schema) -> str:
-    """The ``output.prefix`` of a file: from its metadata, else from its columns."""
-    recorded = (schema.metadata or {}).get(PREFIX_METADATA_KEY)
-    if recorded is not None:
-        return recorded.decode()
-    # batchrun writes cost_usd immediately before status; the last such pair is
-    # batchrun's own even when an input column is also called "status".
-    names = schema.names
-    for left, right in reversed(list(pairwise(names))):
-        if left.endswith("cost_usd") and right == left.removesuffix("cost_usd") + "status":
-            return left.removesuffix("cost_usd")
-    return ""
-
-
 def _no_outputs_message(skipped: Sequence[SkippedFile], days: DayRange) -> str:
     if not skipped:
         return "no file to report on" + _range_note(days)
@@ -303,31 +209,11 @@ def _no_outputs_message(skipped: Sequence[SkippedFile], days: DayRange) -> str:
     return f"none of the {len(skipped)} files is a batchrun output; first: {skipped[0]}"
 
 
-def _check_by(keys: Sequence[str], sources: Sequence[_Source]) -> None:
-    """A by column must exist in at least one file; in the others it is null."""
-    for key in keys:
-        if key not in PSEUDO_COLUMNS and not any(
-            s.column(key) or key in s.partitions for s in sources
-        ):
-            raise InputError(
-                f"--by column {key!r} not found; available: {', '.join(_available(sources))}"
-            )
-
-
-def _available(sources: Sequence[_Source]) -> list[str]:
-    names: dict[str, None] = {}
-    for s in sources:
-        for name in [*s.schema.names, *s.partitions]:
-            result_name = name.removeprefix(s.prefix)
-            names[result_name if result_name in _OWN_COLUMNS else name] = None
-    return list(names | dict.fromkeys(PSEUDO_COLUMNS))
-
-
 # ---------------------------------------------------------------- reading
 
 
 def _aggregate(
-    sources: Sequence[_Source],
+    sources: Sequence[Source],
     keys: Sequence[str],
     days: DayRange,
     pricing: Mapping[str, Price] | None,
@@ -342,27 +228,19 @@ def _aggregate(
     return total
 
 
-def _aggregate_file(source: _Source, like: _Accumulator, days: DayRange) -> _Accumulator:
+def _aggregate_file(source: Source, like: _Accumulator, days: DayRange) -> _Accumulator:
     acc = _Accumulator(like.keys, like.pricing)
     try:
         for batch in _read(source, acc.group_keys):
             acc.add(days.select(batch))
     except (OSError, pa.ArrowException) as exc:  # the pyarrow boundary
-        raise InputError(_unreadable(source.path, exc, "cannot report on {}")) from exc
+        raise InputError(unreadable(source.path, exc, "cannot report on {}")) from exc
     return acc
 
 
-def _unreadable(path: str, exc: BaseException, what: str) -> str:
-    """A store's failure (denied, no credentials) in ``describe``'s one line; a bad file
-    as before, with pyarrow's reason."""
-    if is_remote(path) and isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException):
-        return describe(path, exc)
-    return f"{what.format(path)}: {exc}"
-
-
-def _read(source: _Source, keys: Sequence[str]) -> Iterator[pa.Table]:
+def _read(source: Source, keys: Sequence[str]) -> Iterator[pa.Table]:
     """The file's batches as narrow tables: by columns, the metric columns, ``day``."""
-    names = [k for k in dict.fromkeys([*keys, *_METRICS, *_OPTIONAL]) if k != DAY]
+    names = [k for k in dict.fromkeys([*keys, *METRICS, *_OPTIONAL]) if k != DAY]
     wanted = {name: source.column(name) for name in names}
     physical = list(dict.fromkeys(c for c in wanted.values() if c is not None))
     found = source.file
@@ -377,7 +255,7 @@ def _read(source: _Source, keys: Sequence[str]) -> Iterator[pa.Table]:
             yield table
 
 
-def _narrow(batch: pa.RecordBatch, wanted: dict[str, str | None], source: _Source) -> pa.Table:
+def _narrow(batch: pa.RecordBatch, wanted: dict[str, str | None], source: Source) -> pa.Table:
     columns: dict[str, pa.Array[Any]] = {}
     for name, physical in wanted.items():
         if physical is not None:
@@ -397,7 +275,7 @@ class _Group:
     rows: int = 0
     shared: int = 0
     synthetic: int = 0
-    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TOKENS, 0))
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKENS, 0))
     cost: float = 0.0
     priced: int = 0
     repriced: float = 0.0
@@ -408,7 +286,7 @@ class _Group:
         self.rows += other.rows
         self.shared += other.shared
         self.synthetic += other.synthetic
-        for name in _TOKENS:
+        for name in TOKENS:
             self.tokens[name] += other.tokens[name]
         self.cost += other.cost
         self.priced += other.priced
@@ -442,7 +320,7 @@ class _Accumulator:
             ([], "count_all"),
             ("_shared", "sum"),
             ("_synthetic", "sum"),
-            *((name, "sum") for name in _TOKENS),
+            *((name, "sum") for name in TOKENS),
             ("cost_usd", "sum"),
             ("cost_usd", "count"),
             ("_repriced", "sum"),
@@ -488,7 +366,7 @@ def _billed_tokens(table: pa.Table) -> pa.Table:
     """Token columns zeroed on shared rows (counted once, on the row that paid), plus
     ``_shared`` (1 for a shared row)."""
     shared = _shared_mask(table)
-    for name in _TOKENS:
+    for name in TOKENS:
         column = table[name].cast(pa.int64())
         zeroed = pc.if_else(shared, pa.scalar(0, pa.int64()), column)
         table = table.set_column(table.schema.get_field_index(name), name, zeroed)
@@ -517,7 +395,7 @@ def _synthetic(table: pa.Table) -> pa.ChunkedArray[Any] | pa.Array[Any]:
 
 def _groups(grouped: pa.Table, keys: Sequence[str]) -> Iterator[tuple[tuple[Any, ...], _Group]]:
     key_values = [grouped[k].to_pylist() for k in keys]
-    sums = {name: grouped[f"{name}_sum"].to_pylist() for name in _TOKENS}
+    sums = {name: grouped[f"{name}_sum"].to_pylist() for name in TOKENS}
     cost, priced = grouped["cost_usd_sum"].to_pylist(), grouped["cost_usd_count"].to_pylist()
     counts = grouped["count_all"].to_pylist()
     shared = grouped["_shared_sum"].to_pylist()
@@ -532,7 +410,7 @@ def _groups(grouped: pa.Table, keys: Sequence[str]) -> Iterator[tuple[tuple[Any,
                 rows=int(counts[i] or 0),
                 shared=int(shared[i] or 0),
                 synthetic=int(synthetic[i] or 0),
-                tokens={name: int(sums[name][i] or 0) for name in _TOKENS},
+                tokens={name: int(sums[name][i] or 0) for name in TOKENS},
                 cost=float(cost[i] or 0.0),
                 priced=int(priced[i] or 0),
                 repriced=float(repriced[i] or 0.0),
@@ -547,7 +425,7 @@ _OUTPUT_COLUMNS = (
     *STATUSES,
     "shared",
     "synthetic",
-    *_TOKENS,
+    *TOKENS,
     "cost_usd",
     "repriced_usd",
     "unpriced",
@@ -559,7 +437,7 @@ _OUTPUT_COLUMNS = (
 
 
 def _new_row() -> dict[str, Any]:
-    names = ("rows", *STATUSES, "shared", "synthetic", *_TOKENS, "priced", "unpriced")
+    names = ("rows", *STATUSES, "shared", "synthetic", *TOKENS, "priced", "unpriced")
     names = (*names, "repriced_rows")
     return {**dict.fromkeys(names, 0), "cost": 0.0, "repriced": 0.0, "ok_latencies": []}
 
@@ -570,7 +448,7 @@ def _fold(row: dict[str, Any], group: _Group, status: Any) -> None:
     row["synthetic"] += group.synthetic
     if status in STATUSES:
         row[status] += group.rows
-    for name in _TOKENS:
+    for name in TOKENS:
         row[name] += group.tokens[name]
     row["cost"] += group.cost
     row["priced"] += group.priced
@@ -589,7 +467,7 @@ def _finish(label: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     p50, p95 = np.percentile(latencies, [50, 95]) if latencies.size else (math.nan, math.nan)
     return {
         **label,
-        **{name: row[name] for name in ("rows", *STATUSES, "shared", *_TOKENS, "unpriced")},
+        **{name: row[name] for name in ("rows", *STATUSES, "shared", *TOKENS, "unpriced")},
         "synthetic": row["synthetic"],
         "cost_usd": cost,
         "repriced_usd": repriced,
