@@ -104,7 +104,9 @@ def test_nightly_job_takes_its_date_from_the_scheduler(monkeypatch: pytest.Monke
 # --- the catalogue of bad job files -------------------------------------------------
 
 EFFORTS = "low, medium, high, xhigh"
-TYPES = "string, double, float, int64, int32, bool, boolean"
+TYPES = (
+    "string, double, float, int64, int32, bool, boolean, list<string>, list<double>, list<int64>"
+)
 BAD_JOBS: list[tuple[str, dict[str, str | None], str]] = [
     # [job]
     ("name-missing", {"job.name": None}, "job.name: missing; it is required"),

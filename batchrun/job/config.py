@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from batchrun.job.columns import ColumnRule
+
 DEFAULT_BASE_URL = "https://api.modelstream.ai"
 DEFAULT_API_KEY_ENV = "MODELSTREAM_API_KEY"
 MAX_COMPLETION_TOKENS_LIMIT = 128_000
@@ -26,7 +28,6 @@ IMAGE_DETAILS = ("auto", "low", "high")
 RESPONSE_FORMATS = ("text", "json_object")
 SYSTEM_ROLES = ("developer", "system")
 PARSE_MODES = ("json",)
-COLUMN_TYPES = ("string", "double", "float", "int64", "int32", "bool", "boolean")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class OutputConfig:
     path: str
     parse: str | None = None
     columns: Mapping[str, str] = field(default_factory=dict)
+    rules: Mapping[str, ColumnRule] = field(default_factory=dict)
     prefix: str = ""
     checkpoint: str | None = None
 

@@ -29,9 +29,8 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from batchrun._errors import JobError
-from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS
+from batchrun.job.columns import parse_columns, raw_columns
 from batchrun.job.config import (
-    COLUMN_TYPES,
     IMAGE_DETAILS,
     MAX_COMPLETION_TOKENS_LIMIT,
     PARSE_MODES,
@@ -98,7 +97,10 @@ def validate_job(job: Job) -> Job:
     """Check a ``Job`` built in code by the same rules as a file; returns it normalised, hashed."""
     raw = {name: _present(asdict(getattr(job, name))) for name in ("input", "api", "request")}
     raw |= {"job": {"name": job.name}, "limits": _present(asdict(job.limits))}
-    raw |= {"output": _present(asdict(job.output))}
+    output = _present(asdict(job.output))
+    output["columns"] = raw_columns(job.output.columns, job.output.rules)
+    del output["rules"]
+    raw |= {"output": output}
     raw["pricing"] = {model: _present(asdict(price)) for model, price in job.pricing.items()}
     try:
         checked = _build_job(raw)
@@ -312,18 +314,8 @@ def _json_only(key: str, value: Any) -> None:
             _json_only(f"{key}[{index}]", item)
 
 
-def _columns(key: str, value: Any) -> dict[str, str]:
-    if not isinstance(value, dict):
-        _fail(key, f"must be a table of column = type, got {_show(value)}")
-    for name, kind in value.items():
-        if kind not in COLUMN_TYPES:
-            _fail(
-                f"{key}.{dotted(name)}",
-                f"{_show(kind)} is not one of {', '.join(COLUMN_TYPES)}",
-            )
-        if name in RESULT_COLUMNS or name in EXTRA_COLUMNS:
-            _fail(f"{key}.{dotted(name)}", "clashes with batchrun's own column of that name")
-    return dict(value)
+def _columns(key: str, value: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    return parse_columns(key, value)
 
 
 # --- the schema and building the Job ---------------------------------------------
@@ -388,11 +380,18 @@ def _build_job(raw: Mapping[str, Any]) -> Job:
         name=given["job"]["name"],
         input=InputConfig(**given["input"]),
         request=RequestConfig(**given["request"]),
-        output=OutputConfig(**given["output"]),
+        output=_output(given["output"]),
         api=ApiConfig(**given["api"]),
         limits=Limits(**given["limits"]),
         pricing=pricing_tables(raw.get("pricing", {})),
     )
+
+
+def _output(given: dict[str, Any]) -> OutputConfig:
+    """``columns`` holds (types, rules) from ``parse_columns``: two fields of the config."""
+    if "columns" in given:
+        given["columns"], given["rules"] = given["columns"]
+    return OutputConfig(**given)
 
 
 def _check_sections(raw: Mapping[str, Any]) -> None:
@@ -521,5 +520,7 @@ def _config_hash(job: Job) -> str:
     """Versioned so a change of canonical form is detectable (``v1:`` + sha256 hex)."""
     data = asdict(job)
     del data["config_hash"]
+    if not job.output.rules:  # jobs without rules keep the hash they had
+        del data["output"]["rules"]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "v1:" + hashlib.sha256(text.encode("utf-8")).hexdigest()

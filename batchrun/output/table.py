@@ -148,7 +148,8 @@ def _parsed_columns(job: Job) -> Mapping[str, str]:
 
 def parse_status(job: Job, result: Result) -> Result:
     """``result``, or a copy with ``status="error", error_type="parse_error"`` when it is
-    ok but its response does not parse into the job's declared columns."""
+    ok but its response does not parse into the job's declared columns
+    (``invalid_answer`` when a value breaks its column's rule)."""
     return _parsed(job, result)[0]
 
 
@@ -157,14 +158,14 @@ def _parsed(job: Job, result: Result) -> tuple[Result, dict[str, Any] | None]:
     columns = _parsed_columns(job)
     if not columns or result.status != "ok":
         return result, None
-    parsed = parse_response(result.response, columns)
+    parsed = parse_response(result.response, columns, job.output.rules)
     if parsed.error is None:
         return result, parsed.values
     message = parsed.error or ""
     if result.finish_reason == "length":
         message += " (the answer was cut short: finish_reason=length; raise max_completion_tokens)"
     failed = dataclasses.replace(
-        result, status="error", error_type="parse_error", error_message=message
+        result, status="error", error_type=parsed.error_type, error_message=message
     )
     return failed, None
 
