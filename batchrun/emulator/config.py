@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from batchrun.emulator.faults import FaultRates
+from batchrun.emulator.labels import LabelSettings
 
 DEFAULT_PORT = 8000
 DEFAULT_STALL_S = 30.0
@@ -35,6 +36,7 @@ class EmulatorConfig:
     api_keys: tuple[str, ...] = ()  # empty: any key starting "sk-"
     allow_remote: bool = False
     parent_watch: bool = False  # exit when stdin reaches EOF (parent died)
+    labels: LabelSettings = field(default_factory=LabelSettings)
 
     def accepts_key(self, key: str) -> bool:
         return key in self.api_keys if self.api_keys else key.startswith("sk-")
@@ -80,6 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="fraction of answers sent without usage (plain and streamed), still billed",
     )
+    add(
+        "--label-accuracy",
+        action="append",
+        default=[],
+        type=_accuracy,
+        metavar="[MODEL=]A",
+        help="labeling answers: share of enum labels equal to the hidden truth, for MODEL "
+        "(or every model); repeatable",
+    )
+    add(
+        "--label-break-rate",
+        type=_rate,
+        default=0.0,
+        help="labeling answers: share of first answers that break a column rule",
+    )
     add("--parent-watch", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -118,6 +135,7 @@ def parse_config(argv: Sequence[str]) -> EmulatorConfig:
         api_keys=tuple(args.api_key),
         allow_remote=args.allow_remote,
         parent_watch=args.parent_watch,
+        labels=LabelSettings(dict(args.label_accuracy), args.label_break_rate),
     )
 
 
@@ -149,6 +167,11 @@ def _non_negative(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
+
+
+def _accuracy(text: str) -> tuple[str, float]:
+    model, _, value = text.rpartition("=")
+    return model or "*", _rate(value)
 
 
 def _rate(text: str) -> float:
