@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from conftest import run_batchrun, write_job
 
 from batchrun.emulator.labels import (
     SCHEMA_MARK,
@@ -21,7 +22,6 @@ from batchrun.emulator.synth import Draws
 from batchrun.job import columns
 from batchrun.job.load import load_job
 from batchrun.send.requests import RequestBuilder
-from tests.conftest import run_batchrun, write_job
 
 SENTIMENTS = ["positive", "negative", "neutral"]
 COLUMNS = {
@@ -118,3 +118,45 @@ def test_a_later_turn_never_breaks_a_rule() -> None:
     later = [*first, {"role": "assistant", "content": "{}"}, {"role": "user", "content": "fix"}]
     assert json.loads(label_answer(schema, first, "m", settings, Draws(b"k")))["s"] == "unsure"
     assert json.loads(label_answer(schema, later, "m", settings, Draws(b"k")))["s"] in SENTIMENTS
+
+
+# --- empty columns are named ------------------------------------------------------------
+
+
+def test_a_run_names_a_column_that_comes_back_empty(tmp_path: Path, emulator) -> None:
+    job = _job(tmp_path, rows=50)
+    run = run_batchrun(job, emulator("--label-omit", "topic"), "--summary-json", "summary.json")
+    assert run.returncode == 0, run.stderr
+    line = "column 'topic' null in 50/50 ok rows: the model's JSON has no value under 'topic'"
+    assert f"warning: {line}" in run.stderr
+    assert "'sentiment' null" not in run.stderr
+    summary = json.loads((job.parent / "summary.json").read_text())
+    assert summary["empty_columns"] == [line]
+
+
+def test_a_run_with_every_column_filled_warns_of_nothing(tmp_path: Path, emulator) -> None:
+    run = run_batchrun(_job(tmp_path, rows=30), emulator())
+    assert run.returncode == 0, run.stderr
+    assert "null in" not in run.stderr
+
+
+def test_a_pilot_names_a_column_that_comes_back_empty(tmp_path: Path, emulator) -> None:
+    import os
+    import subprocess
+    import sys
+
+    emu = emulator("--label-omit", "topic", "--label-omit", "stars")
+    job = _job(tmp_path, rows=40)
+    base = f'api.base_url="{emu.base_url}"'
+    done = subprocess.run(
+        [sys.executable, "-m", "batchrun", "plan", job.name, "--pilot", "10", "--set", base],
+        cwd=job.parent,
+        env={**os.environ, "MODELSTREAM_API_KEY": "sk-test"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "column 'topic' null in 10/10 ok rows" in done.stdout
+    assert "column 'stars' null in 10/10 ok rows" in done.stdout
+    assert "'sentiment' null" not in done.stdout

@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="labeling answers: share of first answers that break a column rule",
     )
+    add(
+        "--label-omit",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="labeling answers: leave this column out (a model ignoring it); repeatable",
+    )
     add("--parent-watch", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -135,7 +142,9 @@ def parse_config(argv: Sequence[str]) -> EmulatorConfig:
         api_keys=tuple(args.api_key),
         allow_remote=args.allow_remote,
         parent_watch=args.parent_watch,
-        labels=LabelSettings(dict(args.label_accuracy), args.label_break_rate),
+        labels=LabelSettings(
+            dict(args.label_accuracy), args.label_break_rate, frozenset(args.label_omit)
+        ),
     )
 
 

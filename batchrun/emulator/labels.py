@@ -32,10 +32,12 @@ class Rng(Protocol):
 @dataclass(frozen=True, slots=True)
 class LabelSettings:
     """``accuracy``: model -> the share of enum labels that equal the truth ("*": any
-    model); ``break_rate``: the share of first answers that break a rule."""
+    model); ``break_rate``: the share of first answers that break a rule; ``omit``:
+    columns never answered."""
 
     accuracy: Mapping[str, float] = field(default_factory=dict)
     break_rate: float = 0.0
+    omit: frozenset[str] = frozenset()  # columns left out, as a model that ignores them
 
     def accuracy_of(self, model: str) -> float | None:
         return self.accuracy.get(model, self.accuracy.get("*"))
@@ -78,10 +80,11 @@ def label_answer(
 ) -> str:
     """The JSON text of an answer to ``schema``."""
     labeler = _Labeler(_first_user_text(messages), settings.accuracy_of(model), rng)
-    answer = {name: labeler.value(prop) for name, prop in schema["properties"].items()}
+    properties = schema["properties"]
+    answer = {n: labeler.value(p) for n, p in properties.items() if n not in settings.omit}
     first = not any(m.get("role") == "assistant" for m in messages)
     if first and settings.break_rate > 0 and rng.uniform(0.0, 1.0) < settings.break_rate:
-        _break_a_rule(answer, schema["properties"])
+        _break_a_rule(answer, properties)
     return json.dumps(answer, ensure_ascii=False)
 
 

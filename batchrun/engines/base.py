@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from batchrun._errors import JobError
@@ -23,6 +23,7 @@ from batchrun._version import __version__
 from batchrun.engines.pipeline import Progress
 from batchrun.io.input import InputTable, open_input, validate_keys
 from batchrun.job.config import Job
+from batchrun.output.empty import empty_columns
 from batchrun.output.table import (
     BatchHook,
     Lookup,
@@ -104,6 +105,8 @@ class RunSummary:
     # What this run spent: its charges, at the real cost or (no usage came back) the
     # worst case, as the budget counts them. None for an unpriced model.
     run_cost_usd: float | None = None
+    # Parsed columns null in more than a tenth of the ok rows, one line each.
+    empty_columns: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +133,7 @@ class RunSummary:
         ]
         if self.stopped:
             lines.append(f"  stopped: {_STOP_REASONS[self.stopped]}")
+        lines.extend(f"  warning: {line}" for line in self.empty_columns)
         if self.synthetic:
             lines.append("  EMULATED RUN: every answer in this output is synthetic.")
         return "\n".join(lines)
@@ -343,6 +347,7 @@ class Run:
             exit_code=_exit_code(self.stopped, failed, self.job.limits.max_failed_rows),
             synthetic=self.options.emulate,
             error=self.fatal_message,
+            empty_columns=empty_columns(stats.null_counts, by_status.get("ok", 0)),
         )
 
 

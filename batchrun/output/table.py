@@ -37,6 +37,7 @@ from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS, Answer, Keyed, Reques
 from batchrun.io.files import describe, is_remote, resolve
 from batchrun.io.input import InputTable
 from batchrun.job.config import Job, Price
+from batchrun.output.empty import count_nulls
 from batchrun.output.parse import ARROW_TYPES, parse_response
 from batchrun.send.requests import RequestBuilder, Selector, keyed_batches
 
@@ -95,10 +96,12 @@ class OutputStats:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cost_usd: float | None = None
+    null_counts: Counter[str] = field(default_factory=Counter)  # parsed column -> null ok rows
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["path"], data["by_status"] = str(self.path), dict(self.by_status)
+        data["null_counts"] = dict(self.null_counts)
         return data
 
 
@@ -248,6 +251,8 @@ def _count(stats: OutputStats, rows: Sequence[_Row], price: Price | None) -> Non
     for row in rows:
         result = row.result
         stats.by_status[result.status] += 1
+        if row.parsed is not None:  # an ok row's parsed values
+            count_nulls(stats.null_counts, row.parsed, row.parsed)
         if row.shared:
             stats.shared_rows += 1
             stats.shared_cost_usd += _cost(price, result) or 0.0
@@ -441,6 +446,7 @@ def kept_output(job: Job, key: str, value: str) -> OutputStats | None:
     try:
         stored = json.loads(found[STATS_METADATA_KEY.encode()])
         by_status = Counter(stored.pop("by_status"))
+        stored["null_counts"] = Counter(stored.get("null_counts", {}))
         del stored["path"]
         return OutputStats(path=location, by_status=by_status, **stored)
     except (KeyError, TypeError, ValueError):

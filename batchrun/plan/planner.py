@@ -22,6 +22,7 @@ from batchrun.engines.base import EMULATOR_KEY, emulated_job, prepare, resolve_a
 from batchrun.io.input import InputTable
 from batchrun.job.config import Job, Price
 from batchrun.job.load import load_job
+from batchrun.output.empty import empty_columns
 from batchrun.plan.estimate import Counts, Pilot, count_rows, run_pilot, sample_rows
 from batchrun.send.advice import duration, lowest, reservation_note, wall_time
 from batchrun.send.budget import PRIOR_FACTORS, PROMPT_MARGIN
@@ -376,6 +377,7 @@ def _pilot_rows(pilot: Pilot) -> list[Row]:
     error = pilot.prompt_estimate_error
     if error is not None:
         rows.append(("prompt estimate", f"{error:+.1%}", "vs the pilot's real prompt tokens"))
+    rows.extend(("warning", "", line) for line in empty_columns(pilot.null_counts, pilot.ok))
     return rows
 
 
