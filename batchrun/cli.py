@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_plan(sub)
     _add_report(sub)
+    _add_compare(sub)
     _add_emulator(sub)
     return parser
 
@@ -179,6 +180,32 @@ def _add_report(sub: Any) -> None:
     cmd.add_argument("--since", metavar="DATE", help="first day to include (ISO date, UTC)")
     cmd.add_argument("--until", metavar="DATE", help="last day to include (ISO date, UTC)")
     cmd.set_defaults(handler=_cmd_report)
+
+
+def _add_compare(sub: Any) -> None:
+    cmd = sub.add_parser(
+        "compare", help="score variants' labels against gold or a reference, with their cost"
+    )
+    cmd.add_argument("paths", nargs="+", metavar="OUTPUT", help="output Parquet files of one job")
+    truth = cmd.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--gold", metavar="COLUMN", help="the column holding the right labels")
+    truth.add_argument("--reference", metavar="VARIANT", help="the variant others are held to")
+    cmd.add_argument("--columns", metavar="C,...", help="the label columns to compare")
+    cmd.add_argument(
+        "--within",
+        type=float,
+        default=2.0,
+        metavar="POINTS",
+        help="recommend the cheapest variant this many points of the best (default 2)",
+    )
+    cmd.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    cmd.add_argument("--output", metavar="PATH", help="write the comparison here, not to stdout")
+    cmd.add_argument(
+        "--disagreements",
+        metavar="PATH",
+        help="write rows where variants (or gold) disagree, labels side by side (.parquet/.csv)",
+    )
+    cmd.set_defaults(handler=_cmd_compare)
 
 
 def _add_emulator(sub: Any) -> None:
@@ -306,6 +333,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
         text = render_html(result)
     else:
         text = render(result.table, args.format)
+    if args.output:
+        _write_text(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from batchrun.compare.compute import compare
+    from batchrun.compare.render import render
+
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    comparison = compare(
+        args.paths,
+        gold=args.gold,
+        reference=args.reference,
+        columns=columns,
+        within=args.within,
+        disagreements=args.disagreements,
+    )
+    text = render(comparison, args.format)
     if args.output:
         _write_text(Path(args.output), text)
     else:
