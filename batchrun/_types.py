@@ -71,6 +71,7 @@ class Result:
     attempts: int = 0
     latency_ms: float | None = None
     completed_at: datetime | None = None
+    reasks: int = 0  # follow-up turns that asked again (``request.reask``), in ``attempts``
     # This run's paid attempts, for the checkpoint's record of charges (not stored with
     # the answer; empty when read back). Must stay the last field: see store.checkpoint.
     charges: tuple[Charge, ...] = ()
@@ -123,6 +124,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "attempts",
     "latency_ms",
     "completed_at",
+    "reasks",
 )
 """The columns batchrun adds after the input's, in order (parsed columns follow)."""
 

@@ -347,6 +347,12 @@ BAD_JOBS: list[tuple[str, dict[str, str | None], str]] = [
         "output.path: 't.parquet' is the input file; the output would replace it",
     ),
     ("parse-mode", {"output.parse": '"yaml"'}, "output.parse: 'yaml' is not one of json"),
+    ("reask-range", {"request.reask": "11"}, "request.reask: 11 is out of range 0..10"),
+    (
+        "reask-without-columns",
+        {"request.reask": "1"},
+        'request.reask: 1 needs output.parse = "json" and output.columns',
+    ),
     (
         "columns-without-parse",
         {"output.columns": '{ label = "string" }'},

@@ -43,6 +43,7 @@ RESULT_SCHEMA = [
     ("attempts", pa.int32()),
     ("latency_ms", pa.float64()),
     ("completed_at", pa.timestamp("us", tz="UTC")),
+    ("reasks", pa.int32()),  # follow-up turns (request.reask), after the SPEC's columns
     ("shared", pa.bool_()),  # after the SPEC's columns (and after parsed ones)
 ]
 

@@ -109,15 +109,16 @@ def _layout(found: Found) -> Layout:
     schema, metadata = _metadata(found)
     prefix = metadata.get(_PREFIX_KEY, b"").decode()
     names = schema.names
-    first, last = prefix + RESULT_COLUMNS[0], prefix + RESULT_COLUMNS[-1]
-    shared = prefix + EXTRA_COLUMNS[0]
-    if first not in names or last not in names or shared not in names:
+    first, shared = prefix + RESULT_COLUMNS[0], prefix + EXTRA_COLUMNS[0]
+    if first not in names or shared not in names:
         raise JobError(f"{found.name}: not a batchrun output (no {first!r} column)")
     start, end = names.index(first), names.index(shared)
     inputs = tuple(names[:start])
     variant = prefix + VARIANT
     has_variant = bool(inputs) and inputs[-1] == variant
-    parsed = tuple(names[names.index(last) + 1 : end])
+    # Parsed columns follow batchrun's own (an older output lacks the newer ones).
+    own = {prefix + name for name in RESULT_COLUMNS}
+    parsed = tuple(name for name in names[start:end] if name not in own)
     return Layout(
         schema.remove_metadata(),
         prefix,

@@ -21,6 +21,7 @@ DEFAULT_BASE_URL = "https://api.modelstream.ai"
 DEFAULT_API_KEY_ENV = "MODELSTREAM_API_KEY"
 MAX_COMPLETION_TOKENS_LIMIT = 128_000
 MAX_IMAGE_URLS = 10
+MAX_REASKS = 10
 
 REASONING_EFFORTS = ("low", "medium", "high", "xhigh")
 VERBOSITIES = ("low", "medium")
@@ -57,6 +58,7 @@ class RequestConfig:
     stream: bool = False
     dedupe: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
+    reask: int = 0  # answers failing the parse or a column rule are asked again this often
 
     @property
     def worst_case_completion_tokens(self) -> int:

@@ -33,6 +33,7 @@ from batchrun.job.columns import parse_columns, raw_columns
 from batchrun.job.config import (
     IMAGE_DETAILS,
     MAX_COMPLETION_TOKENS_LIMIT,
+    MAX_REASKS,
     PARSE_MODES,
     REASONING_EFFORTS,
     RESPONSE_FORMATS,
@@ -352,6 +353,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "stream": _Key(_bool),
         "dedupe": _Key(_bool),
         "extra": _Key(_extra),
+        "reask": _Key(_int_range(0, MAX_REASKS)),
     },
     "limits": {
         "concurrency": _Key(_positive_int),
@@ -482,6 +484,12 @@ def _check_output(job: Job) -> None:
         _fail(
             "output.columns", 'needs output.parse = "json" (columns are parsed from a JSON answer)'
         )
+    if job.request.reask and not (out.parse == "json" and out.columns):
+        _fail(
+            "request.reask",
+            f'{job.request.reask} needs output.parse = "json" and output.columns '
+            "(an answer is asked again when it does not parse into them or breaks a rule)",
+        )
     if Path(out.path) == Path(job.input.path):
         _fail("output.path", f"{_show(out.path)} is the input file; the output would replace it")
 
@@ -520,7 +528,9 @@ def _config_hash(job: Job) -> str:
     """Versioned so a change of canonical form is detectable (``v1:`` + sha256 hex)."""
     data = asdict(job)
     del data["config_hash"]
-    if not job.output.rules:  # jobs without rules keep the hash they had
+    if not job.output.rules:  # jobs without rules or re-asks keep the hash they had
         del data["output"]["rules"]
+    if not job.request.reask:
+        del data["request"]["reask"]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "v1:" + hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -62,6 +62,7 @@ RESULT_TYPES: Mapping[str, pa.DataType] = {
     "attempts": pa.int32(),
     "latency_ms": pa.float64(),
     "completed_at": pa.timestamp("us", tz="UTC"),
+    "reasks": pa.int32(),
     "shared": pa.bool_(),
 }
 """SPEC's type of each column in ``RESULT_COLUMNS`` (and of ``EXTRA_COLUMNS``)."""
@@ -225,6 +226,8 @@ def _output_batch(
             values: list[Any] = [row.cost for row in rows]
         elif name == "attempts":
             values = [row.attempts for row in rows]
+        elif name == "reasks":  # a shared row asked nothing, as it sent nothing
+            values = [0 if row.shared else row.result.reasks for row in rows]
         elif name == "completed_at":
             values = [_micros(result.completed_at) for result in results]
         else:

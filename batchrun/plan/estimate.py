@@ -27,6 +27,7 @@ from batchrun.engines.loop import run_async
 from batchrun.engines.pipeline import Pipeline
 from batchrun.io.input import InputTable
 from batchrun.job.config import Job
+from batchrun.output.check import answer_check
 from batchrun.output.empty import count_nulls
 from batchrun.output.parse import parse_response
 from batchrun.output.table import Lookup
@@ -225,7 +226,9 @@ def _send(
     if not sample:
         return None
     budget = budget_for(job, ckpt.spent_usd())
-    dispatcher = Dispatcher(job, api_key=api_key, base_url=base_url, budget=budget)
+    dispatcher = Dispatcher(
+        job, api_key=api_key, base_url=base_url, budget=budget, check=answer_check(job)
+    )
     batches: list[list[Request | Result]] = [list(sample)]
 
     async def answer() -> DispatchOutcome:

@@ -34,6 +34,7 @@ from batchrun.send.advice import ReservationWarning
 from batchrun.send.budget import Budget, result_cost
 from batchrun.send.earlystop import FirstAnswers
 from batchrun.send.ratelimit import Backoff, LearnedLimits, Pacer, PauseGate, compute_backoff
+from batchrun.send.reask import Check, follow_up
 from batchrun.send.transport import Reply, Sender, completions_url, make_transport
 
 retry_log = logging.getLogger("batchrun.retry")
@@ -125,10 +126,13 @@ class Dispatcher:
         rng: random.Random | None = None,
         share: float = 1.0,
         gate: PauseGate | None = None,
+        check: Check | None = None,
     ) -> None:
         # ``share`` and ``gate`` let several processes split one job's limits (the Ray
         # engine): each paces to its share, and a shared gate spreads a 429's pause.
         self.limits = job.limits
+        # ``check`` finds what is wrong with an ok answer: asked again up to ``reask`` times.
+        self.check, self.reask = (check, job.request.reask) if job.request.reask else (None, 0)
         self.share = share
         self.gate = gate
         self.price = job.price
@@ -304,7 +308,7 @@ class _DispatchRun:
         """
         max_attempts = max(self.d.limits.max_attempts, 1)
         charges: list[Charge] = []  # attempts that may have been billed
-        sent = failures = refusals = 0
+        sent = failures = refusals = reasks = 0
         while True:
             try:
                 result = await self._attempt(request, scope, charges)
@@ -327,8 +331,20 @@ class _DispatchRun:
             except _Stop:
                 raise _Stop(_unfinished(request, charges)) from None
             else:
-                result.attempts = sent + 1
-                return self._finished(result, charges)
+                sent += 1
+                again = self._reask(request, result, reasks)
+                if again is None:
+                    result.attempts, result.reasks = sent, reasks
+                    return self._finished(result, charges)
+                request, reasks = again, reasks + 1
+
+    def _reask(self, request: Request, result: Result, reasks: int) -> Request | None:
+        """The follow-up turn for an ok answer that fails the check, while re-asks last."""
+        check = self.d.check
+        if check is None or reasks >= self.d.reask or result.status != "ok":
+            return None
+        problem = check(result)
+        return None if problem is None else follow_up(request, result.response, problem)
 
     async def _attempt(
         self, request: Request, scope: anyio.CancelScope, charges: list[Charge]

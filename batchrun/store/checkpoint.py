@@ -137,8 +137,10 @@ def _to_answer(row: Row) -> Answer:
 
 
 @cache
-def _lookup_sql(params: int, include_failed: bool, compact: bool) -> str:
-    columns = ", ".join(("fingerprint", "owner_key", *_RESULT_FIELDS))
+def _lookup_sql(params: int, include_failed: bool, compact: bool, reasks: bool = True) -> str:
+    # A read-only look at a checkpoint not yet migrated to m007 reads no re-asks.
+    fields = [f if reasks or f != "reasks" else "0" for f in _RESULT_FIELDS]
+    columns = ", ".join(("fingerprint", "owner_key", *fields))
     failed = "" if include_failed else " AND status != 'error'"
     return f"SELECT {columns} FROM answers {where_keys(params, compact)}{failed}"
 
@@ -484,12 +486,17 @@ def _select_answered(
 
 
 def _select_answers(
-    conn: sqlite3.Connection, fingerprints: Sequence[str], include_failed: bool, compact: bool
+    conn: sqlite3.Connection,
+    fingerprints: Sequence[str],
+    include_failed: bool,
+    compact: bool,
+    reasks: bool = True,
 ) -> dict[str, Answer]:
     by_key = {fp_key(fp): fp for fp in fingerprints}  # dedupe keeps many rows to one probe
     found: dict[str, Answer] = {}
     for chunk in chunks(key_params(list(by_key), compact)):
-        for row in conn.execute(_lookup_sql(len(chunk), include_failed, compact), chunk):
+        sql = _lookup_sql(len(chunk), include_failed, compact, reasks)
+        for row in conn.execute(sql, chunk):
             fingerprint = by_key.get(row[0])
             if fingerprint is not None:  # not another key with the same prefix
                 found[fingerprint] = _to_answer(row)
@@ -497,6 +504,11 @@ def _select_answers(
 
 
 # ---------------------------------------------------------------- read-only view
+
+
+def _has_reasks(conn: sqlite3.Connection) -> bool:
+    has = conn.execute("SELECT 1 FROM _migrations WHERE name = 'm007_reasks'")
+    return has.fetchone() is not None
 
 
 class CheckpointReader:
@@ -512,6 +524,7 @@ class CheckpointReader:
         self._conn = conn
         with _translated(path, "read its schema"):
             self._compact = is_compact(conn)  # not migrated here: may be an older layout
+            self._reasks = _has_reasks(conn)
 
     @classmethod
     def open(cls, path: Path, *, job_name: str) -> CheckpointReader | None:
@@ -538,7 +551,9 @@ class CheckpointReader:
     ) -> dict[str, Answer]:
         """As ``Checkpoint.lookup``."""
         with _translated(self.path, "look up answers"):
-            return _select_answers(self._conn, fingerprints, include_failed, self._compact)
+            return _select_answers(
+                self._conn, fingerprints, include_failed, self._compact, self._reasks
+            )
 
     def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:
         """As ``Checkpoint.answered``."""

@@ -70,6 +70,12 @@ _migration(m005_done_batches)
 _migration(m006_compact_answers)
 
 
+@_migration
+def m007_reasks(conn: sqlite3.Connection) -> None:
+    """How many follow-up turns an answer took (``request.reask``)."""
+    conn.execute("ALTER TABLE answers ADD COLUMN reasks INTEGER NOT NULL DEFAULT 0")
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
     applied = {name for (name,) in conn.execute("SELECT name FROM _migrations")}
