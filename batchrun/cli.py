@@ -121,6 +121,9 @@ def _add_run(sub: Any) -> None:
         " (without it such a file is left alone and the run exits 2)",
     )
     cmd.add_argument(
+        "--variant", metavar="NAME", help="run only this one of the job's [[variants]]"
+    )
+    cmd.add_argument(
         "--retry-failed", action="store_true", help="re-send rows whose last attempt failed"
     )
     cmd.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N rows")
@@ -266,6 +269,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         ray_workers=args.ray_workers,
         overwrite=args.overwrite,
+        variant=args.variant,
     )
     progress = None if args.quiet else _ProgressDisplay()
     with _sigterm_as_ctrl_c(), _logs_above_the_bar(progress):

@@ -76,6 +76,7 @@ class RunOptions:
     ray_address: str | None = None  # None: start a local Ray instance
     ray_workers: int | None = None  # None: one per CPU of the Ray cluster
     overwrite: bool = False  # replace an output.path file that is not this job's output
+    variant: str | None = None  # --variant NAME: run only that one of the job's [[variants]]
 
 
 @dataclass
@@ -353,6 +354,11 @@ class Run:
 
 def _usd(amount: float | None) -> str:
     return "unpriced" if amount is None else f"${amount:.4f}"
+
+
+def run_exit_code(stopped: str | None, failed: int, max_failed: int) -> int:
+    """SPEC's exit code of a run that stopped so (or not) with ``failed`` rows."""
+    return _exit_code(stopped, failed, max_failed)
 
 
 def _exit_code(stopped: str | None, failed: int, max_failed: int) -> int:

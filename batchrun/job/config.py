@@ -142,6 +142,14 @@ class Price:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One ``[[variants]]`` table: a name and the job's request with its overrides."""
+
+    name: str
+    request: RequestConfig
+
+
+@dataclass(frozen=True)
 class Job:
     name: str
     input: InputConfig
@@ -151,6 +159,7 @@ class Job:
     limits: Limits = field(default_factory=Limits)
     pricing: Mapping[str, Price] = field(default_factory=dict)
     config_hash: str = ""
+    variants: tuple[Variant, ...] = ()
 
     @property
     def price(self) -> Price | None:

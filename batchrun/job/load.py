@@ -21,6 +21,7 @@ import hashlib
 import ipaddress
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime, time
@@ -46,6 +47,7 @@ from batchrun.job.config import (
     OutputConfig,
     Price,
     RequestConfig,
+    Variant,
 )
 from batchrun.job.document import (
     NAME,
@@ -96,13 +98,18 @@ def load_job(path: str | Path, *, sets: Sequence[str] = (), variables: Sequence[
 
 def validate_job(job: Job) -> Job:
     """Check a ``Job`` built in code by the same rules as a file; returns it normalised, hashed."""
-    raw = {name: _present(asdict(getattr(job, name))) for name in ("input", "api", "request")}
+    raw: dict[str, Any] = {
+        name: _present(asdict(getattr(job, name))) for name in ("input", "api", "request")
+    }
     raw |= {"job": {"name": job.name}, "limits": _present(asdict(job.limits))}
     output = _present(asdict(job.output))
     output["columns"] = raw_columns(job.output.columns, job.output.rules)
     del output["rules"]
     raw |= {"output": output}
     raw["pricing"] = {model: _present(asdict(price)) for model, price in job.pricing.items()}
+    raw["variants"] = [
+        {"name": v.name, "request": _present(asdict(v.request))} for v in job.variants
+    ]
     try:
         checked = _build_job(raw)
         _check_job(checked)
@@ -386,7 +393,41 @@ def _build_job(raw: Mapping[str, Any]) -> Job:
         api=ApiConfig(**given["api"]),
         limits=Limits(**given["limits"]),
         pricing=pricing_tables(raw.get("pricing", {})),
+        variants=_variants(raw.get("variants", []), raw.get("request", {})),
     )
+
+
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _variants(tables: Any, request: Mapping[str, Any]) -> tuple[Variant, ...]:
+    """``[[variants]]``: each a unique ``name`` and ``request.*`` overrides of the job's."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        _fail("variants", "must be [[variants]] tables, each with a name and request.* keys")
+    names: set[str] = set()
+    variants = []
+    for index, table in enumerate(tables):
+        where = f"variants[{index}]"
+        for key in table:
+            if key not in ("name", "request"):
+                homes = "request." + key if key in _SCHEMA["request"] else "request.<key>"
+                _fail(f"{where}.{dotted(key)}", f"a variant takes name and {homes} keys")
+        name = table.get("name")
+        if not isinstance(name, str) or not _VARIANT_NAME.fullmatch(name):
+            _fail(f"{where}.name", f"missing or not a name like 'glm-5.2' ({_show(name)})")
+        if name in names:
+            _fail(f"{where}.name", f"{name!r} names another variant too; names must be unique")
+        names.add(name)
+        overrides = table.get("request", {})
+        if not isinstance(overrides, dict):
+            _fail(f"{where}.request", f"must be a table of request keys, got {_show(overrides)}")
+        try:
+            checked = _section({"request": {**request, **overrides}}, "request")
+        except InvalidKey as exc:
+            key = f"{where}.{exc.key}"
+            raise InvalidKey(key, str(exc).replace(exc.key, key, 1)) from None
+        variants.append(Variant(name, RequestConfig(**checked)))
+    return tuple(variants)
 
 
 def _output(given: dict[str, Any]) -> OutputConfig:
@@ -400,6 +441,8 @@ def _check_sections(raw: Mapping[str, Any]) -> None:
     """Top-level names must be known sections; a stray key gets pointed to its section."""
     known = [*_SCHEMA, "pricing"]
     for name, value in raw.items():
+        if name == "variants":
+            continue  # an array of tables: _variants checks it
         if name in known:
             if not isinstance(value, dict):
                 _fail(name, f"must be a table [{name}], got {_show(value)}")
@@ -476,6 +519,11 @@ def _check_job(job: Job) -> None:
     _check_output(job)
     _check_limits(job)
     _check_extra(job.request)
+    for index, variant in enumerate(job.variants):
+        try:
+            _check_job(replace(job, request=variant.request, variants=()))
+        except InvalidKey as exc:
+            raise InvalidKey(exc.key, f"variants[{index}] ({variant.name}): {exc}") from None
 
 
 def _check_output(job: Job) -> None:
@@ -532,5 +580,7 @@ def _config_hash(job: Job) -> str:
         del data["output"]["rules"]
     if not job.request.reask:
         del data["request"]["reask"]
+    if not job.variants:
+        del data["variants"]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "v1:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
