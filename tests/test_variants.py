@@ -44,8 +44,7 @@ def _job(tmp_path: Path, rows: int = 40, variants: str = VARIANTS, **sections: A
             "parse": "json",
             "columns": {"sentiment": {"type": "string", "enum": SENTIMENTS}},
         },
-        **{'pricing."glm-5.2"': dict(PRICE)},
-        **sections,
+        **({'pricing."glm-5.2"': dict(PRICE)} | sections),
     )
     job.write_text(job.read_text() + variants)
     return job
@@ -153,3 +152,30 @@ def test_a_budget_needs_every_variants_price(tmp_path: Path) -> None:
     job = _job(tmp_path, variants=variants, limits={"max_cost_usd": 1.0})
     with pytest.raises(JobError, match=r"variants\[0\] \(a\): limits.max_cost_usd: needs a price"):
         load_job(job)
+
+
+def test_plan_counts_and_prices_each_variant(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    job = _job(tmp_path, rows=30, **{'pricing."glm-5.2"': {"input": 0.1, "output": 0.5}})
+    done = subprocess.run(
+        [sys.executable, "-m", "batchrun", "plan", job.name, "--format", "json"],
+        cwd=job.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    plans = json.loads(done.stdout)["variants"]
+    assert [p["variant"] for p in plans] == ["big", "small"]
+    assert [p["model"] for p in plans] == ["gpt-5.5", "glm-5.2"]
+    assert all(p["rows"]["requests"] == 30 for p in plans)
+    assert plans[0]["cost_usd"]["high"] > plans[1]["cost_usd"]["high"]
+    text = subprocess.run(
+        [sys.executable, "-m", "batchrun", "plan", job.name],
+        cwd=job.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert "variant big:" in text.stdout and "variant small:" in text.stdout
