@@ -16,6 +16,7 @@ from batchrun.emulator.labels import true_label
 from batchrun.job.load import load_job
 
 SENTIMENTS = ["positive", "negative", "neutral"]
+COMPARE = ("--gold", "gold", "--columns", "sentiment", "--format", "json")
 VARIANTS = """
 [[variants]]
 name = "big"
@@ -39,12 +40,17 @@ def _job(tmp_path: Path, rows: int = 40, variants: str = VARIANTS, **sections: A
     job = write_job(
         tmp_path,
         rows=_rows(rows),
-        request={"max_completion_tokens": 100, "response_format": "json_object"},
-        output={
-            "parse": "json",
-            "columns": {"sentiment": {"type": "string", "enum": SENTIMENTS}},
-        },
-        **({'pricing."glm-5.2"': dict(PRICE)} | sections),
+        **(
+            {
+                "request": {"max_completion_tokens": 100, "response_format": "json_object"},
+                "output": {
+                    "parse": "json",
+                    "columns": {"sentiment": {"type": "string", "enum": SENTIMENTS}},
+                },
+                'pricing."glm-5.2"': dict(PRICE),
+            }
+            | sections
+        ),
     )
     job.write_text(job.read_text() + variants)
     return job
@@ -179,3 +185,40 @@ def test_plan_counts_and_prices_each_variant(tmp_path: Path) -> None:
         text=True,
     )
     assert "variant big:" in text.stdout and "variant small:" in text.stdout
+
+
+def test_two_model_variants_with_re_asks_compare_as_recomputed(tmp_path: Path, emulator) -> None:
+    """The whole labeling loop: two models, first answers breaking the label set, reask = 2,
+    then compare --gold --format json against the figures recomputed from the output."""
+    import json
+    import subprocess
+    import sys
+
+    from sklearn.metrics import accuracy_score, cohen_kappa_score
+
+    emu = emulator(
+        "--label-accuracy", "gpt-5.5=0.9", "--label-accuracy", "glm-5.2=0.7",
+        "--label-break-rate", "0.3",
+    )  # fmt: skip
+    request = {"reask": 2, "max_completion_tokens": 100, "response_format": "json_object"}
+    job = _job(tmp_path, rows=80, request=request)
+    run = run_batchrun(job, emu)
+    assert run.returncode == 0, run.stderr
+    rows = _out(job)
+    assert {r["status"] for r in rows} == {"ok"}
+    assert 0 < sum(r["reasks"] for r in rows) < 80
+    done = subprocess.run(
+        [sys.executable, "-m", "batchrun", "compare", "out.parquet", *COMPARE],
+        cwd=job.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    for record in json.loads(done.stdout):
+        mine = [r for r in rows if r["variant"] == record["variant"]]
+        gold = [r["gold"] for r in mine]
+        labels = [r["sentiment"] for r in mine]
+        assert record["accuracy"] == pytest.approx(accuracy_score(gold, labels))
+        assert record["kappa"] == pytest.approx(cohen_kappa_score(gold, labels))
+        assert record["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in mine))
+    assert billed_usd(emu.ledger()) == pytest.approx(sum(r["cost_usd"] for r in rows), rel=1e-9)
