@@ -72,6 +72,7 @@ class Result:
     latency_ms: float | None = None
     completed_at: datetime | None = None
     reasks: int = 0  # follow-up turns that asked again (``request.reask``), in ``attempts``
+    cut_off_retried: bool = False  # sent again with ``request.cut_off_retry_tokens``
     # This run's paid attempts, for the checkpoint's record of charges (not stored with
     # the answer; empty when read back). Must stay the last field: see store.checkpoint.
     charges: tuple[Charge, ...] = ()
@@ -125,6 +126,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "latency_ms",
     "completed_at",
     "reasks",
+    "cut_off_retried",
 )
 """The columns batchrun adds after the input's, in order (parsed columns follow)."""
 

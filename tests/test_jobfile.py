@@ -349,6 +349,11 @@ BAD_JOBS: list[tuple[str, dict[str, str | None], str]] = [
     ("parse-mode", {"output.parse": '"yaml"'}, "output.parse: 'yaml' is not one of json"),
     ("reask-range", {"request.reask": "11"}, "request.reask: 11 is out of range 0..10"),
     (
+        "cut-off-retry-not-larger",
+        {"request.max_completion_tokens": "64", "request.cut_off_retry_tokens": "64"},
+        "request.cut_off_retry_tokens: 64 must be above request.max_completion_tokens (64)",
+    ),
+    (
         "reask-without-columns",
         {"request.reask": "1"},
         'request.reask: 1 needs output.parse = "json" and output.columns',

@@ -44,6 +44,7 @@ RESULT_SCHEMA = [
     ("latency_ms", pa.float64()),
     ("completed_at", pa.timestamp("us", tz="UTC")),
     ("reasks", pa.int32()),  # follow-up turns (request.reask), after the SPEC's columns
+    ("cut_off_retried", pa.bool_()),  # sent again with request.cut_off_retry_tokens
     ("shared", pa.bool_()),  # after the SPEC's columns (and after parsed ones)
 ]
 

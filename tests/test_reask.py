@@ -101,3 +101,40 @@ def test_reask_needs_parsed_columns(tmp_path: Path) -> None:
     job = write_job(tmp_path, request={"reask": 11}, output={"parse": "json", "columns": COLUMNS})
     with pytest.raises(JobError, match=r"request.reask: 11 is out of range 0..10"):
         load_job(job)
+
+
+# --- cut-off answers ----------------------------------------------------------------------
+
+
+def _cut_job(tmp_path: Path, **request: Any) -> Path:
+    return write_job(
+        tmp_path,
+        rows=30,
+        request={"max_completion_tokens": 3, "response_format": "json_object", **request},
+        output={"parse": "json", "columns": COLUMNS},
+        limits={"max_failed_rows": 30},
+    )
+
+
+def test_a_cut_off_answer_is_retried_once_with_the_larger_limit(tmp_path: Path, emulator) -> None:
+    emu = emulator()
+    job = _cut_job(tmp_path, cut_off_retry_tokens=200)
+    run = run_batchrun(job, emu)
+    assert run.returncode == 0, run.stderr
+    rows = _rows(job)
+    assert {(r["status"], r["finish_reason"], r["attempts"]) for r in rows} == {("ok", "stop", 2)}
+    assert all(r["cut_off_retried"] for r in rows)
+    ledger = emu.ledger()
+    assert ledger["requests_billed"] == 60
+    assert sum(row["cost_usd"] for row in rows) == pytest.approx(billed_usd(ledger), rel=1e-9)
+
+
+def test_without_the_key_a_cut_off_answer_stays_a_parse_error(tmp_path: Path, emulator) -> None:
+    emu = emulator()
+    job = _cut_job(tmp_path)
+    assert run_batchrun(job, emu).returncode == 0
+    rows = _rows(job)
+    assert {(r["error_type"], r["attempts"], r["cut_off_retried"]) for r in rows} == {
+        ("parse_error", 1, False)
+    }
+    assert "finish_reason=length" in rows[0]["error_message"]

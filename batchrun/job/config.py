@@ -59,6 +59,9 @@ class RequestConfig:
     dedupe: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
     reask: int = 0  # answers failing the parse or a column rule are asked again this often
+    # An answer cut off by max_completion_tokens (finish_reason = length) is sent once
+    # more with this larger max_completion_tokens; None: never.
+    cut_off_retry_tokens: int | None = None
 
     @property
     def worst_case_completion_tokens(self) -> int:

@@ -361,6 +361,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "dedupe": _Key(_bool),
         "extra": _Key(_extra),
         "reask": _Key(_int_range(0, MAX_REASKS)),
+        "cut_off_retry_tokens": _Key(_int_range(1, MAX_COMPLETION_TOKENS_LIMIT)),
     },
     "limits": {
         "concurrency": _Key(_positive_int),
@@ -519,6 +520,7 @@ def _check_job(job: Job) -> None:
     _check_output(job)
     _check_limits(job)
     _check_extra(job.request)
+    _check_cut_off(job.request)
     for index, variant in enumerate(job.variants):
         try:
             _check_job(replace(job, request=variant.request, variants=()))
@@ -562,6 +564,16 @@ def _check_limits(job: Job) -> None:
         )
 
 
+def _check_cut_off(request: RequestConfig) -> None:
+    longer, limit = request.cut_off_retry_tokens, request.max_completion_tokens
+    if longer is not None and (limit is None or longer <= limit):
+        _fail(
+            "request.cut_off_retry_tokens",
+            f"{longer} must be above request.max_completion_tokens ({limit or 'unset'}):"
+            " a cut-off answer is retried once with this larger limit",
+        )
+
+
 def _check_extra(request: RequestConfig) -> None:
     """An extra key that duplicates a [request] key the file also sets is ambiguous."""
     for name in request.extra:
@@ -578,8 +590,9 @@ def _config_hash(job: Job) -> str:
     del data["config_hash"]
     if not job.output.rules:  # jobs without rules or re-asks keep the hash they had
         del data["output"]["rules"]
-    if not job.request.reask:
-        del data["request"]["reask"]
+    for key, unset in (("reask", 0), ("cut_off_retry_tokens", None)):
+        if getattr(job.request, key) == unset:
+            del data["request"][key]
     if not job.variants:
         del data["variants"]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -63,6 +63,7 @@ RESULT_TYPES: Mapping[str, pa.DataType] = {
     "latency_ms": pa.float64(),
     "completed_at": pa.timestamp("us", tz="UTC"),
     "reasks": pa.int32(),
+    "cut_off_retried": pa.bool_(),
     "shared": pa.bool_(),
 }
 """SPEC's type of each column in ``RESULT_COLUMNS`` (and of ``EXTRA_COLUMNS``)."""
@@ -228,6 +229,8 @@ def _output_batch(
             values = [row.attempts for row in rows]
         elif name == "reasks":  # a shared row asked nothing, as it sent nothing
             values = [0 if row.shared else row.result.reasks for row in rows]
+        elif name == "cut_off_retried":
+            values = [not row.shared and bool(row.result.cut_off_retried) for row in rows]
         elif name == "completed_at":
             values = [_micros(result.completed_at) for result in results]
         else:

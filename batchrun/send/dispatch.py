@@ -34,7 +34,7 @@ from batchrun.send.advice import ReservationWarning
 from batchrun.send.budget import Budget, result_cost
 from batchrun.send.earlystop import FirstAnswers
 from batchrun.send.ratelimit import Backoff, LearnedLimits, Pacer, PauseGate, compute_backoff
-from batchrun.send.reask import Check, follow_up
+from batchrun.send.reask import Check, follow_up, longer
 from batchrun.send.transport import Reply, Sender, completions_url, make_transport
 
 retry_log = logging.getLogger("batchrun.retry")
@@ -133,6 +133,7 @@ class Dispatcher:
         self.limits = job.limits
         # ``check`` finds what is wrong with an ok answer: asked again up to ``reask`` times.
         self.check, self.reask = (check, job.request.reask) if job.request.reask else (None, 0)
+        self.cut_off_retry_tokens = job.request.cut_off_retry_tokens
         self.share = share
         self.gate = gate
         self.price = job.price
@@ -309,6 +310,7 @@ class _DispatchRun:
         max_attempts = max(self.d.limits.max_attempts, 1)
         charges: list[Charge] = []  # attempts that may have been billed
         sent = failures = refusals = reasks = 0
+        cut_off = False
         while True:
             try:
                 result = await self._attempt(request, scope, charges)
@@ -332,9 +334,14 @@ class _DispatchRun:
                 raise _Stop(_unfinished(request, charges)) from None
             else:
                 sent += 1
+                tokens = self.d.cut_off_retry_tokens
+                if tokens and not cut_off and result.finish_reason == "length":
+                    request, cut_off = longer(request, tokens), True
+                    continue
                 again = self._reask(request, result, reasks)
                 if again is None:
                     result.attempts, result.reasks = sent, reasks
+                    result.cut_off_retried = cut_off
                     return self._finished(result, charges)
                 request, reasks = again, reasks + 1
 

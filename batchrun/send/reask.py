@@ -1,5 +1,6 @@
 """Re-asks (``request.reask``): an answer that fails the parse or a column rule is asked
-again as a follow-up turn of the same conversation.
+again as a follow-up turn of the same conversation; and a cut-off answer
+(``request.cut_off_retry_tokens``) sent once more with a larger ``max_completion_tokens``.
 
 The follow-up is the row's request with two more messages: the model's own answer (as
 the assistant) and a user message saying what was wrong and what is allowed. It keeps
@@ -42,5 +43,19 @@ def follow_up(request: Request, answer: str | None, problem: str) -> Request:
         fingerprint=request.fingerprint,
         est_prompt_tokens=estimate_prompt_tokens(body),
         max_completion_tokens=request.max_completion_tokens,
+        wire=canonical_json(body).encode(),
+    )
+
+
+def longer(request: Request, tokens: int) -> Request:
+    """``request`` with ``max_completion_tokens = tokens`` (same key and fingerprint)."""
+    body = {**request.body, "max_completion_tokens": tokens}
+    return Request(
+        key=request.key,
+        body=body,
+        fingerprint=request.fingerprint,
+        est_prompt_tokens=request.est_prompt_tokens,
+        max_completion_tokens=tokens,
+        text_kind=request.text_kind,
         wire=canonical_json(body).encode(),
     )

@@ -136,10 +136,13 @@ def _to_answer(row: Row) -> Answer:
     return Answer(row[1], Result(*values))
 
 
+_M007_FIELDS = ("reasks", "cut_off_retried")
+
+
 @cache
 def _lookup_sql(params: int, include_failed: bool, compact: bool, reasks: bool = True) -> str:
     # A read-only look at a checkpoint not yet migrated to m007 reads no re-asks.
-    fields = [f if reasks or f != "reasks" else "0" for f in _RESULT_FIELDS]
+    fields = [f if reasks or f not in _M007_FIELDS else "0" for f in _RESULT_FIELDS]
     columns = ", ".join(("fingerprint", "owner_key", *fields))
     failed = "" if include_failed else " AND status != 'error'"
     return f"SELECT {columns} FROM answers {where_keys(params, compact)}{failed}"

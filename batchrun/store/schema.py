@@ -72,8 +72,10 @@ _migration(m006_compact_answers)
 
 @_migration
 def m007_reasks(conn: sqlite3.Connection) -> None:
-    """How many follow-up turns an answer took (``request.reask``)."""
+    """How many follow-up turns an answer took (``request.reask``), and whether it was
+    sent again after a cut-off (``request.cut_off_retry_tokens``)."""
     conn.execute("ALTER TABLE answers ADD COLUMN reasks INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE answers ADD COLUMN cut_off_retried INTEGER NOT NULL DEFAULT 0")
 
 
 def migrate(conn: sqlite3.Connection) -> None:
