@@ -45,19 +45,34 @@ class LockedError(BatchrunError):
 
 
 class FatalApiError(BatchrunError):
-    """The API refused the whole job (bad key, no access, unknown model)."""
+    """The API refused the whole job (bad key, no access, unknown model).
+
+    ``failed_alike`` is the ``(error_type, message)`` every row failed with when the
+    job was stopped for its first answers all failing alike (``send.earlystop``)."""
 
     exit_code = 4
+
+    def __init__(self, message: str, *, failed_alike: tuple[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.failed_alike = failed_alike
 
 
 class AttemptError(Exception):
     """One attempt at one request failed. Never escapes the dispatcher."""
 
-    def __init__(self, error_type: str, message: str, *, retry_after: float | None = None):
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        retry_after_from: str = "",
+    ):
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.retry_after = retry_after
+        self.retry_after_from = retry_after_from  # the header that said so
 
 
 class RetryableError(AttemptError):

@@ -2,7 +2,8 @@
 
 The engines (``engines.local.LocalRun``, ``engines.ray.engine.RayRun``) are peers on
 ``engines.base.Run``; both answer rows with ``engines.pipeline.Pipeline``. This module
-decides only which one runs, on which job (a shard's own output, an emulated run's own checkpoint) and against which API.
+decides only which one runs, on which job (a shard's own output, an emulated run's own
+checkpoint) and against which API.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "Progress",
     "RunOptions",
     "RunSummary",
+    "limit_output_path",
     "run_job",
     "run_job_file",
     "shard_of",
@@ -50,12 +52,20 @@ def run_job(
     if options.shard is not None:
         output = replace(job.output, path=shard_output_path(job.output.path, options.shard))
         job = replace(job, output=output)
+    if options.limit is not None:  # its own output; the job's checkpoint, so nothing is paid twice
+        path = limit_output_path(job.output.path, options.limit)
+        output = replace(job.output, path=path, checkpoint=str(job.output.checkpoint_path))
+        job = replace(job, output=output)
     if not options.emulate:
         return _execute(job, options, progress)
     from batchrun.emulator import EmulatorProcess
 
     with EmulatorProcess() as emu:
-        log.warning("EMULATED RUN on %s: every answer is synthetic", emu.base_url)
+        log.warning(
+            "EMULATED RUN on %s: every answer is synthetic",
+            emu.base_url,
+            extra={"event": "emulated_run", "synthetic": True},
+        )
         emulated = replace(options, base_url=emu.base_url, api_key=EMULATOR_KEY)
         return _execute(emulated_job(job), emulated, progress)
 
@@ -82,6 +92,16 @@ def _engine(options: RunOptions) -> type[Run]:
     return LocalRun
 
 
+def limit_output_path(path: str, limit: int) -> str:
+    """``out/x.parquet`` -> ``out/x.limit-10.parquet``: a trial never replaces the job's
+    full output.
+
+    >>> limit_output_path("s3://b/out/x.parquet", 10)
+    's3://b/out/x.limit-10.parquet'
+    """
+    return _suffixed(path, f"limit-{limit}")
+
+
 def shard_output_path(path: str, shard: tuple[int, int]) -> str:
     """``out/x.parquet`` -> ``out/x.shard-1-of-4.parquet``: each shard its own output.
 
@@ -91,6 +111,10 @@ def shard_output_path(path: str, shard: tuple[int, int]) -> str:
     >>> shard_output_path("out/x.parquet", (1, 4))
     'out/x.shard-1-of-4.parquet'
     """
+    return _suffixed(path, f"shard-{shard[0]}-of-{shard[1]}")
+
+
+def _suffixed(path: str, tag: str) -> str:
     head, sep, name = path.rpartition("/")  # string parts: a URI is no local Path
     out = Path(name)
-    return f"{head}{sep}{out.stem}.shard-{shard[0]}-of-{shard[1]}{out.suffix}"
+    return f"{head}{sep}{out.stem}.{tag}{out.suffix}"

@@ -9,6 +9,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrun._errors import BatchrunError, JobError
+from batchrun._logs import FINAL_EVENT, LOG_FORMATS, setup_logging
 
 log = logging.getLogger("batchrun")
 
@@ -31,40 +33,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         from batchrun.emulator import main as emulator_main
 
         sys.exit(emulator_main(argv[1:]))
-    parser = _parser()
-    args = parser.parse_args(argv)
-    _setup_logging(getattr(args, "quiet", False))
+    early = _early_options(argv)
+    setup_logging(early.log_format, quiet=early.quiet)
+    summary_json = early.summary_json if argv[:1] == ["run"] else None
     try:
+        if summary_json:
+            Path(summary_json).unlink(missing_ok=True)  # never a stale summary, however we end
+        args = _parser().parse_args(argv)
         code = args.handler(args)
     except BatchrunError as exc:
-        print(f"batchrun: error: {exc}", file=sys.stderr)
         code = exc.exit_code
+        log.error("%s", exc, extra={"event": "error", "exit_code": code})
+        _failure_summary(summary_json, code, str(exc))
     except KeyboardInterrupt:
-        print("batchrun: interrupted", file=sys.stderr)
         code = 130
+        log.warning("interrupted", extra={"event": FINAL_EVENT, "exit_code": code})
+        _failure_summary(summary_json, code, "interrupted")
     except BrokenPipeError:
         # `batchrun report ... | head`: the reader left; not an error of ours.
         sys.stderr.close()
         code = 0
+    except Exception as exc:  # a bug of ours: its traceback, in the asked-for format
+        code = 1
+        log.error("unexpected error: %r", exc, exc_info=True, extra={"event": "crash"})
+        _failure_summary(summary_json, code, f"unexpected error: {exc!r}")
     sys.exit(code)
 
 
-def _setup_logging(quiet: bool) -> None:
-    # Only batchrun's own lines: httpx logs every request at INFO.
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(asctime)s batchrun: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+def _early_options(argv: Sequence[str]) -> argparse.Namespace:
+    """The options that shape what is written on any exit, read before the full parse
+    (whose own errors must be written in the asked-for format too)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--log-format", default="text")
+    early.add_argument("--quiet", action="store_true")
+    early.add_argument("--summary-json")
+    return early.parse_known_args(argv)[0]
+
+
+def _failure_summary(path: str | None, code: int, message: str) -> None:
+    """The summary of a run that ended without one: its exit code and the error."""
+    if path:
+        reason = f"exit {code}: {message}"
+        _write_json(Path(path), {"exit_code": code, "exit_reason": reason, "error": message})
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but bad arguments exit 2 with one line and no usage dump."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"batchrun: error: {message} (see --help)\n")
+        raise JobError(f"{message} (see --help)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
     _add_plan(sub)
+    _add_status(sub)
     _add_report(sub)
     _add_compare(sub)
     _add_emulator(sub)
@@ -105,6 +123,16 @@ def _add_job_options(cmd: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a job-file key (dotted path, value in TOML syntax)",
     )
+    _add_log_format(cmd)
+
+
+def _add_log_format(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="stderr lines as dated text, or one JSON object a line (ts, level, event, ...)",
+    )
 
 
 def _add_run(sub: Any) -> None:
@@ -128,8 +156,21 @@ def _add_run(sub: Any) -> None:
     )
     cmd.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N rows")
     cmd.add_argument("--shard", type=_shard, metavar="I/N", help="only shard I of N (0-based)")
-    cmd.add_argument("--summary-json", metavar="PATH", help="write the run summary as JSON")
-    cmd.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    cmd.add_argument(
+        "--summary-json",
+        metavar="PATH",
+        help="write the run summary as JSON on every exit (exit_code, exit_reason, counts)",
+    )
+    cmd.add_argument(
+        "--metrics",
+        metavar="PATH",
+        help="keep Prometheus metrics of the run in this file (textfile collector format)",
+    )
+    cmd.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar, progress or info lines: warnings, errors and the exit line",
+    )
     cmd.add_argument(
         "--engine",
         choices=("local", "ray"),
@@ -164,6 +205,19 @@ def _add_plan(sub: Any) -> None:
     cmd.set_defaults(handler=_cmd_plan)
 
 
+def _add_status(sub: Any) -> None:
+    cmd = sub.add_parser(
+        "status",
+        help="how far a job got, from its checkpoint (read-only: safe while it runs)",
+    )
+    _add_job_options(cmd)
+    cmd.add_argument("--format", choices=("table", "json"), default="table")
+    cmd.add_argument(
+        "--emulate", action="store_true", help="the checkpoint of the job's emulated runs"
+    )
+    cmd.set_defaults(handler=_cmd_status)
+
+
 def _add_report(sub: Any) -> None:
     cmd = sub.add_parser("report", help="aggregate usage and cost over output Parquet files")
     cmd.add_argument(
@@ -174,7 +228,9 @@ def _add_report(sub: Any) -> None:
     )
     cmd.add_argument("--by", default="model,status", help="columns to group by (comma-separated)")
     cmd.add_argument(
-        "--format", choices=("table", "csv", "json", "markdown", "html"), default="table"
+        "--format",
+        choices=("table", "csv", "json", "markdown", "html"),
+        help="default: from the --output extension (.html .csv .json .md), else table",
     )
     cmd.add_argument("--output", metavar="FILE", help="write the report here, not to stdout")
     cmd.add_argument(
@@ -182,6 +238,7 @@ def _add_report(sub: Any) -> None:
     )
     cmd.add_argument("--since", metavar="DATE", help="first day to include (ISO date, UTC)")
     cmd.add_argument("--until", metavar="DATE", help="last day to include (ISO date, UTC)")
+    _add_log_format(cmd)
     cmd.set_defaults(handler=_cmd_report)
 
 
@@ -255,7 +312,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     gc.set_threshold(*RUN_GC_THRESHOLD)
     if args.engine != "ray":  # Ray Data's driver works with pandas
         _arrow_without_pandas()
-    from batchrun._runner import RunOptions, run_job_file
+    from batchrun._runner import RunOptions, run_job
+    from batchrun.job.load import load_job
 
     if args.engine != "ray" and (args.ray_address or args.ray_workers):
         raise JobError("--ray-address and --ray-workers need --engine ray")
@@ -271,18 +329,71 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         variant=args.variant,
     )
-    progress = None if args.quiet else _ProgressDisplay()
-    with _sigterm_as_ctrl_c(), _logs_above_the_bar(progress):
-        summary = run_job_file(
-            args.job, sets=args.sets, variables=args.var, options=options, progress=progress
-        )
-    if progress is not None:
-        progress.close()
+    job = load_job(args.job, sets=args.sets, variables=args.var)
+    bar = not args.quiet and args.log_format == "text" and sys.stderr.isatty()
+    # Under --quiet it only measures the limit use (for --metrics), showing nothing.
+    display = _ProgressDisplay(bar=bar, lines=not args.quiet)
+    metrics = _run_metrics(args, job.name)
+    try:
+        with _sigterm_as_ctrl_c(), _logs_above_the_bar(display):
+            summary = run_job(job, options, _Observer(display, metrics))
+    except (BatchrunError, KeyboardInterrupt) as exc:
+        if metrics is not None:
+            metrics.finish(exit_code=getattr(exc, "exit_code", 130))
+        raise
+    display.close()
+    if metrics is not None:
+        metrics.finish(summary)
     if args.summary_json:
         _write_json(Path(args.summary_json), summary.to_dict())
-    if not args.quiet:
-        print(summary.render(), file=sys.stderr)
+    log.info(summary.render(), extra={"event": "run_summary"})
+    _log_exit(summary)
     return summary.exit_code
+
+
+def _run_metrics(args: argparse.Namespace, job_name: str) -> Any:
+    if not args.metrics:
+        return None
+    from batchrun.engines.metrics import RunMetrics
+
+    shard = f"{args.shard[0]}/{args.shard[1]}" if args.shard else ""
+    return RunMetrics(Path(args.metrics), job_name, shard)
+
+
+def _log_exit(summary: Any) -> None:
+    """The run's last line, also under --quiet: the exit code and its reason."""
+    level = {0: logging.INFO, 130: logging.WARNING}.get(summary.exit_code, logging.ERROR)
+    fields = {
+        name: getattr(summary, name)
+        for name in (
+            "exit_code",
+            "exit_reason",
+            "job",
+            "rows",
+            "by_status",
+            "by_error_type",
+            "sent",
+            "retries",
+            "rate_limited",
+            "run_cost_usd",
+            "stopped",
+            "wall_s",
+        )
+    }
+    log.log(level, "%s", summary.exit_reason, extra={"event": FINAL_EVENT, **fields})
+
+
+class _Observer:
+    """The run's progress callback: the display, and the metrics' view of the run."""
+
+    def __init__(self, display: _ProgressDisplay, metrics: Any) -> None:
+        self.display = display
+        self.metrics = metrics
+
+    def __call__(self, counters: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.watch(counters)
+        self.display(counters)
 
 
 @contextmanager
@@ -303,7 +414,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _logs_above_the_bar(progress: _ProgressDisplay | None) -> AbstractContextManager[Any]:
     """On a TTY, log lines (a signal's, a retry's) go through ``tqdm.write``: printed on
     a line of their own above the bar, not into the middle of the bar's line."""
-    if progress is None or not progress.tty:
+    if progress is None or not progress.bar:
         return nullcontext()
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -321,22 +432,44 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from batchrun.job.load import load_job
+    from batchrun.plan.status import job_status
+
+    job = load_job(args.job, sets=args.sets, variables=args.var)
+    if args.emulate:
+        from batchrun.engines.base import emulated_job  # the pipeline's imports: only here
+
+        job = emulated_job(job)
+    status = job_status(job)
+    print(json.dumps(status.to_dict(), indent=2) if args.format == "json" else status.render())
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from batchrun.report.aggregate import render, report
     from batchrun.report.selection import DayRange, load_pricing, parse_day
 
+    fmt = _report_format(args.format, args.output)
     by = [col.strip() for col in args.by.split(",") if col.strip()]
     days = DayRange(parse_day(args.since, "--since"), parse_day(args.until, "--until"))
     pricing = load_pricing(args.pricing) if args.pricing else None
     result = report(args.paths, by=by, days=days, pricing=pricing)
     for skipped in result.skipped:
-        print(f"batchrun: skipped {skipped}", file=sys.stderr)
-    if args.format == "html":
+        log.warning("skipped %s", skipped, extra={"event": "report_skipped", "path": str(skipped)})
+    for model in result.unmatched_prices():
+        log.warning(
+            "--pricing: %r is in no output",
+            model,
+            extra={"event": "pricing_unmatched", "model": model},
+        )
+    if fmt == "html":
         from batchrun.report.page import render_html
 
-        text = render_html(result)
+        name = Path(args.pricing).name if args.pricing else None
+        text = render_html(result, pricing_name=name)
     else:
-        text = render(result.table, args.format)
+        text = render(result.table, fmt, generated_at=result.generated_at, inputs=result.files)
     if args.output:
         _write_text(Path(args.output), text)
     else:
@@ -363,6 +496,24 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+_FORMAT_OF_SUFFIX = {
+    ".html": "html", ".htm": "html", ".csv": "csv", ".json": "json", ".md": "markdown",
+    ".markdown": "markdown",
+}  # fmt: skip
+
+
+def _report_format(given: str | None, output: str | None) -> str:
+    """``--format``, else the one ``--output``'s extension names, else ``table``."""
+    suffix = Path(output).suffix.lower() if output else ""
+    implied = _FORMAT_OF_SUFFIX.get(suffix)
+    if given and implied and given != implied:
+        raise JobError(
+            f"--format {given} does not match --output {output} (a {suffix} file is"
+            f" {implied}); drop --format or change the file's extension"
+        )
+    return given or implied or "table"
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -407,27 +558,33 @@ class _NoPandas:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Written whole or not at all: a scheduler never reads half a summary."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(temp, path)
 
 
 # --- progress -------------------------------------------------------------------
 
 
 class _ProgressDisplay:
-    """A tqdm bar on a TTY; a log line every few seconds otherwise."""
+    """A tqdm bar on a TTY (text logs); a ``progress`` event every few seconds otherwise
+    (``lines``); the limit use in either case (``counters.rate_use``)."""
 
     LOG_EVERY_S = 5.0
     DRAW_EVERY_S = 0.2
-    RATE_WINDOW_S = 30.0
+    WINDOW_S = 60.0  # the window a requests-per-minute limit counts
+    PACE_S = 10.0
 
-    def __init__(self) -> None:
+    def __init__(self, *, bar: bool, lines: bool = True) -> None:
         self._bar: Any = None
+        self.lines = lines
         self._last_log = 0.0
         self._last_draw = 0.0
         self._last: Any = None
-        self.tty = sys.stderr.isatty()
-        self._sent: deque[tuple[float, int]] = deque()
+        self.bar = bar
+        self._sent: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
 
     def __call__(self, counters: Any) -> None:
         # Called for every finished row: render at most a few times a second.
@@ -437,11 +594,11 @@ class _ProgressDisplay:
             return
         self._last_draw = now
         counters.rate_use = self._rate_use(counters)
-        if self.tty:
+        if self.bar:
             self._update_bar(counters)
-        elif now - self._last_log >= self.LOG_EVERY_S:
+        elif self.lines and now - self._last_log >= self.LOG_EVERY_S:
             self._last_log = now
-            log.info("%s", _progress_line(counters))
+            log.info(_progress_line(counters), extra=_progress_fields(counters))
 
     def _update_bar(self, counters: Any) -> None:
         if self._bar is None:
@@ -458,23 +615,26 @@ class _ProgressDisplay:
             self._bar.close()
 
     def _rate_use(self, counters: Any) -> float | None:
-        """Requests sent over the last few seconds, as a share of the RPM limit in use.
+        """The share of the RPM limit in use: the higher of the requests sent in the last
+        60 s (the window the limit counts) and the pace of the last 10 s, that one at most
+        100%. So it reads over 100% only when a window held more than the limit, 100%
+        while the pacer waits for room in a full window, and the pace otherwise.
 
-        The window opens at the first answer: the rate bucket's initial burst (half a
-        second's worth, sent at once) has gone out by then and is left out, or the
-        first half minute would read over 100%."""
-        if not counters.dispatch.rows_sent:
-            return None
+        Counted from the earliest sample inside a window: never more than were sent in it.
+        """
         now = time.monotonic()
-        self._sent.append((now, counters.sent))
-        while now - self._sent[0][0] > self.RATE_WINDOW_S:
-            self._sent.popleft()
-        elapsed = now - self._sent[0][0]
-        # Judge the pace only once a few seconds are in.
-        if not counters.rpm_limit or elapsed < 3.0:
+        samples = self._sent
+        samples.append((now, counters.sent))
+        while samples[0][0] < now - self.WINDOW_S:
+            samples.popleft()
+        if not counters.rpm_limit:
             return None
-        per_minute = (counters.sent - self._sent[0][1]) * 60.0 / elapsed
-        return float(per_minute / counters.rpm_limit)
+        in_window = (counters.sent - samples[0][1]) / counters.rpm_limit
+        since, sent = next(s for s in samples if s[0] >= now - self.PACE_S)
+        if now - since < 3.0:  # judge the pace only once a few seconds are in
+            return float(in_window)
+        pace = (counters.sent - sent) * 60.0 / (now - since) / counters.rpm_limit
+        return float(max(in_window, min(pace, 1.0)))
 
 
 def _postfix(counters: Any) -> str:
@@ -482,7 +642,23 @@ def _postfix(counters: Any) -> str:
     parts.append(f"${counters.cost_usd:.4f}")
     if getattr(counters, "rate_use", None) is not None:
         parts.append(f"limit use={counters.rate_use:.0%}")
+    paused = getattr(counters, "paused", None)
+    if paused is not None and (left := paused[0] - time.monotonic()) > 0:
+        parts.append(f"paused {left:.0f} s more: the server asked ({paused[1]})")
     return " ".join(parts)
+
+
+def _progress_fields(counters: Any) -> dict[str, Any]:
+    return {
+        "event": "progress",
+        "rows_done": counters.finished,
+        "rows_total": counters.total,
+        "failed": counters.failed,
+        "sent": counters.sent,
+        "rate_limited": counters.rate_limited,
+        "cost_usd": round(counters.cost_usd, 6),
+        "limit_use": getattr(counters, "rate_use", None),
+    }
 
 
 def _progress_line(counters: Any) -> str:

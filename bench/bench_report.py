@@ -4,7 +4,8 @@ Writes 30 daily outputs of 100,000 rows each in a hive layout
 (``date=2026-11-01/part.parquet``) with realistic columns: long input ``text``
 and ``response`` strings that the report must not read. Then times
 ``report(..., by=["date", "model"])`` (median of 3) against a baseline that
-does what a pandas user would: ``pd.read_parquet`` of everything, then groupby.
+does what a pandas user would: ``pd.read_parquet`` of everything, then groupby;
+then the HTML page over the same report (charts, the 90-group table), and its size.
 
     python bench/bench_report.py [--days 30] [--rows 100000] [--dir /tmp/brbench]
 """
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchrun.report.aggregate import render, report
+from batchrun.report.page import render_html
 
 MODELS = np.array(["gpt-5.5", "gpt-5.5-mini", "glm-5.2"])
 STATUSES = np.array(["ok"] * 95 + ["error"] * 3 + ["invalid", "pending"])
@@ -134,6 +136,9 @@ def main() -> None:
     for name, secs in (("batchrun report", ours), ("pd.read_parquet + groupby", base)):
         print(f"{name:>26}: {secs:7.2f} s  {total_rows / secs:>12,.0f} rows/s")
     print(f"{'speed-up':>26}: {base / ours:7.1f}x")
+    page = render_html(result)
+    page_s = median_seconds(lambda: render_html(result))
+    print(f"{'HTML page':>26}: {page_s:7.2f} s  {len(page.encode()) / 1000:>9,.0f} kB")
     print(render(result.table.tail(4), "table"))
 
 

@@ -97,6 +97,8 @@ class Browser:
         )
 
     def load(self, path: Path) -> None:
+        # An earlier page's load event must not stand for this one's.
+        self.events = [e for e in self.events if e.get("method") != "Page.loadEventFired"]
         self.send("Page.navigate", url=path.resolve().as_uri())
         self.wait_for("Page.loadEventFired")
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from conftest import API_KEY, wait_for_requests, write_csv, write_job
+from conftest import API_KEY, review_rows, wait_for_requests, write_csv, write_job
 
 from batchrun.emulator import EmulatorProcess
 from batchrun.report.aggregate import report
@@ -134,7 +134,7 @@ def test_report_over_a_hive_prefix_types_the_keys(store: dict[str, Any], tmp_pat
     args = ["report", f"{prefix}hour=*/", "--by", "hour", "--format", "csv"]
     done = batchrun(tmp_path, store, *args)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[1].startswith("2,10,")
+    assert done.stdout.splitlines()[1].startswith("group,2,10,")
 
 
 # --- errors: one line naming the URI and the cause, exit 2, nothing sent ----------------
@@ -183,7 +183,9 @@ def test_a_reader_sees_the_old_output_or_the_new_never_part(
     job = write_job(tmp_path, rows=3000)
     out = f"s3://{store['bucket']}/out/o.parquet"
     args = [job.name, f"--set=output.path={out}", f'--set=api.base_url="{emu.base_url}"']
-    assert batchrun(tmp_path, store, "run", *args, "--limit", "100", "--quiet").returncode == 0
+    write_csv(tmp_path / "first.csv", review_rows(100))  # a first output of 100 rows
+    first = [*args, "--set=input.path=first.csv", "--quiet"]
+    assert batchrun(tmp_path, store, "run", *first).returncode == 0
     seen: set[int] = set()
     errors: list[Exception] = []
     stop = threading.Event()
@@ -268,7 +270,7 @@ def test_a_local_data_file_is_not_replaced(tmp_path: Path, emulator: Any) -> Non
     pq.write_table(pa.table({"x": list(range(300))}), precious)
     before = precious.read_bytes()
     args = ["--set=output.path=precious.parquet", f'--set=api.base_url="{emu.base_url}"']
-    done = batchrun(tmp_path, {"env": {}}, "run", job.name, *args, "--limit", "5")
+    done = batchrun(tmp_path, {"env": {}}, "run", job.name, *args)
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert "precious.parquet exists and is not a batchrun output" in line

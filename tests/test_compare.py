@@ -222,7 +222,7 @@ def test_bad_arguments_exit_2_with_one_line(
 ) -> None:
     done = _cli(*[str(p) for p in outputs.values()], *args)
     assert done.returncode == 2
-    assert done.stderr.startswith(f"batchrun: error: {message}"), done.stderr
+    assert f"batchrun: error: {message}" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 

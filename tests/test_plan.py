@@ -315,7 +315,7 @@ def test_cli_bad_job_exits_2_naming_the_key(
     done = cli("plan", str(path))
 
     assert done.returncode == 2
-    assert done.stderr.startswith("batchrun: error:") and named in done.stderr
+    assert " batchrun: error: " in done.stderr and named in done.stderr
     assert done.stdout == ""
 
 

@@ -21,15 +21,8 @@ from trio.testing import MockClock
 
 from batchrun._errors import PermanentError
 from batchrun._types import Request, Result
-from batchrun.send.ratelimit import (
-    SPAN_S,
-    Pacer,
-    PauseGate,
-    RateInfo,
-    compute_backoff,
-    parse_duration,
-    parse_rate_info,
-)
+from batchrun.send.headers import RateInfo, parse_duration, parse_rate_info
+from batchrun.send.ratelimit import SPAN_S, Pacer, PauseGate, compute_backoff
 
 
 def _parse(headers: dict[str, str]) -> RateInfo:
@@ -335,8 +328,8 @@ def test_tokens_are_paced_by_what_the_api_counts_when_it_counts_real_usage() -> 
         sends = 0
         with anyio.move_on_after(60.0):
             while True:
-                await pacer.acquire(request.est_tokens)
-                pacer.reconcile(request, answer)
+                sent_at = await pacer.acquire(request.est_tokens)
+                pacer.reconcile(request, answer, sent_at)
                 sends += 1
         return before, sends
 

@@ -179,7 +179,7 @@ def test_a_killed_driver_resumes_without_paying_twice_beyond_in_flight(
     assert ledger["duplicates_billed"] <= concurrency + rpm / 60
     assert ledger["requests_billed"] == rows + ledger["duplicates_billed"]
     first_rows = big_reference.slice(0, rows)
-    resumed_table = pq.read_table(tmp_path / "out" / "items.parquet")
+    resumed_table = pq.read_table(tmp_path / "out" / f"items.limit-{rows}.parquet")
     # Rows re-sent after the kill were paid for twice: their attempts are what differs.
     _assert_same_rows(
         first_rows.drop_columns(["attempts"]), resumed_table.drop_columns(["attempts"])
@@ -197,7 +197,7 @@ def test_an_interrupted_driver_writes_what_finished_and_exits_130(
         driver.send_signal(signal.SIGINT)
         assert driver.wait(timeout=120) == 130, driver.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
         saved = _answers_in(_store(tmp_path))
-    table = pq.read_table(tmp_path / "out" / "items.parquet")
+    table = pq.read_table(tmp_path / "out" / f"items.limit-{rows}.parquet")  # --limit's own
     statuses = Counter(table.column("status").to_pylist())
     assert set(statuses) == {"ok", "pending"}, statuses
     # A worker killed mid-commit may land its last answers just after the output is read.

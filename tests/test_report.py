@@ -221,7 +221,7 @@ def test_prefix_is_found_from_the_columns_when_metadata_lacks_it(tmp_path: Path)
     got = report([str(path)], by=["model"])
     assert total(got)["ok"] == direct_sums([path], prefix="br_")["ok"]
     models = got.table["model"][:-1]
-    assert set(models.dropna()) == set(MODELS) and models.isna().sum() == 1
+    assert set(models) == {*MODELS, "(unanswered)", "(invalid)"}
 
 
 def test_nothing_but_needed_columns_is_read(
@@ -248,17 +248,18 @@ def test_every_format_renders(two_days: list[Path], fmt: str) -> None:
 def test_csv_parses_back_with_pandas(two_days: list[Path]) -> None:
     table = report([str(p) for p in two_days]).table
     back = pd.read_csv(io.StringIO(render(table, "csv")))
-    assert list(back.columns) == list(table.columns)
+    assert list(back.columns) == ["kind", *table.columns]
     assert back["prompt_tokens"].tolist() == table["prompt_tokens"].tolist()
     assert back["cost_usd"].iloc[-1] == pytest.approx(table["cost_usd"].iloc[-1])
 
 
 def test_json_is_records_with_numbers_as_numbers(two_days: list[Path]) -> None:
     table = report([str(p) for p in two_days], by=["model"]).table
-    records = json.loads(render(table, "json"))
-    assert len(records) == len(table) and records[-1]["model"] == "TOTAL"
-    assert isinstance(records[-1]["prompt_tokens"], int)
-    assert isinstance(records[-1]["cost_usd"], float)
+    document = json.loads(render(table, "json"))
+    records, tot = document["groups"], document["total"]
+    assert len(records) == len(table) - 1 and "model" not in tot
+    assert isinstance(tot["prompt_tokens"], int)
+    assert isinstance(tot["cost_usd"], float)
     assert next(r for r in records if r["model"] == "unpriced-model")["cost_usd"] is None
 
 

@@ -2,20 +2,23 @@
 
 One page is built by the real CLI from real Parquet files, loaded once over the
 DevTools protocol with the network off; each test checks one thing about it:
-no console errors, every chart drawn, and every chart's numbers equal to
-``--format json`` for the same files. Screenshots at laptop and phone width
-land in a temporary directory (printed with ``-s``).
+no console errors, every chart drawn, every chart's numbers equal to
+``--format json`` for the same files, what the page says it covers. A second page
+over 20 days checks the time axis. Screenshots at laptop and phone width land in
+a temporary directory (printed with ``-s``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ import pytest
 from test_report import output_table, write
 
 from batchrun.report.page import format_value
+from batchrun.report.text import MISSING_LABELS
 
 # Skipped on a machine without chromium, but never in CI, where .ci/run installs it.
 pytestmark = pytest.mark.skipif(
@@ -41,15 +45,30 @@ output = 2.2
 [pricing."*"]
 input = 1.0
 output = 4.0
-"""
 
-SERIES_1K = (("recorded", "cost_per_1k_rows"), ("re-priced", "repriced_per_1k_rows"))
+[pricing."gpt-55"]
+input = 2.0
+output = 9.0
+"""
+# What a run writes into its output's metadata: the job's name and its own prices.
+METADATA = {
+    "batchrun.job": "nightly-reviews",
+    "batchrun.pricing": json.dumps({"gpt-5.5": {"input": 1.25, "output": 10.0}}),
+}
+
+SERIES_1K = (("recorded", "cost_per_1k_answered"), ("re-priced", "repriced_per_1k_answered"))
 COLLECT = """JSON.stringify([...document.querySelectorAll('section.card[id]')].map(s => {
   const svg = s.querySelector('svg'); const box = svg.getBoundingClientRect();
   return {id: s.id, width: box.width, height: box.height,
     bars: [...svg.querySelectorAll('rect')].map(b => ({cat: b.dataset.category,
       series: b.dataset.series, value: parseFloat(b.dataset.value),
-      width: b.getBoundingClientRect().width, tip: b.querySelector('title').textContent})),
+      width: b.getBoundingClientRect().width, height: b.getBoundingClientRect().height,
+      x: b.getBoundingClientRect().x,
+      tip: b.querySelector('title').textContent})),
+    cats: [...svg.querySelectorAll('text.cat[data-label]')].map(t => ({label: t.dataset.label,
+      lines: [...t.querySelectorAll('tspan')].map(l => l.textContent),
+      left: t.getBBox().x, tip: t.querySelector('title').textContent})),
+    months: [...svg.querySelectorAll('text.month')].map(t => t.textContent),
     labels: [...svg.querySelectorAll('text.val')].map(t => ({cat: t.dataset.category,
       series: t.dataset.series, text: t.textContent}))};
 }))"""
@@ -69,6 +88,9 @@ def day_table(seed: int) -> pa.Table:
     return table.append_column("shared", pa.array(shared))
 
 
+ABOUT = "document.querySelector('.about').innerText"
+
+
 def cli(*args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "batchrun", "report", *args],
@@ -82,43 +104,54 @@ def cli(*args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def page() -> Iterator[dict[str, Any]]:
+def browser() -> Iterator[Any]:
     from cdp import Browser
-
-    work = Path(tempfile.mkdtemp(prefix="batchrun-report-html-"))
-    for seed, day in enumerate(DAYS, start=1):
-        write(work / "out" / f"date={day}" / "part.parquet", day_table(seed))
-    (work / "what-if.toml").write_text(PRICING)
-    common = [str(work / "out"), "--pricing", str(work / "what-if.toml")]
-    cli(*common, "--format", "html", "--output", str(work / "report.html"))
-
-    def as_json(by: str) -> list[dict[str, Any]]:
-        return list(json.loads(cli(*common, "--format", "json", "--by", by)))
 
     browser = Browser()
     try:
         browser.offline()
-        browser.load(work / "report.html")
-        browser.viewport(1366, 768, mobile=False)
-        charts = {c["id"]: c for c in json.loads(browser.evaluate(COLLECT))}
-        laptop = browser.screenshot(work / "laptop-1366.png")
-        browser.viewport(390, 844, mobile=True, scale=2)
-        phone_width = browser.evaluate("document.documentElement.scrollWidth")
-        phone = browser.screenshot(work / "phone-390.png")
-        print(f"\nscreenshots: {laptop} {phone}")
-        yield {
-            "charts": charts,
-            "errors": browser.errors(),
-            "requests": browser.requests(),
-            "table": json.loads(browser.evaluate(TABLE)),
-            "phone_width": phone_width,
-            "shots": (laptop, phone),
-            "json": as_json,
-            "text": cli(*common, "--format", "table"),
-            "html": (work / "report.html").read_text(),
-        }
+        yield browser
     finally:
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser: Any) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="batchrun-report-html-"))
+    for seed, day in enumerate(DAYS, start=1):
+        write(work / "out" / f"date={day}" / "part.parquet", day_table(seed), METADATA)
+    (work / "what-if.toml").write_text(PRICING)
+    common = [str(work / "out"), "--pricing", str(work / "what-if.toml")]
+    before = datetime.now(UTC).replace(microsecond=0)
+    # By date and model: labels longer than their place.
+    cli(*common, "--by", "date,model", "--output", str(work / "report.html"))
+    after = datetime.now(UTC)
+
+    def as_json(by: str) -> list[dict[str, Any]]:
+        document = json.loads(cli(*common, "--format", "json", "--by", by))
+        return [*document["groups"], document["total"]]
+
+    browser.load(work / "report.html")
+    browser.viewport(1366, 768, mobile=False)
+    charts = {c["id"]: c for c in json.loads(browser.evaluate(COLLECT))}
+    laptop = browser.screenshot(work / "laptop-1366.png")
+    browser.viewport(390, 844, mobile=True, scale=2)
+    phone_width = browser.evaluate("document.documentElement.scrollWidth")
+    phone = browser.screenshot(work / "phone-390.png")
+    print(f"\nscreenshots: {laptop} {phone}")
+    return {
+        "charts": charts,
+        "errors": browser.errors(),
+        "requests": browser.requests(),
+        "table": json.loads(browser.evaluate(TABLE)),
+        "about": browser.evaluate(ABOUT),
+        "made": (before, after),
+        "phone_width": phone_width,
+        "shots": (laptop, phone),
+        "json": as_json,
+        "text": cli(*common, "--by", "date,model", "--format", "table"),
+        "html": (work / "report.html").read_text(),
+    }
 
 
 def bars(chart: dict[str, Any]) -> dict[tuple[str, str], float]:
@@ -202,7 +235,8 @@ def test_rows_by_status_and_by_error_type_equal_json(page: dict[str, Any]) -> No
     assert total["shared"] > 0
     assert_bars_equal(page["charts"]["status"], {(s, "rows"): total[s] for s in names})
     by_type = groups(page["json"]("error_type"))
-    expected = {(r["error_type"], "rows"): r["rows"] for r in by_type if r["error_type"]}
+    named = [r for r in by_type if r["error_type"] not in MISSING_LABELS]
+    expected = {(r["error_type"], "rows"): r["rows"] for r in named}
     assert len(expected) == 3
     assert_bars_equal(page["charts"]["errors"], expected)
     assert labels(page["charts"]["errors"]) == {
@@ -226,10 +260,9 @@ def test_cost_per_1k_rows_by_group_equals_json_recorded_and_repriced(
     page: dict[str, Any],
 ) -> None:
     expected = {}
-    records = page["json"]("model,status")
+    records = page["json"]("date,model")
     for r in records:
-        keys = [r["model"], r["status"]] if r is not records[-1] else ["TOTAL"]
-        name = " · ".join("(null)" if k is None else k for k in keys)
+        name = " · ".join([r["date"], r["model"]] if r is not records[-1] else ["TOTAL"])
         for series, column in SERIES_1K:
             if r[column] is not None:
                 expected[(name, series)] = r[column]
@@ -256,3 +289,121 @@ def test_phone_width_scrolls_only_the_table_and_screenshots_are_written(
 
 def test_the_page_is_small_enough_to_mail(page: dict[str, Any]) -> None:
     assert len(page["html"].encode()) < 100_000
+
+
+def test_the_page_says_when_it_was_made_over_which_files_and_at_which_prices(
+    page: dict[str, Any],
+) -> None:
+    about = page["about"]
+    stamp = re.search(r"Generated\s+(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", about)
+    assert stamp, about
+    made = datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    before, after = page["made"]
+    assert before <= made <= after
+    assert re.search(r"Files\s+3 files from \S+/out\b", about), about
+    assert all(f"date={day}/part.parquet" in about for day in DAYS)
+    assert "nightly-reviews: gpt-5.5 $1.25 in, $10 out per 1M tokens" in about
+    assert (
+        "what-if.toml: * $1 in, $4 out per 1M tokens; glm-5.2 $0.6 in, $2.2 out per 1M tokens;"
+        " gpt-55 $2 in, $9 out per 1M tokens"
+    ) in about
+    assert re.search(r"Prices for no model here\s+gpt-55", about), about
+    assert re.search(r"No price\s+unpriced-model: [\d,]+ of [\d,]+ answered rows", about), about
+
+
+def test_recorded_and_repriced_cost_per_day_share_one_scale(page: dict[str, Any]) -> None:
+    charts = page["charts"]
+    drawn = [b for c in ("cost-per-day", "repriced-per-day") for b in charts[c]["bars"]]
+    px_per_usd = [b["width"] / b["value"] for b in drawn if b["width"] > 2]
+    assert len(px_per_usd) >= 6
+    assert max(px_per_usd) == pytest.approx(min(px_per_usd), rel=0.01)
+    # The re-priced bars are shorter: the prices are lower, and the page shows it.
+    widest = {
+        c: max(b["width"] for b in charts[c]["bars"]) for c in ("cost-per-day", "repriced-per-day")
+    }
+    assert widest["repriced-per-day"] < widest["cost-per-day"] / 2
+
+
+def test_no_label_is_cut_and_each_keeps_its_full_name_on_hover(page: dict[str, Any]) -> None:
+    for chart in page["charts"].values():
+        names = [c["label"] for c in chart["cats"]]
+        assert len(set(names)) == len(names), chart["id"]
+        for cat in chart["cats"]:
+            shown = "".join(cat["lines"]).replace(" ", "")
+            assert shown == cat["label"].replace(" · ", "").replace(" ", ""), cat
+            assert cat["tip"] == cat["label"] and cat["left"] >= 0, cat
+    long = [c for c in page["charts"]["cost-per-1k"]["cats"] if " · " in c["label"]]
+    assert long and all(len(c["lines"]) == 2 for c in long)
+
+
+def test_missing_groups_are_named_for_what_they_are(page: dict[str, Any]) -> None:
+    keys = {tuple(row[:2]) for row in page["table"][1:-1]}
+    assert (DAYS[0], "(unanswered)") in keys and (DAYS[0], "(invalid)") in keys
+    assert "(null)" not in page["html"]
+
+
+# ---------------------------------------------------------------- the time axis
+
+LONG_FIRST, LONG_DAYS = date(2026, 11, 20), 20
+LONG_GAP = date(2026, 11, 28)  # no run that night
+
+
+@pytest.fixture(scope="module")
+def timeline(browser: Any) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="batchrun-report-timeline-"))
+    days = [LONG_FIRST + timedelta(n) for n in range(LONG_DAYS)]
+    for seed, day in enumerate(d for d in days if d != LONG_GAP):
+        write(work / "out" / f"date={day}" / "part.parquet", output_table(200 + 20 * seed, seed))
+    (work / "what-if.toml").write_text(PRICING)
+    page = work / "month.html"
+    common = [str(work / "out"), "--pricing", str(work / "what-if.toml")]
+    cli(*common, "--output", str(page))
+    browser.load(page)
+    browser.viewport(1366, 768, mobile=False)
+    charts = {c["id"]: c for c in json.loads(browser.evaluate(COLLECT))}
+    print(f"\nscreenshot: {browser.screenshot(work / 'month-1366.png')}")
+    browser.viewport(390, 844, mobile=True, scale=2)
+    phone_width = browser.evaluate("document.documentElement.scrollWidth")
+    by_day = json.loads(cli(*common, "--by", "day,model", "--format", "json"))["groups"]
+    return {
+        "charts": charts,
+        "days": days,
+        "html": page.read_text(),
+        "phone_width": phone_width,
+        "json": by_day,
+    }
+
+
+def test_over_more_than_14_days_cost_per_day_is_a_column_per_day_on_a_time_axis(
+    timeline: dict[str, Any],
+) -> None:
+    chart = timeline["charts"]["cost-per-day"]
+    assert chart["months"] == ["Nov 2026", "Dec"]
+    lefts = {date.fromisoformat(b["cat"]): b["x"] for b in chart["bars"]}
+    assert set(lefts) == set(timeline["days"]) - {LONG_GAP}
+    step = (lefts[max(lefts)] - lefts[LONG_FIRST]) / (LONG_DAYS - 1)
+    assert step > 5
+    for day, x in lefts.items():  # each day in its own place, the gap included
+        assert x - lefts[LONG_FIRST] == pytest.approx((day - LONG_FIRST).days * step, abs=0.5)
+    assert "<script" not in timeline["html"] and "http" not in timeline["html"]
+
+
+def test_the_time_axes_share_one_scale(timeline: dict[str, Any]) -> None:
+    charts = timeline["charts"]
+    drawn = [b for c in ("cost-per-day", "repriced-per-day") for b in charts[c]["bars"]]
+    px_per_usd = [b["height"] / b["value"] for b in drawn if b["height"] > 2]
+    assert len(px_per_usd) > LONG_DAYS
+    assert max(px_per_usd) == pytest.approx(min(px_per_usd), rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("chart", "column"), [("cost-per-day", "cost_usd"), ("repriced-per-day", "repriced_usd")]
+)
+def test_the_time_axis_bars_equal_json_by_day_and_model(
+    timeline: dict[str, Any], chart: str, column: str
+) -> None:
+    expected = {
+        (r["day"], r["model"]): r[column] for r in timeline["json"] if r[column] is not None
+    }
+    assert_bars_equal(timeline["charts"][chart], expected)
+    assert timeline["phone_width"] <= 390

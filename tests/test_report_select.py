@@ -69,8 +69,8 @@ def test_out_of_range_partitions_are_not_opened(partitioned: Path) -> None:
     garbage.write_bytes(b"not parquet at all")
     done = cli(str(partitioned), "--since", "2026-11-25", "--by", "day", "--format", "json")
     assert done.returncode == 0 and done.stderr == ""
-    records = json.loads(done.stdout)
-    assert [r["day"] for r in records] == ["2026-11-25", "2026-11-26", "TOTAL"]
+    records = json.loads(done.stdout)["groups"]
+    assert [r["day"] for r in records] == ["2026-11-25", "2026-11-26"]
     # Without the range the same garbage file is read, and refused.
     assert cli(str(partitioned), "--format", "json").returncode == 2
 
@@ -112,7 +112,7 @@ def test_without_pricing_the_other_formats_have_no_repriced_column(
     partitioned: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, out, _ = in_process(capsys, str(partitioned), "--format", "json")
-    records: list[dict[str, Any]] = json.loads(out)
+    records: list[dict[str, Any]] = json.loads(out)["groups"]
     assert "repriced_usd" not in records[0]
 
 

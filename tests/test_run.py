@@ -76,7 +76,7 @@ def test_a_bad_job_file_exits_2_with_one_line_and_sends_nothing(
 
     assert run.returncode == 2
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
-    assert run.stderr.startswith("batchrun: error: ")
+    assert " batchrun: error: " in run.stderr
     assert emu.ledger()["requests_received"] == 0
 
 

@@ -16,7 +16,7 @@ from trio.testing import MockClock
 from batchrun._types import Request
 from batchrun.engines.ray.shares import BudgetPool, GlobalPace, LeasedBudget, SharedPacer, Slots
 from batchrun.job.config import Price
-from batchrun.send.ratelimit import RateInfo
+from batchrun.send.headers import RateInfo
 
 
 class Coordinator:

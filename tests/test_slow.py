@@ -65,7 +65,9 @@ def test_no_note_when_the_reservation_does_not_bind(
 def test_run_says_once_when_learned_limits_make_the_reservation_bind(
     tmp_path: Path, emulator
 ) -> None:
-    emu = emulator("--rpm", "10000", "--tpm", "1000000")
+    # The limits stated, but not what the API counted (no x-ratelimit-remaining-tokens).
+    limits = ("x-ratelimit-limit-requests=10000", "x-ratelimit-limit-tokens=1000000")
+    emu = emulator(*(arg for value in limits for arg in ("--header-value", value)))
     job = unset_job(tmp_path, rows=4)  # sent before the limits are learned: no pacing wait
 
     run = run_batchrun(job, emu)
@@ -73,6 +75,14 @@ def test_run_says_once_when_learned_limits_make_the_reservation_bind(
     assert run.returncode == 0, run.stderr
     assert run.stderr.count(WARNING) == 1, run.stderr
     assert "1,000,000 TPM: ~7.8 requests a minute of the 10,000 RPM" in run.stderr
+
+
+def test_no_warning_when_the_api_shows_it_counts_real_tokens(tmp_path: Path, emulator) -> None:
+    # The emulator counts what a request asks for: the prompt alone when
+    # max_completion_tokens is unset, far below the 128,000 batchrun reserves.
+    run = run_batchrun(unset_job(tmp_path, rows=4), emulator("--rpm", "10000", "--tpm", "1000000"))
+    assert run.returncode == 0, run.stderr
+    assert WARNING not in run.stderr
 
 
 def test_run_says_it_at_the_start_when_the_job_sets_the_limits(tmp_path: Path, emulator) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from batchrun.emulator.cache import PrefixCache
 from batchrun.emulator.config import EmulatorConfig
-from batchrun.emulator.faults import Fault, FaultPlan
+from batchrun.emulator.faults import Fault, FaultPlan, literal_headers
 from batchrun.emulator.ledger import Ledger
 from batchrun.emulator.limits import Headers, RateLimiter, TerseLimiter
 from batchrun.emulator.schema import MODEL_IDS, ApiError, ChatRequest, parse_chat_request
@@ -157,6 +157,7 @@ class EmulatorApp:
     async def _admitted(self, send: Send, body: dict[str, Any], request: ChatRequest) -> None:
         now = time.monotonic()
         verdict = self._limiter.admit(request.rate_limit_tokens, now)
+        headers = literal_headers(verdict.headers, self.config.header_values)
         if not verdict.allowed:
             self.ledger.rate_limited += 1
             error = ApiError(
@@ -166,15 +167,15 @@ class EmulatorApp:
                 param=None,
                 code="rate_limit_exceeded",
             )
-            await self._error(send, error, verdict.headers)
+            await self._error(send, error, headers)
             return
         fault = self._plan.next_fault()
         delay = self._plan.next_delay_s()
         if fault is Fault.FAIL:
-            await self._fail(send, delay, verdict.headers)
+            await self._fail(send, delay, headers)
             return
         answer = self._bill(body, request, now)
-        await self._deliver(send, answer, fault, delay, verdict.headers)
+        await self._deliver(send, answer, fault, delay, headers)
 
     def _bill(self, body: dict[str, Any], request: ChatRequest, now: float) -> Answer:
         key, fingerprint = body_digests(self.config.seed, body)

@@ -29,6 +29,7 @@ class EmulatorConfig:
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
     faults: FaultRates = field(default_factory=FaultRates)
+    header_values: tuple[tuple[bytes, bytes], ...] = ()  # sent literally on every answer
     stall_s: float = DEFAULT_STALL_S
     seed: int = 0
     tokens_per_second: float | None = None
@@ -104,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COLUMN",
         help="labeling answers: leave this column out (a model ignoring it); repeatable",
     )
+    add(
+        "--header-value",
+        type=_header_value,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="every chat answer (429s too) carries this header literally, in place of any "
+        "of that name (e.g. retry-after=NaN); repeatable",
+    )
     add("--parent-watch", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -135,6 +145,7 @@ def parse_config(argv: Sequence[str]) -> EmulatorConfig:
         latency_ms=args.latency_ms,
         jitter_ms=args.jitter_ms,
         faults=faults,
+        header_values=tuple(args.header_value),
         stall_s=args.stall_s,
         seed=args.seed,
         tokens_per_second=args.tokens_per_second,
@@ -188,3 +199,10 @@ def _rate(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
     return value
+
+
+def _header_value(text: str) -> tuple[bytes, bytes]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError("must be NAME=VALUE")
+    return name.strip().lower().encode("latin-1"), value.encode("latin-1")

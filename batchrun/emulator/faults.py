@@ -8,8 +8,11 @@ start. The rates partition [0, 1): at most one fault per request.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+
+Headers = list[tuple[bytes, bytes]]
 
 
 class Fault(StrEnum):
@@ -90,3 +93,12 @@ class FaultPlan:
             return self._latency_ms / 1000
         jitter = self._delays.uniform(-self._jitter_ms, self._jitter_ms)
         return max(self._latency_ms + jitter, 0.0) / 1000
+
+
+def literal_headers(headers: Headers, literal: Sequence[tuple[bytes, bytes]]) -> Headers:
+    """``headers`` with each ``literal`` (name, value) in place of any of that name: a
+    server that sends nonsense (``retry-after: NaN``) where a number belongs."""
+    if not literal:
+        return headers
+    names = {name for name, _ in literal}
+    return [h for h in headers if h[0] not in names] + list(literal)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from batchrun._errors import JobError
 from batchrun._version import __version__
 from batchrun.engines.pipeline import Progress
+from batchrun.engines.reason import Outcome, exit_reason
 from batchrun.io.input import InputTable, open_input, validate_keys
 from batchrun.job.config import Job
 from batchrun.output.empty import empty_columns
@@ -108,6 +109,9 @@ class RunSummary:
     run_cost_usd: float | None = None
     # Parsed columns null in more than a tenth of the ok rows, one line each.
     empty_columns: list[str] = field(default_factory=list)
+    # The exit code in words (``engines.reason``), and the failed rows by error_type.
+    exit_reason: str = ""
+    by_error_type: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,7 +146,8 @@ class RunSummary:
 
 _STOP_REASONS = {
     "budget": "limits.max_cost_usd reached; raise it and run again to continue",
-    "fatal": "the API refused the job (see the error above); fix it and run again to continue",
+    "fatal": "the API refused the job (see the error above); fix it and run the same command"
+    " again: it sends every row not answered yet (no --retry-failed needed)",
     "interrupted": "interrupted; run the same command again to continue",
 }
 
@@ -168,7 +173,11 @@ def prepare(job: Job) -> tuple[InputTable, RequestBuilder]:
             " with input and output (USD per million tokens)"
         )
     if job.price is None:
-        log.warning("no [pricing] for model %r: cost_usd will be null", job.request.model)
+        log.warning(
+            "no [pricing] for model %r: cost_usd will be null",
+            job.request.model,
+            extra={"event": "no_pricing"},
+        )
     return table, builder
 
 
@@ -252,6 +261,15 @@ class Run:
     def _api_key(self) -> str:
         return resolve_api_key(self.job, self.options.api_key)
 
+    def _log_started(self) -> None:
+        """Once the run lock is held: every check that exits 2 has passed."""
+        job = self.job
+        log.info(
+            "run of %s started (pid %d, %s engine): %s -> %s",
+            *(job.name, os.getpid(), self.options.engine, job.input.path, job.output.path),
+            extra={"event": "run_started", "job": job.name, "output": job.output.path},
+        )
+
     def _total(self, table: InputTable) -> int | None:
         if self.options.shard is not None:
             return None
@@ -326,6 +344,22 @@ class Run:
         by_status = dict(stats.by_status)
         failed = by_status.get("error", 0) + by_status.get("invalid", 0)
         counters = self.progress.dispatch
+        exit_code = _exit_code(self.stopped, failed, self.job.limits.max_failed_rows)
+        signalled = getattr(self, "signalled", None)
+        outcome = Outcome(
+            exit_code=exit_code,
+            stopped=self.stopped,
+            rows=sum(by_status.values()),
+            by_status=by_status,
+            by_error_type=dict(stats.by_error_type),
+            max_failed_rows=self.job.limits.max_failed_rows,
+            cut_off=stats.cut_off,
+            max_completion_tokens=self.job.request.max_completion_tokens,
+            fatal=self.fatal_message,
+            max_cost_usd=self.job.limits.max_cost_usd,
+            run_cost_usd=self._run_cost(),
+            signal=signalled[0] if signalled else None,
+        )
         return RunSummary(
             job=self.job.name,
             output_path=str(stats.path),
@@ -345,10 +379,12 @@ class Run:
             rate_limited=counters.rate_limited,
             wall_s=round(time.monotonic() - self.started, 3),
             stopped=self.stopped,
-            exit_code=_exit_code(self.stopped, failed, self.job.limits.max_failed_rows),
+            exit_code=exit_code,
             synthetic=self.options.emulate,
             error=self.fatal_message,
             empty_columns=empty_columns(stats.null_counts, by_status.get("ok", 0)),
+            exit_reason=exit_reason(outcome),
+            by_error_type=dict(stats.by_error_type),
         )
 
 

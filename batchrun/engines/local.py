@@ -65,6 +65,7 @@ class LocalRun(Run):
             ) as own,
             local_store(own, self.job) as ckpt,  # answers and spend of both engines' files
         ):
+            self._log_started()
             if self.options.fresh:
                 clear_ray_dir(self.job)  # one store for both engines: --fresh clears both
             dispatcher = Dispatcher(
@@ -83,6 +84,7 @@ class LocalRun(Run):
                     "writing %s with unfinished rows as pending (interrupt again to skip it:"
                     " every answer is in the checkpoint)",
                     self.job.output.path,
+                    extra={"event": "writing_pending"},
                 )
             commits = ckpt.commits()
             stats = self._kept_output(commits)
@@ -111,7 +113,11 @@ class LocalRun(Run):
         )
         stats = kept_output(self.job, WRITTEN_FROM_KEY, state)
         if stats is not None:
-            log.info("%s is up to date (every row done, nothing changed): kept", stats.path)
+            log.info(
+                "%s is up to date (every row done, nothing changed): kept",
+                stats.path,
+                extra={"event": "output_kept"},
+            )
         return stats
 
     def _written_from(self, done: _DoneBatches, commits: int) -> dict[str, str]:
@@ -209,8 +215,10 @@ class LocalRun(Run):
             run_async(self._main, pipeline, items)
         except FatalApiError as exc:
             # The output is still written (unfinished rows as pending) before exit 4.
-            log.error("%s", exc)
+            log.error("%s", exc, extra={"event": "fatal_error"})
             self.stopped, self.fatal_message = "fatal", str(exc)
+            if exc.failed_alike is not None and ckpt.own is not None:
+                ckpt.own.forget_failed(*exc.failed_alike)  # before the output pass records it
         finally:
             # asyncio resets the handlers it borrowed to the defaults, not to the caller's.
             for sig, handler in handlers:
@@ -218,6 +226,12 @@ class LocalRun(Run):
                     signal.signal(sig, handler)
         if self.stopped is None and pipeline.outcome is not None:
             self.stopped = pipeline.outcome.stopped
+        if self.stopped == "budget":
+            log.warning(
+                "limits.max_cost_usd = %s reached: sending nothing more",
+                self.job.limits.max_cost_usd,
+                extra={"event": "budget_stop", "run_cost_usd": self._run_cost()},
+            )
         self._log_stopped()
 
     async def _main(self, pipeline: Pipeline, batches: Iterable[list[Request | Result]]) -> None:
@@ -235,7 +249,11 @@ class LocalRun(Run):
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if self.stopped == "interrupted":
-                    log.warning("%s again: stopping now, saving what finished", name)
+                    log.warning(
+                        "%s again: stopping now, saving what finished",
+                        name,
+                        extra={"event": "signal_again"},
+                    )
                     scope.cancel()
                     return
                 grace = min(self.job.limits.timeout_s, SIGNAL_GRACE_S)
@@ -246,6 +264,12 @@ class LocalRun(Run):
                     "%s: sending nothing more; waiting up to %.0f s for %d %s in flight"
                     " (signal again to stop at once)",
                     *(name, grace, on_the_wire, _requests_word(on_the_wire)),
+                    extra={
+                        "event": "signal",
+                        "signal": name,
+                        "in_flight": on_the_wire,
+                        "grace_s": grace,
+                    },
                 )
                 # A backstop only: the sends end by the grace deadline, then the writer commits.
                 scope.deadline = anyio.current_time() + grace + COMMIT_GRACE_S
@@ -261,6 +285,12 @@ class LocalRun(Run):
             " deadline (perhaps billed, sent again by a rerun)",
             *(name, on_the_wire - abandoned, on_the_wire, _requests_word(on_the_wire)),
             *("is" if on_the_wire - abandoned == 1 else "are", abandoned),
+            extra={
+                "event": "stopped",
+                "signal": name,
+                "in_flight": on_the_wire,
+                "abandoned": abandoned,
+            },
         )
 
 

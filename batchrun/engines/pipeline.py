@@ -62,6 +62,10 @@ class Progress:
     def sent(self) -> int:
         return self.dispatch.sent
 
+    @property
+    def paused(self) -> tuple[float, str] | None:
+        return self.dispatch.paused
+
 
 class Store(Protocol):
     """What ``Pipeline`` needs of a checkpoint (``Checkpoint``, or the Ray engine's

@@ -23,6 +23,7 @@ from batchrun._errors import JobError
 from batchrun._types import RESULT_COLUMNS
 from batchrun.engines.base import Run, RunOptions, RunSummary, run_exit_code
 from batchrun.engines.pipeline import Progress
+from batchrun.engines.reason import Outcome, exit_reason
 from batchrun.job.config import Job, Variant
 from batchrun.output.table import output_location, write_batches
 
@@ -134,8 +135,13 @@ def _combined(job: Job, summaries: Sequence[tuple[str, RunSummary]], woven: bool
     for run in runs:
         for status, count in run.by_status.items():
             by_status[status] = by_status.get(status, 0) + count
+    by_error_type: dict[str, int] = {}
+    for run in runs:
+        for error_type, count in run.by_error_type.items():
+            by_error_type[error_type] = by_error_type.get(error_type, 0) + count
     stopped = next((run.stopped for run in runs if run.stopped), None)
     failed = by_status.get("error", 0) + by_status.get("invalid", 0)
+    exit_code = run_exit_code(stopped, failed, job.limits.max_failed_rows)
     costs = [run.cost_usd for run in runs if run.cost_usd is not None]
     spent = [run.run_cost_usd for run in runs if run.run_cost_usd is not None]
     return RunSummary(
@@ -157,10 +163,24 @@ def _combined(job: Job, summaries: Sequence[tuple[str, RunSummary]], woven: bool
         rate_limited=sum(run.rate_limited for run in runs),
         wall_s=round(sum(run.wall_s for run in runs), 3),
         stopped=stopped,
-        exit_code=run_exit_code(stopped, failed, job.limits.max_failed_rows),
+        exit_code=exit_code,
         synthetic=any(run.synthetic for run in runs),
         error=next((run.error for run in runs if run.error), None),
         empty_columns=[
             f"variant {name}: {line}" for name, run in summaries for line in run.empty_columns
         ],
+        by_error_type=by_error_type,
+        exit_reason=next(
+            (run.exit_reason for run in runs if run.stopped),
+            exit_reason(
+                Outcome(
+                    exit_code,
+                    stopped,
+                    sum(run.rows for run in runs),
+                    by_status,
+                    by_error_type,
+                    job.limits.max_failed_rows,
+                )
+            ),
+        ),
     )

@@ -99,11 +99,14 @@ class OutputStats:
     reasoning_tokens: int = 0
     cost_usd: float | None = None
     null_counts: Counter[str] = field(default_factory=Counter)  # parsed column -> null ok rows
+    by_error_type: Counter[str] = field(default_factory=Counter)  # failed rows
+    cut_off: int = 0  # failed rows whose answer stopped at the token limit
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["path"], data["by_status"] = str(self.path), dict(self.by_status)
         data["null_counts"] = dict(self.null_counts)
+        data["by_error_type"] = dict(self.by_error_type)
         return data
 
 
@@ -259,6 +262,9 @@ def _count(stats: OutputStats, rows: Sequence[_Row], price: Price | None) -> Non
         stats.by_status[result.status] += 1
         if row.parsed is not None:  # an ok row's parsed values
             count_nulls(stats.null_counts, row.parsed, row.parsed)
+        if result.error_type is not None and result.status in ("error", "invalid"):
+            stats.by_error_type[result.error_type] += 1
+            stats.cut_off += result.finish_reason == "length"
         if row.shared:
             stats.shared_rows += 1
             stats.shared_cost_usd += _cost(price, result) or 0.0
@@ -453,8 +459,11 @@ def kept_output(job: Job, key: str, value: str) -> OutputStats | None:
         stored = json.loads(found[STATS_METADATA_KEY.encode()])
         by_status = Counter(stored.pop("by_status"))
         stored["null_counts"] = Counter(stored.get("null_counts", {}))
+        by_error_type = Counter(stored.pop("by_error_type", {}))
         del stored["path"]
-        return OutputStats(path=location, by_status=by_status, **stored)
+        return OutputStats(
+            path=location, by_status=by_status, by_error_type=by_error_type, **stored
+        )
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -198,7 +198,10 @@ def sample_rows(
 
 def _announce(job: Job, count: int, base_url: str | None, synthetic: bool) -> None:
     if not count:
-        log.warning("PILOT: every row is answered or invalid already; nothing sent")
+        log.warning(
+            "PILOT: every row is answered or invalid already; nothing sent",
+            extra={"event": "pilot_nothing_to_send"},
+        )
         return
     where = base_url or job.api.base_url
     if synthetic:
@@ -208,6 +211,7 @@ def _announce(job: Job, count: int, base_url: str | None, synthetic: bool) -> No
             where,
             count,
             job.output.checkpoint_path,
+            extra={"event": "pilot_emulated"},
         )
     else:
         log.warning(
@@ -216,6 +220,7 @@ def _announce(job: Job, count: int, base_url: str | None, synthetic: bool) -> No
             count,
             where,
             job.output.checkpoint_path,
+            extra={"event": "pilot_real"},
         )
 
 

@@ -236,12 +236,13 @@ def plan_job(
     (297, 0.80...)
     """
     table, builder = prepare(job)
+    if emulate:  # an emulated run's checkpoint is its own: plan against that one
+        job = emulated_job(job)
     if pilot is None:
         return _dry_plan(job, table, builder)
     if emulate:
         from batchrun.emulator import EmulatorProcess
 
-        job = emulated_job(job)
         with EmulatorProcess([]) as emu:
             return _pilot_plan(job, table, builder, pilot, emu.base_url, EMULATOR_KEY, True)
     why = " (a pilot sends real requests; plan without --pilot needs no key)"

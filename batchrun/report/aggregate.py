@@ -20,11 +20,13 @@ rows whose model had no price, so an incomplete total is visible.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
@@ -38,13 +40,20 @@ from batchrun._errors import InputError, JobError
 from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS
 from batchrun.io.files import Found, NotFound, describe, find, is_remote, partitions
 from batchrun.job.config import Price
-from batchrun.report.selection import DAY, DayRange, reprice, with_day
-from batchrun.report.text import FORMATS, STATUSES, render
+from batchrun.report.selection import DAY, WILDCARD, DayRange, reprice, with_day
+from batchrun.report.text import FORMATS, MISSING_LABELS, STATUSES, TOTAL_LABEL, render
 
-__all__ = ["FORMATS", "ReportResult", "SkippedFile", "render", "report"]
+__all__ = [
+    "FORMATS", "PSEUDO_COLUMNS", "TOTAL_LABEL", "ReportResult", "SkippedFile", "render", "report",
+]  # fmt: skip
 
 PREFIX_METADATA_KEY = b"batchrun.prefix"
-TOTAL_LABEL = "TOTAL"
+JOB_METADATA_KEY = b"batchrun.job"
+PRICING_METADATA_KEY = b"batchrun.pricing"
+# Grouping keys every output has without a column of that name: the job in its metadata,
+# the file, the date (its date= partition, else the UTC day of completed_at) and the day.
+JOB, FILE, DATE = "job", "file", "date"
+PSEUDO_COLUMNS = (JOB, FILE, DATE, DAY)
 
 # Metric columns every batchrun output has; a file lacking any of them is foreign.
 _TOKENS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
@@ -53,6 +62,9 @@ _OPTIONAL = ("shared", "attempts", "completed_at")  # read when present
 # Every report also groups by these inside, so the HTML charts are roll-ups of one pass.
 _CHART_KEYS = ("status", "model", DAY, "error_type")
 _OWN_COLUMNS = frozenset((*RESULT_COLUMNS, *EXTRA_COLUMNS))
+# Keys that are null because the row has no answer: their null group is named for the status.
+_ANSWER_KEYS = _OWN_COLUMNS | {DAY, DATE}
+_MISSING_BY_STATUS = {"pending": "(unanswered)", "invalid": "(invalid)", "error": "(failed)"}
 _BATCH_ROWS = 65_536
 _MAX_WORKERS = 8
 _PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
@@ -75,9 +87,11 @@ class ReportResult:
 
     ``table`` has the ``by`` columns, then ``rows``, one count per status,
     token sums, ``cost_usd`` (and ``repriced_usd`` with a pricing), ``unpriced``,
-    ``cost_per_1k_rows`` (and ``repriced_per_1k_rows``), ``latency_p50_ms`` and
-    ``latency_p95_ms``; its last row is the total. ``table_by(keys)`` is the same
-    table grouped by any of ``by``, ``status``, ``model``, ``day``, ``error_type``.
+    ``cost_per_1k_answered`` (and ``repriced_per_1k_answered``: per 1,000 priced ok rows),
+    ``latency_p50_ms`` and ``latency_p95_ms``; its last row is the total. A null key
+    reads ``(unanswered)``, ``(invalid)``, ``(failed)`` or ``(none)``. ``table_by(keys)``
+    is the same table grouped by any of ``by``, ``status``, ``model``, ``day``,
+    ``error_type``.
     """
 
     table: pd.DataFrame
@@ -87,12 +101,28 @@ class ReportResult:
     repriced: bool = False
     days: DayRange = field(default_factory=DayRange)
     accumulator: _Accumulator | None = field(default=None, repr=False, compare=False)
+    paths: tuple[str, ...] = ()
+    generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    pricing: Mapping[str, Price] | None = None
+    job_pricing: Mapping[str, Mapping[str, Price]] = field(default_factory=dict)
 
     def table_by(self, keys: Sequence[str]) -> pd.DataFrame:
         """The report grouped by ``keys`` (each one of the groups read), from the same pass."""
         if self.accumulator is None:
             raise JobError("this report holds no groups to regroup")
         return self.accumulator.table(list(dict.fromkeys(keys)))
+
+    def models(self) -> set[str]:
+        """The models that answered rows in this selection."""
+        if self.accumulator is None:
+            return set()
+        at = self.accumulator.group_keys.index("model")
+        return {key[at] for key in self.accumulator.groups if isinstance(key[at], str)}
+
+    def unmatched_prices(self) -> list[str]:
+        """``--pricing`` models that appear in no output (``"*"`` aside)."""
+        seen = self.models()
+        return [m for m in self.pricing or {} if m != WILDCARD and m not in seen]
 
 
 # ---------------------------------------------------------------- public API
@@ -114,7 +144,9 @@ def report(
     partition keys, or ``day`` (the ``date=`` partition, else the day of
     ``completed_at``). ``days`` keeps the rows of those days; files in a
     ``date=`` partition outside it are not opened. ``pricing`` re-prices every
-    row from its token columns (``repriced_usd``).
+    row from its token columns (``repriced_usd``). ``by`` may also name the
+    pseudo-columns ``job`` (the job in each file's metadata), ``file`` and ``date``
+    (the ``date=`` partition, else the day), where no column of that name exists.
 
         >>> result = report(["out/date=*/"], by=["date"])  # doctest: +SKIP
         >>> print(render(result.table, "table"))  # doctest: +SKIP
@@ -136,7 +168,26 @@ def report(
     if not table["rows"].iloc[-1]:
         raise InputError(f"no rows to report in {len(outputs)} file(s)" + _range_note(days))
     files = tuple(s.path for s in outputs)
-    return ReportResult(table, files, skipped, tuple(keys), pricing is not None, days, acc)
+    return ReportResult(
+        table, files, skipped, tuple(keys), pricing is not None, days, acc,
+        paths=tuple(paths), pricing=pricing, job_pricing=_job_pricing(outputs),
+    )  # fmt: skip
+
+
+def _job_pricing(sources: Sequence[_Source]) -> dict[str, dict[str, Price]]:
+    """Each job's own prices, as its outputs' metadata recorded them (job -> model -> price)."""
+    found: dict[str, dict[str, Price]] = {}
+    for source in sources:
+        metadata = source.schema.metadata or {}
+        raw = metadata.get(PRICING_METADATA_KEY)
+        if raw is None:
+            continue
+        try:
+            prices = {m: Price(**p) for m, p in json.loads(raw).items()}
+        except (ValueError, TypeError, AttributeError):
+            continue  # not what batchrun writes: the page says the prices are not recorded
+        found.setdefault(source.job or "(unnamed job)", {}).update(prices)
+    return found
 
 
 def _range_note(days: DayRange) -> str:
@@ -182,6 +233,13 @@ class _Source:
     missing: tuple[str, ...]
     partitions: dict[str, Any] = field(default_factory=dict)
     file: Found | None = None
+    job: str | None = None
+
+    def constant(self, name: str) -> Any:
+        """A partition value, else the pseudo-column ``job`` or ``file``; None otherwise."""
+        if name in self.partitions:
+            return self.partitions[name]
+        return {JOB: self.job, FILE: self.path}.get(name)
 
     def column(self, name: str) -> str | None:
         """Physical column for a report name, or None when the file lacks it."""
@@ -210,7 +268,9 @@ def _open(found: Found) -> _Source:
         raise InputError(_unreadable(path, exc, "cannot read {} as Parquet")) from exc
     prefix = _detect_prefix(schema)
     missing = tuple(c for c in _METRICS if prefix + c not in set(schema.names))
-    return _Source(path, schema, prefix, missing, file=found)
+    job = (schema.metadata or {}).get(JOB_METADATA_KEY)
+    name = job.decode("utf-8", "replace") if job else None
+    return _Source(path, schema, prefix, missing, file=found, job=name)
 
 
 def _detect_prefix(schema: pa.Schema) -> str:
@@ -238,19 +298,21 @@ def _no_outputs_message(skipped: Sequence[SkippedFile], days: DayRange) -> str:
 def _check_by(keys: Sequence[str], sources: Sequence[_Source]) -> None:
     """A by column must exist in at least one file; in the others it is null."""
     for key in keys:
-        if key != DAY and not any(s.column(key) or key in s.partitions for s in sources):
+        if key not in PSEUDO_COLUMNS and not any(
+            s.column(key) or key in s.partitions for s in sources
+        ):
             raise InputError(
                 f"--by column {key!r} not found; available: {', '.join(_available(sources))}"
             )
 
 
 def _available(sources: Sequence[_Source]) -> list[str]:
-    names: dict[str, None] = {DAY: None}
+    names: dict[str, None] = {}
     for s in sources:
         for name in [*s.schema.names, *s.partitions]:
             result_name = name.removeprefix(s.prefix)
             names[result_name if result_name in _OWN_COLUMNS else name] = None
-    return list(names)
+    return list(names | dict.fromkeys(PSEUDO_COLUMNS))
 
 
 # ---------------------------------------------------------------- reading
@@ -298,20 +360,22 @@ def _read(source: _Source, keys: Sequence[str]) -> Iterator[pa.Table]:
     found = source.file
     assert found is not None
     remote = is_remote(found.name)  # coalesced range reads pay off on a store only
+    date_is_day = DATE in wanted and wanted[DATE] is None and DATE not in source.partitions
     with pq.ParquetFile(found.path, filesystem=found.fs, pre_buffer=remote) as file:
         for batch in file.iter_batches(batch_size=_BATCH_ROWS, columns=physical):
-            yield with_day(_narrow(batch, wanted, source.partitions), source.partitions)
+            table = with_day(_narrow(batch, wanted, source), source.partitions)
+            if date_is_day:
+                table = table.set_column(table.schema.get_field_index(DATE), DATE, table[DAY])
+            yield table
 
 
-def _narrow(
-    batch: pa.RecordBatch, wanted: dict[str, str | None], partitions: dict[str, Any]
-) -> pa.Table:
+def _narrow(batch: pa.RecordBatch, wanted: dict[str, str | None], source: _Source) -> pa.Table:
     columns: dict[str, pa.Array[Any]] = {}
     for name, physical in wanted.items():
         if physical is not None:
             columns[name] = batch.column(physical)
         else:
-            columns[name] = pa.repeat(partitions.get(name), batch.num_rows)
+            columns[name] = pa.repeat(source.constant(name), batch.num_rows)
     return pa.table(columns)
 
 
@@ -388,13 +452,22 @@ class _Accumulator:
         merged: dict[tuple[Any, ...], dict[str, Any]] = {}
         total = _new_row()
         for key, group in self.groups.items():
-            _fold(merged.setdefault(tuple(key[i] for i in at), _new_row()), group, key[status_at])
-            _fold(total, group, key[status_at])
+            status = key[status_at]
+            named = tuple(_named(keys[j], key[i], status) for j, i in enumerate(at))
+            _fold(merged.setdefault(named, _new_row()), group, status)
+            _fold(total, group, status)
         rows = [_finish(dict(zip(keys, k, strict=True)), v) for k, v in _sorted(merged)]
         label = dict.fromkeys(keys, None) | ({keys[0]: TOTAL_LABEL} if keys else {})
         rows.append(_finish(label, total))
         columns = [c for c in _OUTPUT_COLUMNS if self.pricing is not None or "repriced" not in c]
         return pd.DataFrame(rows, columns=[*keys, *columns])
+
+
+def _named(key: str, value: Any, status: Any) -> Any:
+    """A null group key named for what it is: a row without an answer, or no value."""
+    if value is not None:
+        return value
+    return _MISSING_BY_STATUS.get(status, "(none)") if key in _ANSWER_KEYS else "(none)"
 
 
 def _billed_tokens(table: pa.Table) -> pa.Table:
@@ -453,8 +526,8 @@ _OUTPUT_COLUMNS = (
     "cost_usd",
     "repriced_usd",
     "unpriced",
-    "cost_per_1k_rows",
-    "repriced_per_1k_rows",
+    "cost_per_1k_answered",
+    "repriced_per_1k_answered",
     "latency_p50_ms",
     "latency_p95_ms",
 )
@@ -492,17 +565,23 @@ def _finish(label: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
         **{name: row[name] for name in ("rows", *STATUSES, "shared", *_TOKENS, "unpriced")},
         "cost_usd": cost,
         "repriced_usd": repriced,
-        "cost_per_1k_rows": cost * 1000 / row["rows"] if row["rows"] else math.nan,
-        "repriced_per_1k_rows": repriced * 1000 / row["rows"] if row["rows"] else math.nan,
+        # Per 1,000 answered rows that have a price: pending, invalid and failed rows
+        # would only dilute it, and unpriced rows are not in the cost.
+        "cost_per_1k_answered": _per_1k(cost, row["ok"] - row["unpriced"]),
+        "repriced_per_1k_answered": _per_1k(repriced, row["repriced_rows"]),
         "latency_p50_ms": float(p50),
         "latency_p95_ms": float(p95),
     }
 
 
+def _per_1k(cost: float, rows: int) -> float:
+    return cost * 1000 / rows if rows else math.nan
+
+
 def _sorted(merged: dict[tuple[Any, ...], Any]) -> list[tuple[tuple[Any, ...], Any]]:
-    # Keys may mix types across files (an id that is int in one, str in another)
-    # and contain None; sort nulls last, then by type name, then by value.
+    # Keys may mix types across files (an id that is int in one, str in another);
+    # missing values last, then by type name, then by value.
     def sort_key(item: tuple[tuple[Any, ...], Any]) -> tuple[Any, ...]:
-        return tuple((v is None, type(v).__name__, v) for v in item[0])
+        return tuple((v in MISSING_LABELS, type(v).__name__, v) for v in item[0])
 
     return sorted(merged.items(), key=sort_key)

@@ -1,11 +1,16 @@
 """The report as one self-contained HTML page: the table and server-side SVG charts.
 
 No script and nothing fetched: every chart is an inline ``<svg>`` of horizontal
-bars drawn here, so the page opens offline, mails as a few tens of kB and
+bars drawn here (cost per day over more than ``TIMELINE_DAYS`` days: a column per
+day on a time axis), so the page opens offline, mails as a few tens of kB and
 prints. Each bar carries a ``<title>`` (its value on hover or long-press) and
 ``data-category``/``data-series``/``data-value`` attributes (what tests and
-scrapers read); the figure is also printed at the bar's end. Charts scale with
-their ``viewBox`` and stack in one column on a narrow screen.
+scrapers read); the figure is also printed at the bar's end. A label too long for
+its place wraps onto more lines, never cut. Charts scale with their ``viewBox``
+and stack in one column on a narrow screen; the recorded and re-priced cost per
+day share one scale, so their bars compare.
+
+The header says when the page was made, over which files, and at which prices.
 
 Every chart is a roll-up of the same pass as the table (``ReportResult.table_by``),
 so its numbers equal ``--format json --by ...`` for the same files.
@@ -15,14 +20,17 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
 
 import pandas as pd
 
+from batchrun.report.about import about
 from batchrun.report.aggregate import TOTAL_LABEL, ReportResult
 from batchrun.report.selection import DAY
-from batchrun.report.text import STATUSES, cells, headers, is_numeric
+from batchrun.report.text import MISSING_LABELS, STATUSES, cells, headers, is_numeric
 
 __all__ = ["Chart", "charts", "format_value", "render_html"]
 
@@ -30,9 +38,11 @@ __all__ = ["Chart", "charts", "format_value", "render_html"]
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#8C8C8C")
 WIDTH = 420  # viewBox units; text is 14 units: 11 px on a 390 px phone, 14 px on a laptop
 LABEL_W, VALUE_W = 140, 80
-LABEL_CHARS = 17  # what fits in LABEL_W at 14 units; longer labels are cut (full on hover)
+LABEL_CHARS = 17  # what fits in LABEL_W at 14 units; longer labels wrap
+LINE_H = 15
 BAR_H, GAP = 16, 8
-NULL_LABEL = "(null)"
+TIMELINE_DAYS = 14  # more days than this: cost per day on a time axis
+PLOT_H, AXIS_W = 160, 64  # the time axis: plot height, room for the value labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +57,8 @@ class Chart:
     categories: tuple[str, ...]
     values: tuple[tuple[float, ...], ...]  # [category][series]; NaN: no value
     stacked: bool = False
+    top: float = math.nan  # the value at full length; NaN: this chart's largest
+    timeline: bool = False  # categories are ISO days, drawn as columns on a time axis
 
 
 def format_value(unit: str, value: float) -> str:
@@ -75,8 +87,28 @@ def charts(result: ReportResult) -> list[Chart]:
     ]
     if result.repriced:
         title = "Re-priced cost per day, by model"
-        found.insert(1, _cost_per_day(result, "repriced_usd", "repriced", title))
+        repriced = _cost_per_day(result, "repriced_usd", "repriced", title)
+        # One scale and one colour per model for both, so a cheaper price reads as
+        # shorter bars of the same colour.
+        top = max(_top(found[0]), _top(repriced))
+        series = tuple(sorted({*found[0].series, *repriced.series}))
+        found.insert(1, _with_series(replace(repriced, top=top), series))
+        found[0] = _with_series(replace(found[0], top=top), series)
     return found
+
+
+def _with_series(chart: Chart, series: tuple[str, ...]) -> Chart:
+    """``chart`` with ``series`` in this order (NaN where it had none)."""
+    at = {name: j for j, name in enumerate(chart.series)}
+    values = tuple(
+        tuple(row[at[s]] if s in at else math.nan for s in series) for row in chart.values
+    )
+    return replace(chart, series=series, values=values)
+
+
+def _top(chart: Chart) -> float:
+    totals = [_row_total(r) if chart.stacked else _row_max(r) for r in chart.values]
+    return max(totals, default=0.0)
 
 
 def _cost_per_day(result: ReportResult, column: str, key: str, title: str) -> Chart:
@@ -89,12 +121,28 @@ def _cost_per_day(result: ReportResult, column: str, key: str, title: str) -> Ch
     note = "Day: the date= partition, else the UTC day of completed_at. Unpriced rows left out."
     if column == "repriced_usd":
         note = "At the --pricing file's prices, from each row's billed tokens. " + note
-    return _drop_empty(
+    chart = _drop_empty(
         Chart(f"{key}-per-day", title, note, "usd", tuple(series), (), ()),
         cats,
         values,
         stacked=True,
     )
+    dated = not MISSING_LABELS.intersection(chart.categories)  # "(failed)": no day known
+    return _on_time_axis(chart) if dated and len(chart.categories) > TIMELINE_DAYS else chart
+
+
+def _on_time_axis(chart: Chart) -> Chart:
+    """Every day from the first to the last (none left out: a gap is a day without cost)."""
+    days = {
+        date.fromisoformat(c): row for c, row in zip(chart.categories, chart.values, strict=True)
+    }
+    first, last = min(days), max(days)
+    every = [first + timedelta(n) for n in range((last - first).days + 1)]
+    empty = (math.nan,) * len(chart.series)
+    values = tuple(days.get(d, empty) for d in every)
+    cats = tuple(d.isoformat() for d in every)
+    note = "A column per day; a gap is a day without cost. " + chart.note
+    return replace(chart, categories=cats, values=values, timeline=True, note=note)
 
 
 def _tokens(table: pd.DataFrame) -> Chart:
@@ -122,7 +170,7 @@ def _rows_by_status(table: pd.DataFrame) -> Chart:
 
 def _errors(table: pd.DataFrame) -> Chart:
     groups = _groups(table)
-    groups = groups[groups["error_type"].notna()]
+    groups = groups[~groups["error_type"].isin(MISSING_LABELS)]
     values = tuple((float(v),) for v in groups["rows"])
     cats = tuple(str(v) for v in groups["error_type"])
     return Chart("errors", "Rows by error_type", "", "count", ("rows",), cats, values)
@@ -142,11 +190,13 @@ def _cost_per_1k(result: ReportResult) -> Chart:
     keys = list(result.by)
     columns_of_labels = [_labels(_groups(table)[k]) for k in keys]
     cats = [*(" · ".join(parts) for parts in zip(*columns_of_labels, strict=True)), TOTAL_LABEL]
-    columns = ["cost_per_1k_rows", *(["repriced_per_1k_rows"] if result.repriced else [])]
+    columns = ["cost_per_1k_answered", *(["repriced_per_1k_answered"] if result.repriced else [])]
     series = ("recorded", "re-priced")[: len(columns)]
     values = [tuple(float(v) for v in row) for row in table[columns].to_numpy()]
     by = ", ".join(keys) or "all rows"
-    chart = Chart("cost-per-1k", f"Cost per 1,000 rows, by {by}", "", "usd", series, (), ())
+    title = f"Cost per 1,000 answered rows, by {by}"
+    note = "Per 1,000 answered (ok) rows that have a price; other rows are not counted."
+    chart = Chart("cost-per-1k", title, note, "usd", series, (), ())
     return _drop_empty(chart, cats, values, stacked=False)
 
 
@@ -154,12 +204,8 @@ def _groups(table: pd.DataFrame) -> pd.DataFrame:
     return table.iloc[:-1]  # every row but TOTAL
 
 
-def _label(value: object) -> str:
-    return NULL_LABEL if value is None or value is pd.NA else str(value)
-
-
 def _labels(column: pd.Series) -> list[str]:
-    return [_label(None if pd.isna(v) else v) for v in column]
+    return [str(v) for v in column]  # null keys are already named, e.g. "(unanswered)"
 
 
 def _drop_empty(
@@ -169,13 +215,13 @@ def _drop_empty(
     keep_cat = [i for i, row in enumerate(values) if not all(math.isnan(v) for v in row)]
     width = len(chart.series)
     keep_s = [j for j in range(width) if any(not math.isnan(values[i][j]) for i in keep_cat)]
-    return Chart(
-        chart.key, chart.title, chart.note, chart.unit,
-        tuple(chart.series[j] for j in keep_s),
-        tuple(cats[i] for i in keep_cat),
-        tuple(tuple(values[i][j] for j in keep_s) for i in keep_cat),
-        stacked,
-    )  # fmt: skip
+    return replace(
+        chart,
+        series=tuple(chart.series[j] for j in keep_s),
+        categories=tuple(cats[i] for i in keep_cat),
+        values=tuple(tuple(values[i][j] for j in keep_s) for i in keep_cat),
+        stacked=stacked,
+    )
 
 
 # ------------------------------------------------------------------- drawing
@@ -187,21 +233,36 @@ def _svg(chart: Chart) -> str:
             f'<svg viewBox="0 0 {WIDTH} 32" width="{WIDTH}" role="img" class="empty">'
             '<text x="0" y="20">none in this selection</text></svg>'
         )
+    if chart.timeline:
+        return _timeline_svg(chart)
     per_row = BAR_H if chart.stacked else BAR_H * len(chart.series)
-    height = len(chart.categories) * (per_row + GAP) + GAP
-    totals = [_row_total(row) if chart.stacked else _row_max(row) for row in chart.values]
-    scale = (WIDTH - LABEL_W - VALUE_W) / (max(totals) or 1.0)
+    wrapped = [_wrap(cat) for cat in chart.categories]
+    heights = [max(per_row, len(lines) * LINE_H) for lines in wrapped]
+    height = sum(heights) + GAP * (len(heights) + 1)
+    top = _top(chart) if math.isnan(chart.top) else chart.top
+    scale = (WIDTH - LABEL_W - VALUE_W) / (top or 1.0)
     parts = [
         f'<svg viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" role="img" '
         f'aria-label="{_e(chart.title)}" data-chart="{_e(chart.key)}">',
         f'<line x1="{LABEL_W}" y1="0" x2="{LABEL_W}" y2="{height}" class="axis"/>',
     ]
-    for i, (cat, row) in enumerate(zip(chart.categories, chart.values, strict=True)):
-        y = GAP + i * (per_row + GAP)
-        parts.append(_row_label(cat, y + per_row / 2))
-        parts.extend(_bars(chart, cat, row, y, scale))
+    y = float(GAP)
+    for cat, lines, row_h, row in zip(
+        chart.categories, wrapped, heights, chart.values, strict=True
+    ):
+        parts.append(_row_label(cat, lines, y + row_h / 2))
+        parts.extend(_bars(chart, cat, row, y + (row_h - per_row) / 2, scale))
+        y += row_h + GAP
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _wrap(label: str) -> list[str]:
+    """A label in lines of at most ``LABEL_CHARS``, broken after " · " first; nothing cut."""
+    lines: list[str] = []
+    for part in label.split(" · "):
+        lines.extend(textwrap.wrap(part, LABEL_CHARS, break_on_hyphens=False) or [part])
+    return lines
 
 
 def _row_total(row: Sequence[float]) -> float:
@@ -212,12 +273,13 @@ def _row_max(row: Sequence[float]) -> float:
     return max((v for v in row if not math.isnan(v)), default=0.0)
 
 
-def _row_label(text: str, middle: float) -> str:
-    short = text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…"
-    return (
-        f'<text x="{LABEL_W - 6}" y="{middle:.1f}" class="cat">'
-        f"<title>{_e(text)}</title>{_e(short)}</text>"
+def _row_label(text: str, lines: Sequence[str], middle: float) -> str:
+    first = middle - (len(lines) - 1) * LINE_H / 2
+    spans = "".join(
+        f'<tspan x="{LABEL_W - 6}" y="{first + k * LINE_H:.1f}">{_e(line)}</tspan>'
+        for k, line in enumerate(lines)
     )
+    return f'<text class="cat" data-label="{_e(text)}"><title>{_e(text)}</title>{spans}</text>'
 
 
 def _bars(chart: Chart, cat: str, row: Sequence[float], y: float, scale: float) -> list[str]:
@@ -244,6 +306,60 @@ def _bars(chart: Chart, cat: str, row: Sequence[float], y: float, scale: float) 
     return parts
 
 
+def _timeline_svg(chart: Chart) -> str:
+    """A column per day, stacked by series, on a time axis with the months labelled."""
+    step = (WIDTH - AXIS_W - 4) / len(chart.categories)
+    top = _top(chart) if math.isnan(chart.top) else chart.top
+    scale, base = PLOT_H / (top or 1.0), GAP + PLOT_H
+    height = base + 2 * LINE_H + GAP
+    parts = [
+        f'<svg viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" role="img" '
+        f'aria-label="{_e(chart.title)}" data-chart="{_e(chart.key)}" class="timeline">',
+        f'<line x1="{AXIS_W}" y1="{GAP}" x2="{WIDTH}" y2="{GAP}" class="grid"/>',
+        f'<text x="{AXIS_W - 4}" y="{GAP}" class="cat">{_e(format_value(chart.unit, top))}</text>',
+        f'<text x="{AXIS_W - 4}" y="{base}" class="cat">0</text>',
+        f'<line x1="{AXIS_W}" y1="{base}" x2="{WIDTH}" y2="{base}" class="axis"/>',
+        *_months(chart.categories, step, base),
+    ]
+    for i, (day, row) in enumerate(zip(chart.categories, chart.values, strict=True)):
+        y, x = float(base), AXIS_W + i * step
+        total = format_value(chart.unit, _row_total(row))
+        for j, (name, value) in enumerate(zip(chart.series, row, strict=True)):
+            if math.isnan(value):
+                continue
+            h = max(value * scale, 0.0)
+            y -= h
+            tip = f"{day} · {name}: {format_value(chart.unit, value)} (day: {total})"
+            parts.append(
+                f'<rect x="{x + step * 0.1:.2f}" y="{y:.2f}" width="{step * 0.8:.2f}" '
+                f'height="{h:.2f}" fill="{PALETTE[j % len(PALETTE)]}" data-category="{day}" '
+                f'data-series="{_e(name)}" data-value="{value!r}"><title>{_e(tip)}</title></rect>'
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _months(days: Sequence[str], step: float, base: float) -> list[str]:
+    """A tick where each month starts and its name under its days (with the year where
+    the year starts or the axis does), when there is room for it."""
+    parts: list[str] = []
+    starts = [i for i, d in enumerate(days) if i == 0 or d.endswith("-01")]
+    for n, start in enumerate(starts):
+        end = starts[n + 1] if n + 1 < len(starts) else len(days)
+        x, first = AXIS_W + start * step, date.fromisoformat(days[start])
+        parts.append(f'<line x1="{x:.2f}" y1="{base}" x2="{x:.2f}" y2="{base + 6}" class="axis"/>')
+        name = f"{first:%b %Y}" if n == 0 or first.month == 1 else f"{first:%b}"
+        room = (end - start) * step
+        if room < 9 * len(name):
+            name = f"{first:%b}" if room >= 30 else ""
+        if name:
+            middle = AXIS_W + (start + end) / 2 * step
+            parts.append(
+                f'<text x="{middle:.2f}" y="{base + LINE_H}" class="month">{_e(name)}</text>'
+            )
+    return parts
+
+
 def _value_label(x: float, top: float, text: str, cat: str, series: str) -> str:
     return (
         f'<text x="{x + 4:.2f}" y="{top + BAR_H / 2:.1f}" class="val" '
@@ -254,15 +370,18 @@ def _value_label(x: float, top: float, text: str, cat: str, series: str) -> str:
 # ---------------------------------------------------------------------- page
 
 
-def render_html(result: ReportResult, *, title: str = "batchrun cost report") -> str:
-    """The whole page: summary figures, the charts, then the same table as ``table``."""
+def render_html(
+    result: ReportResult, *, title: str = "batchrun cost report", pricing_name: str | None = None
+) -> str:
+    """The whole page: summary figures, what it covers, the charts, then the same table
+    as ``table``. ``pricing_name`` names the ``--pricing`` file the page cites."""
     sections = "".join(_section(c) for c in charts(result))
     return (
         "<!DOCTYPE html>\n"
         f'<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-        f"<header><h1>{_e(title)}</h1>{_facts(result)}</header>"
+        f"<header><h1>{_e(title)}</h1>{_facts(result)}{about(result, pricing_name)}</header>"
         f'<main><div class="charts">{sections}</div>'
         f'<section class="card wide"><h2>Table</h2>{_table(result.table)}</section>'
         f"{_skipped(result)}</main></body></html>\n"
@@ -271,7 +390,7 @@ def render_html(result: ReportResult, *, title: str = "batchrun cost report") ->
 
 def _facts(result: ReportResult) -> str:
     t = result.table.iloc[-1]
-    days = [d for d in _labels(_groups(result.table_by([DAY]))[DAY]) if d != NULL_LABEL]
+    days = [d for d in _labels(_groups(result.table_by([DAY]))[DAY]) if d not in MISSING_LABELS]
     figures = [
         ("rows", format_value("count", float(t["rows"]))),
         ("cost", format_value("usd", float(t["cost_usd"]))),
@@ -347,7 +466,11 @@ h2{font-size:1em;margin:0 0 8px}
 svg{display:block;max-width:100%;height:auto;font-size:14px}
 svg text{fill:#1d1d1f;dominant-baseline:central}
 svg .cat{text-anchor:end}svg .val{font-size:13px;fill:#444}
-svg .axis{stroke:#999;stroke-width:1}
+svg .axis{stroke:#999;stroke-width:1}svg .grid{stroke:#ddd;stroke-width:1}
+svg .month{text-anchor:middle;font-size:12px;fill:#444}
+.about dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 12px;margin:0}
+.about dt{color:#555}.about dd{margin:0;overflow-wrap:anywhere}
+.about ul{margin:0;padding-left:1.2em}
 svg rect:hover{opacity:.8}
 .legend{list-style:none;margin:0 0 6px;padding:0;display:flex;flex-wrap:wrap;gap:4px 12px;
 font-size:.9em}

@@ -52,15 +52,23 @@ def reservation_note(
 
 
 class ReservationWarning:
-    """Logs ``reservation_note`` once, as soon as a TPM is known (configured or learned)."""
+    """Logs ``reservation_note`` once, after the first answer once a TPM is known
+    (configured or learned), unless the API counts real tokens."""
 
     def __init__(self, job: Job) -> None:
         self.max_completion_tokens = job.request.max_completion_tokens
         self.pending = self.max_completion_tokens is None
 
-    def check(self, limits: Limits, learned: LearnedLimits, est_prompt_tokens: int) -> None:
+    def check(
+        self, limits: Limits, learned: LearnedLimits, est_prompt_tokens: int, counts_real: bool
+    ) -> None:
+        """After an answer: ``counts_real`` (the API counts real tokens, so unused
+        reservations are given back) means the reservation does not set the pace."""
+        if counts_real:
+            self.pending = False
+            return
         if not (limits.tokens_per_minute or learned.tpm):
-            return  # not known yet: asked again before the next send (a cheap test)
+            return  # not known yet: asked again after the next answer (a cheap test)
         tpm = lowest(limits.tokens_per_minute, learned.tpm)
         self.pending = False
         note = reservation_note(
@@ -70,7 +78,7 @@ class ReservationWarning:
             max_completion_tokens=self.max_completion_tokens,
         )
         if note is not None:
-            log.warning("%s", note)
+            log.warning("%s", note, extra={"event": "advice"})
 
 
 def wall_time(

@@ -33,11 +33,22 @@ from batchrun.job.config import Job
 from batchrun.send.advice import ReservationWarning
 from batchrun.send.budget import Budget, result_cost
 from batchrun.send.earlystop import FirstAnswers
-from batchrun.send.ratelimit import Backoff, LearnedLimits, Pacer, PauseGate, compute_backoff
+from batchrun.send.headers import forget_warnings
+from batchrun.send.ratelimit import (
+    PAUSE_CAP_S,
+    Backoff,
+    LearnedLimits,
+    Pacer,
+    PauseGate,
+    compute_backoff,
+)
 from batchrun.send.reask import Check, follow_up, longer
 from batchrun.send.transport import Reply, Sender, completions_url, make_transport
 
+log = logging.getLogger("batchrun")
 retry_log = logging.getLogger("batchrun.retry")
+ANNOUNCE_S = 5.0
+"""A pause the server asks for at least this long is announced (log, progress line)."""
 
 # Attempts that may have been billed although no usage came back (drop, stall, cut, garbage).
 _MAYBE_BILLED = frozenset(
@@ -61,6 +72,7 @@ class Counters:
     abandoned: int = 0  # sends cancelled by a signal's grace deadline (maybe billed, lost)
     cost_usd: float = 0.0  # this run's charges: real cost, or the worst case without usage
     rpm_limit: float | None = None  # requests per minute in use (configured or learned)
+    paused: tuple[float, str] | None = None  # (until, why): the last pause announced
 
     @property
     def rows_sent(self) -> int:
@@ -217,6 +229,7 @@ class _DispatchRun:
         self.fatal: FatalApiError | None = None
         self.first = dispatcher.first
         self.first.new_run()
+        forget_warnings()
         self.slow = dispatcher.slow
         out, self.finished = anyio.create_memory_object_stream[RequestResult](math.inf)
         self.out = out
@@ -356,15 +369,11 @@ class _DispatchRun:
     async def _attempt(
         self, request: Request, scope: anyio.CancelScope, charges: list[Charge]
     ) -> Result:
-        if self.slow.pending:
-            self.slow.check(self.d.limits, self.d.learned, request.est_prompt_tokens)
         # Money before pace: a send delayed by a wait for money would bunch sends the
         # pacer spread out. The reservation is returned if nothing is sent.
         reserved = await self._reserve(request)
         try:
-            await self._pace(request)
-            if self.first.holding:
-                await self.first.wait()
+            sent_at = await self._pace(request)
             # A stop may have come while we ran without yielding: never send after one.
             if self.stopped or self.fatal:
                 await anyio.lowlevel.checkpoint()  # delivers a pending cancellation
@@ -377,7 +386,7 @@ class _DispatchRun:
             raise
         self.sending.add(scope)
         try:
-            return await self._send(request, reserved, charges)
+            return await self._send(request, reserved, charges, sent_at)
         except FatalApiError as exc:
             self._abort(exc)  # before this worker yields to any other
             raise
@@ -388,13 +397,15 @@ class _DispatchRun:
         finally:
             self.sending.discard(scope)
 
-    async def _pace(self, request: Request) -> None:
-        """Wait out any global pause, then the rate buckets; again if a 429 came meanwhile."""
+    async def _pace(self, request: Request) -> float:
+        """Wait out any global pause or early-stop hold, then the rate buckets; again if
+        either began meanwhile, so a send goes when the pacer admitted it. Returns then."""
         while True:
             await self.gate.wait()
-            await self.pacer.acquire(request.est_tokens)
-            if self.gate.is_open:
-                return
+            await self.first.wait()
+            sent_at = await self.pacer.acquire(request.est_tokens)
+            if self.gate.is_open and not self.first.holding:
+                return sent_at
 
     async def _reserve(self, request: Request) -> float:
         """Stop on money, not on reservations: wait while requests in flight may still
@@ -410,11 +421,12 @@ class _DispatchRun:
         if self.d.budget is not None:
             self.d.budget.settle(reserved, 0.0)
 
-    async def _send(self, request: Request, reserved: float, charges: list[Charge]) -> Result:
+    async def _send(
+        self, request: Request, reserved: float, charges: list[Charge], sent_at: float
+    ) -> Result:
         counters = self.counters
         counters.sent += 1
         counters.in_flight += 1
-        sent_at = time.monotonic()
         try:
             reply = await self.sender.send(request)
         except AttemptError as exc:
@@ -434,13 +446,15 @@ class _DispatchRun:
         self, request: Request, reply: Reply, reserved: float, charges: list[Charge], sent_at: float
     ) -> Result:
         self.pacer.observe(reply.rate)
-        if self.slow.pending:  # say it when the limits are first learned
-            self.slow.check(self.d.limits, self.d.learned, request.est_prompt_tokens)
-        self.pacer.reconcile(request, reply.result)
+        if self.slow.pending:  # said once an answer shows how the API counts tokens
+            real = self.pacer.counts_real
+            self.slow.check(self.d.limits, self.d.learned, request.est_prompt_tokens, real)
+        self.pacer.reconcile(request, reply.result, sent_at)
         self.pacer.succeeded(sent_at)
         self.counters.rpm_limit = self.pacer.rpm_in_use
         if (wait := reply.rate.exhausted_for_s()) is not None:
-            self.gate.pause_for(wait)  # nothing left in this window: wait before the 429
+            # nothing left in this window: wait before the 429
+            self._pause(wait, "x-ratelimit-remaining at 0")
         self._price(request, reply.result, reserved, charges)
         return reply.result
 
@@ -487,10 +501,27 @@ class _DispatchRun:
 
     def _rate_limited(self, exc: AttemptError, sent_at: float) -> None:
         if exc.retry_after is not None:
-            self.gate.pause_for(exc.retry_after)
+            self._pause(exc.retry_after, exc.retry_after_from)
         else:
             self.pacer.throttled(sent_at)
             self.counters.rpm_limit = self.pacer.rpm_in_use
+
+    def _pause(self, seconds: float, source: str) -> None:
+        """The one shared pause the server asked for, at most ``PAUSE_CAP_S``. A pause of a
+        second or more that starts or lengthens it is a ``paused`` event; a long one is
+        announced as a warning and shown on the progress line."""
+        seconds = min(seconds, PAUSE_CAP_S)
+        lengthened = self.gate.pause_for(seconds)
+        if lengthened < 1.0:
+            return
+        fields = {"event": "paused", "pause_s": round(seconds, 3), "reason": source}
+        if lengthened >= ANNOUNCE_S:
+            self.counters.paused = (time.monotonic() + seconds, source)
+            retry_log.warning("paused %.0f s: the server asked (%s)", seconds, source, extra=fields)
+        else:
+            retry_log.info(
+                "every send paused for %.1f s: the server asked (%s)", seconds, source, extra=fields
+            )
 
     def _finished(self, result: Result, charges: list[Charge], permanent: bool = False) -> Result:
         if self.first.armed:

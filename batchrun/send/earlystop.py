@@ -10,8 +10,11 @@ worker's dispatcher runs once a batch):
 - at ``STOP_AFTER`` such rows the run sends nothing more and waits for the
   requests in flight; if none of them ended ok either, the job stops (exit 4);
 - one ok row, or a non-retryable error with another type or message, disarms the
-  rule for the rest of the run. Retryable failures (5xx, timeouts) neither count
-  nor disarm.
+  rule for the rest of the run;
+- the rows counted failed because of the job, not their own content: the engine drops
+  them from the checkpoint (``Checkpoint.forget_failed``), so a plain rerun sends them.
+
+Retryable failures (5xx, timeouts) neither count nor disarm.
 
 So a job with genuinely bad rows among good ones is never stopped: its first ok
 row disarms the rule, and rows that are bad each in their own way (a too-long
@@ -73,7 +76,10 @@ class FirstAnswers:
         raise FatalApiError(
             f"the first {self.count} answers were all the same error and none succeeded"
             f" ({error_type}): {message} -- check request.model, the API key and"
-            " request.extra; stopping the job"
+            " request.extra; stopping the job. The rows that failed this way are not kept"
+            " as failed: the same command, run again after the fix, sends them and every"
+            " row not sent yet (no --retry-failed needed)",
+            failed_alike=(error_type, message),
         )
 
     def _disarm(self) -> None:

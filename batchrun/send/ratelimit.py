@@ -1,8 +1,7 @@
-"""Pacing: rate-limit buckets, what the API's headers teach, the global 429 pause, backoff.
+"""Pacing: rate-limit buckets, the global 429 pause, backoff.
 
-Three separate concerns, each small:
+Three separate concerns, each small (what the headers say is ``send.headers``):
 
-- ``RateInfo`` / ``parse_rate_info``: the ``x-ratelimit-*`` and ``retry-after`` headers.
 - ``Pacer``: requests and tokens per minute, known from the job or learned from headers;
   each request admitted whole on both axes at once (a GCRA pace plus an exact log of the
   last minute's sends); a 429 without headers pauses briefly, once per burst of 429s.
@@ -14,17 +13,17 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import time
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 import anyio
 
 from batchrun._errors import PermanentError
 from batchrun._types import Request, Result
+from batchrun.send.headers import RateInfo
 
 # The API's window is 60 s; ours is longer by a margin, so a send that reaches the API a
 # little late (network jitter) still cannot land in the same API window as one 60 s older.
@@ -44,136 +43,8 @@ RECOVER_S = 30.0
 RETUNE_STEP = 0.01
 # Below this share of the limit in our window, the API's token count tells us nothing.
 COUNTING_MIN = 0.1
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-
-
-def parse_duration(text: str | None) -> float | None:
-    """Seconds from an OpenAI-style duration ("1s", "6m0s", "20ms") or a plain number.
-
-    >>> parse_duration("6m0.5s")
-    360.5
-    """
-    if not text:
-        return None
-    text = text.strip()
-    try:
-        return max(float(text), 0.0)
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None
-    return sum(float(number) * _UNIT_S[unit] for number, unit in parts)
-
-
-def _int_header(headers: Mapping[str, str], name: str) -> int | None:
-    value = headers.get(name)
-    if value is None:
-        return None
-    try:
-        return int(float(value))
-    except ValueError:
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class RateInfo:
-    """What one answer's headers say about the API's limits (None: not said)."""
-
-    limit_requests: int | None = None
-    limit_tokens: int | None = None
-    remaining_requests: int | None = None
-    remaining_tokens: int | None = None
-    reset_requests_s: float | None = None
-    reset_tokens_s: float | None = None
-    reset_s: float | None = None  # a plain x-ratelimit-reset: for whichever ran out
-    retry_after_s: float | None = None
-
-    @property
-    def says_anything(self) -> bool:
-        return any(value is not None for value in (self.limit_requests, self.limit_tokens))
-
-    def exhausted_for_s(self) -> float | None:
-        """How long until capacity returns, when the headers say none is left."""
-        waits = []
-        if self.remaining_requests is not None and self.remaining_requests <= 0:
-            waits.append(self.reset_requests_s or self.reset_s)
-        if self.remaining_tokens is not None and self.remaining_tokens <= 0:
-            waits.append(self.reset_tokens_s or self.reset_s)
-        known = [w for w in waits if w is not None]
-        return max(known) if known else None
-
-    def pause_s(self) -> float | None:
-        """How long a 429 asks us to wait: retry-after-ms, Retry-After (or a vendor's),
-        else the reset time of what ran out, else a plain ``x-ratelimit-reset``."""
-        if self.retry_after_s is not None:
-            return self.retry_after_s
-        exhausted = self.exhausted_for_s()
-        return exhausted if exhausted is not None else self.reset_s
-
-
-NO_RATE_INFO = RateInfo()
-
-
-_READ = (b"x-ratelimit-", b"retry-after", b"llm_provider-retry-after")
-# Above this, a plain x-ratelimit-reset is a Unix time rather than seconds from now.
-_EPOCH_AFTER = 1e9
-
-
-def parse_rate_info(raw_headers: Iterable[tuple[bytes, bytes]]) -> RateInfo:
-    """Read the ``x-ratelimit-*``, ``retry-after-ms``, ``Retry-After`` and LiteLLM's
-    ``llm_provider-retry-after`` headers.
-
-    Takes raw (name, value) pairs: one cheap pass, as this runs for every answer.
-    """
-    headers = {
-        name.lower().decode("latin-1"): value.decode("latin-1")
-        for name, value in raw_headers
-        if name[:1] in b"xXrRlL" and name.lower().startswith(_READ)
-    }
-    if not headers:
-        return NO_RATE_INFO
-    return RateInfo(
-        limit_requests=_int_header(headers, "x-ratelimit-limit-requests"),
-        limit_tokens=_int_header(headers, "x-ratelimit-limit-tokens"),
-        remaining_requests=_int_header(headers, "x-ratelimit-remaining-requests"),
-        remaining_tokens=_int_header(headers, "x-ratelimit-remaining-tokens"),
-        reset_requests_s=parse_duration(headers.get("x-ratelimit-reset-requests")),
-        reset_tokens_s=parse_duration(headers.get("x-ratelimit-reset-tokens")),
-        reset_s=_reset(headers.get("x-ratelimit-reset")),
-        retry_after_s=_retry_after(headers),
-    )
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    retry_ms = parse_duration(headers.get("retry-after-ms"))
-    if retry_ms is not None:
-        return retry_ms / 1000
-    text = headers.get("retry-after")
-    seconds = parse_duration(text)
-    if seconds is None and text:
-        seconds = _http_date_in_s(text)
-    if seconds is None:
-        seconds = parse_duration(headers.get("llm_provider-retry-after"))
-    return seconds
-
-
-def _http_date_in_s(text: str) -> float | None:
-    """Seconds until an HTTP date (``Retry-After: Wed, 21 Oct 2015 07:28:00 GMT``)."""
-    try:
-        return max(parsedate_to_datetime(text).timestamp() - time.time(), 0.0)
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def _reset(text: str | None) -> float | None:
-    """A plain ``x-ratelimit-reset``: seconds from now, a duration, or a Unix time."""
-    seconds = parse_duration(text)
-    if seconds is not None and seconds > _EPOCH_AFTER:
-        return max(seconds - time.time(), 0.0)
-    return seconds
+PAUSE_CAP_S = 300.0
+"""No pause is longer: a server that asks for more is asked again after this."""
 
 
 def compute_backoff(attempt: int, rng: random.Random, *, base_s: float, cap_s: float) -> float:
@@ -209,13 +80,18 @@ class PauseGate:
     def is_open(self) -> bool:
         return self._now() >= self._resume_at
 
-    def pause_for(self, seconds: float) -> bool:
-        """Close the gate for ``seconds`` from now; True when that extended the pause."""
-        resume_at = self._now() + seconds
+    def pause_for(self, seconds: float) -> float:
+        """Close the gate for ``seconds`` from now (at most ``PAUSE_CAP_S``; a wait that
+        is not a number above 0 is none). Returns by how much that lengthened the pause
+        (0.0: not at all)."""
+        if not seconds > 0:  # also NaN
+            return 0.0
+        now = self._now()
+        resume_at = now + min(seconds, PAUSE_CAP_S)
         if resume_at <= self._resume_at:
-            return False
-        self._resume_at = resume_at
-        return True
+            return 0.0
+        before, self._resume_at = max(self._resume_at, now), resume_at
+        return resume_at - before
 
     async def wait(self) -> None:
         # Sleep to the deadline; loop only when another 429 moved it meanwhile.
@@ -258,7 +134,7 @@ class Axis:
         self.due = -math.inf
         self.log: deque[tuple[float, float]] = deque()
         self.used = 0.0  # the sum of the log
-        self.owed = 0.0  # counted by the API beyond (or, negative, short of) our estimates
+        self.owed = 0.0  # counted by the API beyond our estimates: the next sends pay it
 
     @property
     def stated(self) -> int | None:
@@ -305,6 +181,24 @@ class Axis:
         if self.interval:
             self.due = max(self.due, now) + cost * self.interval
 
+    def give_back(self, stamp: float, amount: float, now: float) -> float:
+        """Unused room of the send at ``stamp``: freed in the log while that send is in
+        it (so only in its own window, never later), and taken off the pace. Returns
+        how much was freed."""
+        self._expire(now)
+        log, given = self.log, 0.0
+        i = bisect_left(log, stamp, key=_stamp)
+        while given < amount and i < len(log) and log[i][0] == stamp:
+            size = log[i][1]
+            taken = min(size, amount - given)
+            log[i] = (stamp, size - taken)
+            given += taken
+            i += 1
+        self.used -= given
+        if self.interval and given:
+            self.due = max(self.due - given * self.interval, min(self.due, now))
+        return given
+
     def hold_until(self, resume_at: float) -> None:
         """No burst after a pause: the first send is due at ``resume_at``, then the pace."""
         self.due = max(self.due, resume_at + BURST_S)
@@ -317,6 +211,10 @@ class Axis:
         log = self.log
         while log and log[0][0] + SPAN_S <= now:
             self.used -= log.popleft()[1]
+
+
+def _stamp(entry: tuple[float, float]) -> float:
+    return entry[0]
 
 
 class Pacer:
@@ -352,6 +250,9 @@ class Pacer:
         self._cut_at = -math.inf  # when that last happened
         self._streak = 0  # such 429 events since the last success
         self._counts_real = False  # the API counts real tokens, not our reservations
+        # Unused completion tokens of answered sends, (sent at, tokens), given back if the
+        # API turns out to count real tokens while those sends are still in the window.
+        self._unclaimed: deque[tuple[float, float]] = deque()
         self._waiting = 0
         self._lock: anyio.Lock | None = None
         self._nap: anyio.CancelScope | None = None
@@ -440,22 +341,50 @@ class Pacer:
         if info.remaining_tokens is not None and not self._counts_real:
             self._learn_counting(info)
 
+    @property
+    def counts_real(self) -> bool:
+        """The API has shown it counts real tokens, not our reservations."""
+        return self._counts_real
+
     def _learn_counting(self, info: RateInfo) -> None:
         # The API reports far fewer tokens used than we reserved in its window: it counts
-        # real usage, not prompt + max_completion_tokens, so pace by what it counts.
+        # real usage, not prompt + max_completion_tokens, so pace by what it counts, and
+        # re-price the sends answered before we knew (those still in the window).
         limit, ours = info.limit_tokens, self._tokens.used
         if limit and info.remaining_tokens is not None and ours >= COUNTING_MIN * limit:
             self._counts_real = limit - info.remaining_tokens < ours / 2
+        if self._counts_real:
+            now = self._clock()
+            while self._unclaimed:
+                self._tokens.give_back(*self._unclaimed.popleft(), now)
+            self._wake()
 
-    def reconcile(self, request: Request, result: Result) -> None:
-        """The next request pays (or gets back) what the API counted beyond our estimate:
-        the real prompt always, and the real completion when the API counts real usage."""
-        if self._tokens.limit is None or result.prompt_tokens is None:
+    def reconcile(self, request: Request, result: Result, sent_at: float) -> None:
+        """What the API counted for the request admitted at ``sent_at``, against what it
+        reserved: the real prompt always, the real completion when the API counts real
+        usage. Room it did not use is given back in its own window only; tokens beyond
+        the estimate are paid by the next request."""
+        if result.prompt_tokens is None:
             return
-        gap = result.prompt_tokens - request.est_prompt_tokens
-        if self._counts_real and result.completion_tokens is not None:
-            gap += result.completion_tokens - request.max_completion_tokens
-        self._tokens.owed += gap
+        axis, now = self._tokens, self._clock()
+        unused = request.est_prompt_tokens - result.prompt_tokens
+        if result.completion_tokens is not None:
+            completion = request.max_completion_tokens - result.completion_tokens
+            if self._counts_real:
+                unused += completion
+            elif completion > 0:
+                self._claim_later(sent_at, completion, now)
+        if unused > 0:
+            if axis.give_back(sent_at, unused, now) and axis.limit is not None:
+                self._wake()
+        elif unused < 0 and axis.limit is not None:
+            axis.owed -= unused
+
+    def _claim_later(self, sent_at: float, tokens: float, now: float) -> None:
+        unclaimed = self._unclaimed
+        while unclaimed and unclaimed[0][0] + SPAN_S <= now:
+            unclaimed.popleft()
+        unclaimed.append((sent_at, tokens))
 
     def throttled(self, sent_at: float) -> None:
         """A 429 that said nothing: pause every send briefly, once per burst of 429s.

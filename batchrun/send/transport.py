@@ -26,7 +26,7 @@ from httpx_aiohttp.transport import map_aiohttp_exceptions
 from batchrun._errors import FatalApiError, JobError, PermanentError, RetryableError
 from batchrun._types import Request, Result
 from batchrun._version import __version__
-from batchrun.send.ratelimit import RateInfo, parse_rate_info
+from batchrun.send.headers import RateInfo, parse_rate_info
 
 COMPLETIONS_PATH = "/v1/chat/completions"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -211,7 +211,10 @@ class Sender:
         if status in _FATAL_STATUSES or error_type == "model_not_found":
             return FatalApiError(f"the API refused the job (HTTP {status} {error_type}): {message}")
         if status == 429:
-            return RetryableError("rate_limited", message, retry_after=rate.pause_s())
+            pause_s, source = rate.pause()
+            return RetryableError(
+                "rate_limited", message, retry_after=pause_s, retry_after_from=source
+            )
         if status >= 500 or status == 408:
             return RetryableError(f"http_{status}", message)
         return PermanentError(error_type, message)

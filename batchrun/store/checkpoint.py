@@ -416,6 +416,14 @@ class Checkpoint:
             _insert_rows(self._conn, rows)
             self._conn.execute(_COUNT_COMMIT_SQL)
 
+    def forget_failed(self, error_type: str, message: str) -> int:
+        """Drop the answers that failed with exactly this error (a job-level failure, not
+        the rows'), so the next run sends them again; answers with paid charges stay."""
+        with self._using("forget failed answers"), transaction(self._conn):
+            deleted = self._conn.execute(_FORGET_SQL, (error_type, message)).rowcount
+            self._conn.execute(_COUNT_COMMIT_SQL)  # an output written before is stale
+        return int(deleted)
+
     def commits(self) -> int:
         """How many commits of answers this file has had: an output written at one count
         is stale at another (a ``--retry-failed`` killed before its output pass)."""
@@ -434,6 +442,10 @@ class Checkpoint:
 _COUNT_COMMIT_SQL = (
     "INSERT INTO meta VALUES ('answer_commits', '1')"
     " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+)
+_FORGET_SQL = (
+    "DELETE FROM answers WHERE status = 'error' AND error_type = ? AND error_message = ?"
+    " AND paid_usd IS NULL"
 )
 _COMMITS_SQL = "SELECT value FROM meta WHERE key = 'answer_commits'"
 

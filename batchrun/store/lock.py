@@ -45,6 +45,8 @@ class JobLock:
 
     def release(self) -> None:
         # The file stays: unlinking it would let a waiting opener lock an orphaned inode.
+        # Emptied, so ``batchrun status`` finds no holder once the run has ended.
+        os.ftruncate(self.fd, 0)
         os.close(self.fd)  # closing the last descriptor releases the flock
 
 

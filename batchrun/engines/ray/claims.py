@@ -81,6 +81,7 @@ class Claims:
                     "batch %s: its worker was not seen for %.0f s; its %d requests are"
                     " sent by the batches waiting on them",
                     *(batch, self.stale_s, len(self.held.get(batch, ()))),
+                    extra={"event": "worker_lost"},
                 )
                 self.release(batch)
 

@@ -89,7 +89,8 @@ def _conformed(part: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def in_shard(part: pa.Table, job: Job, shard: tuple[int, int]) -> pa.Table:
-    from batchrun.engines.base import shard_of  # only with --shard: engines.base imports the HTTP stack
+    # Only with --shard: engines.base imports the HTTP stack.
+    from batchrun.engines.base import shard_of
 
     index, count = shard
     keys = [key for batch in part.to_batches() for key in row_keys(batch, job, 0)]

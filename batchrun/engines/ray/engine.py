@@ -76,7 +76,7 @@ from batchrun.output.table import (
     write_batches,
 )
 from batchrun.send.dispatch import Dispatcher
-from batchrun.send.ratelimit import Pacer, PauseGate
+from batchrun.send.ratelimit import PAUSE_CAP_S, Pacer, PauseGate
 from batchrun.send.requests import RequestBuilder
 from batchrun.store.checkpoint import Checkpoint
 from batchrun.store.jobstore import JobStore, budget_price, clear_ray_dir, ray_dir
@@ -110,6 +110,7 @@ class RayRun(Run):
         api_key = self._api_key()
         ckpt_path = self.job.output.checkpoint_path
         with Checkpoint.open(ckpt_path, job_name=self.job.name, fresh=self.options.fresh) as ckpt:
+            self._log_started()
             store = ray_dir(self.job)
             if self.options.fresh:
                 clear_ray_dir(self.job)  # under the run lock, as the local file is dropped
@@ -129,7 +130,11 @@ class RayRun(Run):
 
     def _log_start(self) -> None:
         origin = process_started() or min(self.marks.at["run began"])
-        log.info("Ray start-up, seconds after the driver started: %s", self.marks.line(origin))
+        log.info(
+            "Ray start-up, seconds after the driver started: %s",
+            self.marks.line(origin),
+            extra={"event": "ray_started"},
+        )
 
     def _write_saved(
         self, table: InputTable, builder: RequestBuilder, ckpt: Checkpoint, store: Path
@@ -140,6 +145,7 @@ class RayRun(Run):
             "interrupted: writing %s from the answers saved so far (interrupt again to skip"
             " it: every answer is in the checkpoints)",
             self.job.output.path,
+            extra={"event": "writing_pending"},
         )
         saved = ClusterStore(ckpt, store, self.job.name)
         try:
@@ -180,7 +186,11 @@ class RayRun(Run):
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=WORKER_CPUS,
         )
-        log.info("Ray engine: %d workers sharing the job's limits", workers)
+        log.info(
+            "Ray engine: %d workers sharing the job's limits",
+            workers,
+            extra={"event": "ray_workers", "workers": workers},
+        )
         self.marks.mark("dataset planned")
         with DriverSignals(self, coordinator):  # a signal: stop sending, save, then stop Ray
             return self._write(ray, ds, coordinator, table.schema)
@@ -286,10 +296,10 @@ class SharedGate(PauseGate):
         self._coordinator = coordinator
         self._synced = -math.inf
 
-    def pause_for(self, seconds: float) -> bool:
+    def pause_for(self, seconds: float) -> float:
         extended = super().pause_for(seconds)
         if extended:
-            self._coordinator.pause_until.remote(time.time() + seconds)
+            self._coordinator.pause_until.remote(time.time() + min(seconds, PAUSE_CAP_S))
         return extended
 
     async def wait(self) -> None:

@@ -33,7 +33,8 @@ from batchrun._errors import PermanentError
 from batchrun._types import Request
 from batchrun.job.config import Price
 from batchrun.send.budget import Budget
-from batchrun.send.ratelimit import MARGIN_S, Axis, LearnedLimits, Pacer, RateInfo
+from batchrun.send.headers import RateInfo
+from batchrun.send.ratelimit import MARGIN_S, Axis, LearnedLimits, Pacer
 
 Call = Callable[..., Awaitable[Any]]
 """``await call("method", *args)``: a coordinator method, over Ray or directly in tests."""

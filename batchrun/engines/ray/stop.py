@@ -210,6 +210,7 @@ class DriverSignals:
             "%s: sending nothing more; waiting up to %.0f s for the workers' requests in"
             " flight (signal again to stop at once)",
             *(name, self.grace_s),
+            extra={"event": "signal"},
         )
         if self._wait_settled(name) and not self._wait_done(name):
             self._interrupt_main()
@@ -224,7 +225,7 @@ class DriverSignals:
         deadline = time.monotonic() + FINISH_S
         while not self.done and time.monotonic() < deadline:
             if self._next_signal(SETTLE_POLL_S) is not None and not self.done:
-                log.warning("%s again: stopping now", name)
+                log.warning("%s again: stopping now", name, extra={"event": "signal_again"})
                 return True  # the handler raised in the main thread
         return self.done
 
@@ -240,13 +241,18 @@ class DriverSignals:
                 self.run.signalled = (name, on_the_wire, abandoned)
                 return True
             if self._next_signal(SETTLE_POLL_S) is not None:
-                log.warning("%s again: stopping now; answers not yet saved are lost", name)
+                log.warning(
+                    "%s again: stopping now; answers not yet saved are lost",
+                    name,
+                    extra={"event": "signal_again"},
+                )
                 return False  # the handler raised in the main thread
             if self.done:
                 return False
         log.warning(
             "%s: the workers did not finish within %.0f s: stopping them now",
             *(name, self.grace_s + COMMIT_GRACE_S),
+            extra={"event": "workers_stopped"},
         )
         return True
 
@@ -282,6 +288,7 @@ def log_stopped(signalled: tuple[str, int, int] | None) -> None:
         " deadline (perhaps billed, sent again by a rerun)",
         *(name, back, on_the_wire, "request" if on_the_wire == 1 else "requests"),
         *("is" if back == 1 else "are", abandoned),
+        extra={"event": "stopped"},
     )
 
 
