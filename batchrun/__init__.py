@@ -75,7 +75,7 @@ def run(
     """Run a job and return its summary (``summary.exit_code`` as the CLI would exit).
 
     ``options`` are the CLI's run flags: ``fresh``, ``retry_failed``, ``limit``,
-    ``shard=(i, n)``, ``emulate``. ``sets`` overrides job keys
+    ``shard=(i, n)``, ``emulate``, ``overwrite``, ``endpoint_moved``. ``sets`` overrides job keys
     (``{"request.model": "glm-5.2"}``) and ``variables`` fills ``${NAME}``.
 
     >>> summary = batchrun.run("jobs/demo.toml", emulate=True, limit=10)  # doctest: +SKIP

@@ -73,6 +73,8 @@ class Result:
     completed_at: datetime | None = None
     reasks: int = 0  # follow-up turns that asked again (``request.reask``), in ``attempts``
     cut_off_retried: bool = False  # sent again with ``request.cut_off_retry_tokens``
+    # The answer came from batchrun's emulator (its responses carry x-batchrun-emulator).
+    synthetic: bool = False
     # This run's paid attempts, for the checkpoint's record of charges (not stored with
     # the answer; empty when read back). Must stay the last field: see store.checkpoint.
     charges: tuple[Charge, ...] = ()
@@ -86,6 +88,9 @@ class Charge:
     cost_usd: float
     usage_known: bool
     at: float = field(default=0.0, compare=False)  # time.time() when the attempt ended
+    # The attempt's write-ahead record in the checkpoint (``store.intents``), which the
+    # commit that stores this charge deletes; None when none was written.
+    intent: int | None = field(default=None, compare=False)
 
 
 RequestResult = tuple[Request, Result]
@@ -130,6 +135,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
 )
 """The columns batchrun adds after the input's, in order (parsed columns follow)."""
 
-EXTRA_COLUMNS: tuple[str, ...] = ("shared",)
+EXTRA_COLUMNS: tuple[str, ...] = ("shared", "synthetic")
 """Columns beyond the SPEC's, after the parsed ones: ``shared`` is true when the row
-reused another row's answer (dedupe), so ``sum(tokens where not shared)`` is the bill."""
+reused another row's answer (dedupe), so ``sum(tokens where not shared)`` is the bill;
+``synthetic`` when its answer came from batchrun's emulator."""

@@ -149,6 +149,12 @@ def _add_run(sub: Any) -> None:
         " (without it such a file is left alone and the run exits 2)",
     )
     cmd.add_argument(
+        "--endpoint-moved",
+        action="store_true",
+        help="the checkpoint's answers came from this same API at another address (a proxy"
+        " moved): keep them (without it a run against another endpoint exits 2)",
+    )
+    cmd.add_argument(
         "--variant", metavar="NAME", help="run only this one of the job's [[variants]]"
     )
     cmd.add_argument(
@@ -243,28 +249,10 @@ def _add_report(sub: Any) -> None:
 
 
 def _add_compare(sub: Any) -> None:
-    cmd = sub.add_parser(
-        "compare", help="score variants' labels against gold or a reference, with their cost"
-    )
-    cmd.add_argument("paths", nargs="+", metavar="OUTPUT", help="output Parquet files of one job")
-    truth = cmd.add_mutually_exclusive_group(required=True)
-    truth.add_argument("--gold", metavar="COLUMN", help="the column holding the right labels")
-    truth.add_argument("--reference", metavar="VARIANT", help="the variant others are held to")
-    cmd.add_argument("--columns", metavar="C,...", help="the label columns to compare")
-    cmd.add_argument(
-        "--within",
-        type=float,
-        default=2.0,
-        metavar="POINTS",
-        help="recommend the cheapest variant this many points of the best (default 2)",
-    )
-    cmd.add_argument("--format", choices=("table", "json", "markdown"), default="table")
-    cmd.add_argument("--output", metavar="PATH", help="write the comparison here, not to stdout")
-    cmd.add_argument(
-        "--disagreements",
-        metavar="PATH",
-        help="write rows where variants (or gold) disagree, labels side by side (.parquet/.csv)",
-    )
+    from batchrun.compare.command import add_arguments
+
+    cmd = sub.add_parser("compare", help="score variants' labels against gold, with their cost")
+    add_arguments(cmd)
     cmd.set_defaults(handler=_cmd_compare)
 
 
@@ -328,6 +316,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ray_workers=args.ray_workers,
         overwrite=args.overwrite,
         variant=args.variant,
+        endpoint_moved=args.endpoint_moved,
     )
     job = load_job(args.job, sets=args.sets, variables=args.var)
     bar = not args.quiet and args.log_format == "text" and sys.stderr.isatty()
@@ -478,19 +467,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from batchrun.compare.compute import compare
-    from batchrun.compare.render import render
+    from batchrun.compare.command import compare_text
 
-    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
-    comparison = compare(
-        args.paths,
-        gold=args.gold,
-        reference=args.reference,
-        columns=columns,
-        within=args.within,
-        disagreements=args.disagreements,
-    )
-    text = render(comparison, args.format)
+    text = compare_text(args)
     if args.output:
         _write_text(Path(args.output), text)
     else:

@@ -9,6 +9,9 @@ Each phase runs in its own subprocess so its peak RSS is its own. Phases:
   write figures include this producer cost, so it is shown for subtraction.
 - ``write``: ``Checkpoint.open`` + ``write_results`` fed through an anyio memory
   stream, as the dispatcher feeds it; CPU counts the worker thread too.
+- ``write-ahead``: ``write`` with write-ahead spend, as a run with a price writes: 64
+  senders each hold an intent (committed in a group commit) before handing over the
+  answer, whose charge settles it. Minus ``write``: the intents' cost per row.
 - ``bare``: baseline, the same row tuples ``executemany``'d one per statement into
   the answers table as it was up to m005 (a unique index on the 32-byte key, the
   layout before issue 14's compact one), with the checkpoint's pragmas but its page
@@ -36,11 +39,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
 from batchrun._types import Charge, Request, Result
-from batchrun.store.answers import insert_new
+from batchrun.store.answers import insert_new, m006_compact_answers
 from batchrun.store.checkpoint import _ROW_COLUMNS, COMMIT_ROWS, MIGRATIONS, Checkpoint, _to_row
 from batchrun.store.fpkey import fp_key
+from batchrun.store.intents import IntentLog
+from batchrun.store.origin import m008_synthetic_answers
 
 LOOKUP_BATCH = 4096
 BODY = {"model": "gpt-5.5", "messages": [{"role": "user", "content": "..."}]}
@@ -109,7 +115,36 @@ def phase_write(rows: int, db: Path) -> dict[str, float]:
     return figures
 
 
-OLD_COLUMNS = _ROW_COLUMNS[:-2]  # m001's table has no paid_usd, key_prefix
+SENDERS = 64
+
+
+def phase_write_ahead(rows: int, db: Path) -> dict[str, float]:
+    async def sender(first: int, intents: IntentLog, out: MemoryObjectSendStream[Item]) -> None:
+        async with out:
+            for i in range(first, rows, SENDERS):
+                intent = await intents.hold(fingerprint(i), 0.00036, 1.0)
+                request, result = item(i)
+                result.charges = (Charge(0.00036, usage_known=True, at=1.0, intent=intent.id),)
+                await out.send((request, result))
+
+    async def run() -> None:
+        send, receive = anyio.create_memory_object_stream[Item](1024)
+        intents = IntentLog()
+        with Checkpoint.open(db, job_name="bench", fresh=True) as ckpt:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ckpt.write_results, receive, None, intents)
+                async with send, anyio.create_task_group() as senders:
+                    for first in range(SENDERS):
+                        senders.start_soon(sender, first, intents, send.clone())
+            (left,) = ckpt._conn.execute("SELECT COUNT(*) FROM intents").fetchone()
+            assert left == 0, f"{left} intents unsettled"
+
+    figures = measure(lambda: anyio.run(run))
+    figures["db_mb"] = sum(p.stat().st_size for p in db.parent.glob(db.name + "*")) / 1e6
+    return figures
+
+
+OLD_COLUMNS = _ROW_COLUMNS[:-2]  # m001's table (+ m008's synthetic) has no paid_usd, key_prefix
 OLD_INSERT_SQL = f"INSERT INTO answers VALUES ({', '.join('?' * len(OLD_COLUMNS))})"
 
 
@@ -120,6 +155,7 @@ def phase_bare(rows: int, db: Path) -> dict[str, float]:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint=8000")
         MIGRATIONS[0](conn)  # the answers table up to m005: its key is the primary key
+        m008_synthetic_answers(conn)  # its one column more since, last in rows and table
         batch: list[tuple[object, ...]] = []
         for i in range(rows):
             batch.append(_to_row(item(i))[:-2])
@@ -141,7 +177,8 @@ def phase_bare_new(rows: int, db: Path) -> dict[str, float]:
             conn.execute(f"PRAGMA {pragma}")
         conn.execute("PRAGMA cache_size=-32768")
         MIGRATIONS[0](conn)
-        MIGRATIONS[-1](conn)  # m006: today's answers table
+        m006_compact_answers(conn)  # today's answers table
+        m008_synthetic_answers(conn)
         batch: list[tuple[object, ...]] = []
         for i in range(rows):
             batch.append(_to_row(item(i)))
@@ -198,6 +235,7 @@ def phase_bare_lookup(rows: int, db: Path) -> dict[str, float]:
 PHASES = {
     "synth": phase_synth,
     "write": phase_write,
+    "write-ahead": phase_write_ahead,
     "bare": phase_bare,
     "bare-new": phase_bare_new,
     "lookup": phase_lookup,
@@ -206,6 +244,7 @@ PHASES = {
 DATABASE = {"write": "ckpt.sqlite", "lookup": "ckpt.sqlite", "bare": "bare.sqlite"}
 DATABASE["bare-lookup"] = DATABASE["synth"] = "bare.sqlite"
 DATABASE["bare-new"] = "bare-new.sqlite"
+DATABASE["write-ahead"] = "ahead.sqlite"
 
 
 # ---------------------------------------------------------------- driver
@@ -247,6 +286,12 @@ def print_table(rows: int, results: dict[str, dict[str, float]]) -> None:
     )
     write = results["write"]
     print(f"checkpoint size: {write['db_mb']:.0f} MB ({write['db_mb'] * 1e6 / rows:.0f} bytes/row)")
+    ahead = results["write-ahead"]
+    wall, cpu = ((ahead[unit] - write[unit]) / rows * 1e6 for unit in ("wall_s", "cpu_s"))
+    print(
+        f"write-ahead minus write: {wall:.2f} µs/row wall, {cpu:.2f} µs/row CPU"
+        " (each answer's attempt written ahead, then settled)"
+    )
 
 
 def main() -> None:

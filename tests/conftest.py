@@ -150,9 +150,12 @@ def job_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
 # --- batchrun run as a subprocess ----------------------------------------------------
 
 
-def batchrun_command(job: Path, emu: EmulatorProcess, *args: str) -> list[str]:
+def batchrun_command(job: Path, emu: EmulatorProcess, *args: str, moved: bool = True) -> list[str]:
+    """``moved``: pass ``--endpoint-moved``, as most tests move a job between emulators
+    (a new port each) to count what each run sends; tests of endpoints pass False."""
     base_url = f'api.base_url="{emu.base_url}"'
-    return [sys.executable, "-m", "batchrun", "run", job.name, "--set", base_url, *args]
+    flags = ["--endpoint-moved"] if moved and "--emulate" not in args else []
+    return [sys.executable, "-m", "batchrun", "run", job.name, "--set", base_url, *flags, *args]
 
 
 def batchrun_env(key: str = API_KEY) -> dict[str, str]:
@@ -160,11 +163,16 @@ def batchrun_env(key: str = API_KEY) -> dict[str, str]:
 
 
 def run_batchrun(
-    job: Path, emu: EmulatorProcess, *args: str, key: str = API_KEY, timeout: float = 60
+    job: Path,
+    emu: EmulatorProcess,
+    *args: str,
+    key: str = API_KEY,
+    timeout: float = 60,
+    moved: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """``batchrun run JOB --set api.base_url=<emulator> ARGS...`` in the job's directory."""
     return subprocess.run(
-        batchrun_command(job, emu, *args),
+        batchrun_command(job, emu, *args, moved=moved),
         cwd=job.parent,
         env=batchrun_env(key),
         capture_output=True,

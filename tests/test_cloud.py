@@ -262,6 +262,31 @@ def test_someone_elses_object_is_not_replaced(
     assert read_output(out).num_rows == 5
 
 
+def test_an_object_written_at_the_output_uri_during_the_run_is_not_replaced(
+    store: dict[str, Any], tmp_path: Path, emulator: Any
+) -> None:
+    emu = emulator("--latency-ms", "300")
+    job = write_job(tmp_path, rows=8, limits={"concurrency": 2})
+    out = f"s3://{store['bucket']}/mid/out.parquet"
+    args = [job.name, f"--set=output.path={out}", f'--set=api.base_url="{emu.base_url}"']
+    env = {**os.environ, **store["env"], "MODELSTREAM_API_KEY": API_KEY}
+    command = [sys.executable, "-m", "batchrun", "run", *args, "--quiet"]
+    run = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    wait_for_requests(emu, 1)
+    foreign = tmp_path / "foreign.parquet"
+    pq.write_table(pa.table({"x": list(range(300))}), foreign)
+    upload(store, "mid/out.parquet", foreign)
+
+    _, stderr = run.communicate(timeout=90)
+
+    assert run.returncode == 2, stderr
+    (kept,) = [k for k in keys(store) if k.startswith("mid/out.") and k != "mid/out.parquet"]
+    (line,) = [x for x in stderr.splitlines() if "output.path" in x]
+    assert out in line and kept in line
+    assert read_output(out).num_rows == 300
+    assert read_output(f"s3://{store['bucket']}/{kept}").num_rows == 8
+
+
 def test_a_local_data_file_is_not_replaced(tmp_path: Path, emulator: Any) -> None:
     emu = emulator()
     job = write_job(tmp_path, rows=5)

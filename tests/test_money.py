@@ -183,7 +183,8 @@ def test_a_checkpoint_from_before_charges_keeps_its_spend(tmp_path: Path) -> Non
     # ... and so from before binary keys (m004): its fingerprints are text.
     db.execute(
         "DELETE FROM _migrations WHERE name IN"
-        " ('m003_charges', 'm004_binary_keys', 'm006_compact_answers', 'm007_reasks')"
+        " ('m003_charges', 'm004_binary_keys', 'm006_compact_answers',"
+        " 'm008_synthetic_answers', 'm009_reasks')"
     )
     db.execute(
         "INSERT INTO answers (fingerprint, owner_key, status, cost_usd, attempts)"

@@ -273,7 +273,9 @@ def test_status_polled_during_a_run_shows_progress_and_the_holder_and_never_bloc
         run.kill()
     live = [s for s in seen if s["running"]]
     assert live and all(s["lock_holder"]["pid"] == run.pid for s in live)
-    assert 0 < live[0]["answered_ok"] < 60 and live[0]["spent_usd"] > 0
+    # Answers commit every half second: some poll sees part of them, and their spend.
+    partway = [s for s in live if 0 < s["answered_ok"] < 60]
+    assert partway and all(s["spent_usd"] > 0 for s in partway)
     assert [s["answered_ok"] for s in live] == sorted(s["answered_ok"] for s in live)
     after = status(job)
     assert after["running"] is False and after["lock_holder"] is None

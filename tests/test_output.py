@@ -12,11 +12,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from batchrun._errors import JobError
 from batchrun._types import Answer, Request, Result
 from batchrun.io.input import open_input
 from batchrun.job.config import InputConfig, Job, OutputConfig, Price, RequestConfig
+from batchrun.output.owners import Owners
 from batchrun.output.parse import parse_response
 from batchrun.output.table import OutputStats, check_columns, parse_status, write_output
 from batchrun.send.requests import RequestBuilder
@@ -46,6 +49,7 @@ RESULT_SCHEMA = [
     ("reasks", pa.int32()),  # follow-up turns (request.reask), after the SPEC's columns
     ("cut_off_retried", pa.bool_()),  # sent again with request.cut_off_retry_tokens
     ("shared", pa.bool_()),  # after the SPEC's columns (and after parsed ones)
+    ("synthetic", pa.bool_()),
 ]
 
 
@@ -207,7 +211,7 @@ def test_parsed_columns_are_typed_and_filled(csv_input: Path, tmp_path: Path) ->
     job = parse_job(csv_input, tmp_path)
     answer = ok('{"label": "pos", "confidence": 1, "n": 3, "flag": true, "extra": 1}')
     table, _ = run(job, {"a": Answer("a", answer)})
-    assert [(f.name, f.type) for f in table.schema][-5:-1] == [
+    assert [(f.name, f.type) for f in table.schema][-6:-2] == [
         ("label", pa.string()),
         ("confidence", pa.float64()),
         ("n", pa.int32()),
@@ -268,12 +272,13 @@ def test_prefix_renames_every_added_column(csv_input: Path, tmp_path: Path) -> N
     job = parse_job(csv_input, tmp_path, prefix="llm_")
     table, _ = run(job, {})
     added = table.schema.names[2:]
-    assert added == [f"llm_{name}" for name, _ in RESULT_SCHEMA[:-1]] + [
+    assert added == [f"llm_{name}" for name, _ in RESULT_SCHEMA[:-2]] + [
         "llm_label",
         "llm_confidence",
         "llm_n",
         "llm_flag",
         "llm_shared",
+        "llm_synthetic",
     ]
 
 
@@ -391,3 +396,37 @@ def test_parse_error_of_a_cut_answer_says_so(csv_input: Path, tmp_path: Path) ->
     failed = parse_status(parse_job(csv_input, tmp_path), cut)
     assert failed.error_message is not None
     assert failed.error_message.endswith("finish_reason=length; raise max_completion_tokens)")
+
+
+# --- which row owns an answer ------------------------------------------------------------
+
+
+# Distinct, several with one 8-byte prefix (the set searches by it), some not v1 at all.
+FINGERPRINTS = [
+    *("v1:" + f"{i:02x}" * 32 for i in range(40)),
+    *("v1:" + "ab" * 8 + f"{i:02x}" * 24 for i in range(40)),
+    "x",
+    "y",
+]
+
+
+@given(
+    st.lists(
+        st.lists(st.sampled_from(FINGERPRINTS)),
+        max_size=30,
+    )
+)
+def test_the_first_row_with_a_request_owns_it_and_every_later_one_shares_it(
+    batches: list[list[str]],
+) -> None:
+    owners, seen = Owners(), set()
+    for batch in batches:
+        expected = []
+        for fingerprint in batch:
+            expected.append(fingerprint in seen)
+            seen.add(fingerprint)
+        assert owners.shared(batch) == expected
+
+
+def test_without_dedupe_no_row_shares() -> None:
+    assert Owners(dedupe=False).shared(["v1:" + "ab" * 32] * 3) == [False] * 3

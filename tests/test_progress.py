@@ -58,7 +58,7 @@ def test_limit_use_never_reads_over_100_percent_and_reads_the_pace_after_a_minut
     sends = sorted(_virtual(main))
     now = [0.0]
     monkeypatch.setattr(cli.time, "monotonic", lambda: now[0])
-    display = cli._ProgressDisplay()
+    display = cli._ProgressDisplay(bar=False)
     uses = []
     for step in range(900):
         now[0] = step * 0.2

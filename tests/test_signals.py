@@ -8,6 +8,7 @@ workers wait on the pacer, on a 429 pause, in backoff and on the wire.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -34,6 +35,7 @@ from batchrun.job.config import InputConfig, Job, Limits, OutputConfig, Price, R
 from batchrun.send.dispatch import Dispatcher
 from batchrun.send.ratelimit import Backoff, Pacer, PauseGate
 from batchrun.send.requests import estimate_prompt_tokens
+from batchrun.store.intents import IntentLog
 
 # A signal may find the process between two event-loop turns: this is its allowance.
 SEND_ALLOWANCE_S = 0.1
@@ -142,10 +144,23 @@ class MemoryStore:
     def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:
         return set()
 
-    async def write_results(self, results: Any, on_commit: Any = None) -> None:
-        async with results:
-            async for request, _result in results:
-                self.written.append(request.key)
+    async def write_results(self, results: Any, on_commit: Any = None, intents: Any = None) -> None:
+        async with anyio.create_task_group() as tg:
+            if intents is not None:
+                tg.start_soon(commit_intents, intents)
+            async with results:
+                async for request, _result in results:
+                    self.written.append(request.key)
+            tg.cancel_scope.cancel()
+
+
+async def commit_intents(intents: IntentLog) -> None:
+    """A writer's write-ahead part, in memory: every intent committed as it comes."""
+    ids = itertools.count(1)
+    while True:
+        await intents.wait_for_work()
+        new, _released = intents.take()
+        intents.committed(new, [next(ids) for _ in new])
 
 
 def _request(row: int) -> Request:

@@ -36,8 +36,14 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_JSON: Headers = [(b"content-type", b"application/json")]
-_SSE: Headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+# Every response says it is synthetic, so a run recognises the emulator at any address.
+EMULATOR_HEADER = (b"x-batchrun-emulator", b"1")
+_JSON: Headers = [(b"content-type", b"application/json"), EMULATOR_HEADER]
+_SSE: Headers = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    EMULATOR_HEADER,
+]
 _CHAT = "/v1/chat/completions"
 
 

@@ -36,7 +36,10 @@ from batchrun.output.table import (
 from batchrun.send.budget import Budget
 from batchrun.send.dispatch import Dispatcher
 from batchrun.send.requests import RequestBuilder, Selector
+from batchrun.store.checkpoint import Checkpoint
+from batchrun.store.jobstore import ray_dir
 from batchrun.store.keptlimits import KeptLimits
+from batchrun.store.origin import EMULATED, endpoint_of
 
 __all__ = [
     "EMULATOR_KEY",
@@ -49,6 +52,7 @@ __all__ = [
     "RunOptions",
     "RunSummary",
     "budget_for",
+    "claim_endpoint",
     "emulated_job",
     "learned_limits_kept",
     "prepare",
@@ -78,6 +82,7 @@ class RunOptions:
     ray_workers: int | None = None  # None: one per CPU of the Ray cluster
     overwrite: bool = False  # replace an output.path file that is not this job's output
     variant: str | None = None  # --variant NAME: run only that one of the job's [[variants]]
+    endpoint_moved: bool = False  # the checkpoint's answers came from this API, elsewhere
 
 
 @dataclass
@@ -102,13 +107,14 @@ class RunSummary:
     wall_s: float
     stopped: str | None
     exit_code: int
-    synthetic: bool = False
+    synthetic: bool = False  # an emulated run (--emulate)
     error: str | None = None
     # What this run spent: its charges, at the real cost or (no usage came back) the
     # worst case, as the budget counts them. None for an unpriced model.
     run_cost_usd: float | None = None
     # Parsed columns null in more than a tenth of the ok rows, one line each.
     empty_columns: list[str] = field(default_factory=list)
+    synthetic_rows: int = 0  # rows whose answer came from batchrun's emulator
     # The exit code in words (``engines.reason``), and the failed rows by error_type.
     exit_reason: str = ""
     by_error_type: dict[str, int] = field(default_factory=dict)
@@ -141,6 +147,12 @@ class RunSummary:
         lines.extend(f"  warning: {line}" for line in self.empty_columns)
         if self.synthetic:
             lines.append("  EMULATED RUN: every answer in this output is synthetic.")
+        elif self.synthetic_rows:
+            answered = self.by_status.get("ok", 0) + self.by_status.get("error", 0)
+            lines.append(
+                f"  SYNTHETIC: {self.synthetic_rows} of the {answered} answered rows came from"
+                " batchrun's emulator, not from a real API (output column synthetic)"
+            )
         return "\n".join(lines)
 
 
@@ -219,6 +231,16 @@ def learned_limits_kept(ckpt: KeepsLimits, dispatcher: Dispatcher) -> Iterator[N
         ckpt.keep_learned_limits(dispatcher.learned.rpm, dispatcher.learned.tpm)
 
 
+def claim_endpoint(
+    ckpt: Checkpoint, job: Job, base_url: str | None, emulate: bool, moved: bool = False
+) -> None:
+    """Refuse (exit 2) a checkpoint whose answers came from another endpoint, before
+    anything is sent (``store.origin``); ``--fresh`` and ``--endpoint-moved`` choose."""
+    origin = EMULATED if emulate else endpoint_of(base_url or job.api.base_url)
+    elsewhere = any(ray_dir(job).glob("*.sqlite"))
+    ckpt.claim_endpoint(origin, moved=moved, elsewhere=elsewhere)
+
+
 def emulated_job(job: Job) -> Job:
     """The job with a checkpoint of its own, so synthetic answers never pass for real ones."""
     path = job.output.checkpoint_path
@@ -257,6 +279,10 @@ class Run:
         prepared = prepare(self.job)
         check_replaceable(self.job, overwrite=self.options.overwrite)
         return prepared
+
+    def _claim_endpoint(self, ckpt: Checkpoint) -> None:
+        options = self.options
+        claim_endpoint(ckpt, self.job, options.base_url, options.emulate, options.endpoint_moved)
 
     def _api_key(self) -> str:
         return resolve_api_key(self.job, self.options.api_key)
@@ -311,6 +337,7 @@ class Run:
             select=self._selector(),
             on_batch=on_batch,
             footer=footer,
+            overwrite=self.options.overwrite,
         )
 
     def _metadata(self) -> dict[str, str]:
@@ -344,6 +371,12 @@ class Run:
         by_status = dict(stats.by_status)
         failed = by_status.get("error", 0) + by_status.get("invalid", 0)
         counters = self.progress.dispatch
+        if stats.synthetic_rows and not self.options.emulate:
+            log.warning(
+                "%d rows of %s hold synthetic answers from batchrun's emulator (column synthetic)",
+                stats.synthetic_rows,
+                stats.path,
+            )
         exit_code = _exit_code(self.stopped, failed, self.job.limits.max_failed_rows)
         signalled = getattr(self, "signalled", None)
         outcome = Outcome(
@@ -381,6 +414,7 @@ class Run:
             stopped=self.stopped,
             exit_code=exit_code,
             synthetic=self.options.emulate,
+            synthetic_rows=stats.synthetic_rows,
             error=self.fatal_message,
             empty_columns=empty_columns(stats.null_counts, by_status.get("ok", 0)),
             exit_reason=exit_reason(outcome),

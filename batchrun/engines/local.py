@@ -68,6 +68,7 @@ class LocalRun(Run):
             self._log_started()
             if self.options.fresh:
                 clear_ray_dir(self.job)  # one store for both engines: --fresh clears both
+            self._claim_endpoint(own)
             dispatcher = Dispatcher(
                 self.job,
                 api_key=api_key,

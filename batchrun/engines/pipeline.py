@@ -26,6 +26,7 @@ from batchrun._types import Request, RequestResult, Result
 from batchrun.job.config import Job
 from batchrun.output.table import parse_status
 from batchrun.send.dispatch import Counters, Dispatcher, DispatchOutcome
+from batchrun.store.intents import IntentLog
 
 __all__ = ["Pipeline", "Progress", "Store"]
 
@@ -77,6 +78,7 @@ class Store(Protocol):
         self,
         results: ObjectReceiveStream[RequestResult],
         on_commit: Callable[[list[str]], None] | None = None,
+        intents: IntentLog | None = None,
     ) -> None: ...
 
 
@@ -117,12 +119,13 @@ class Pipeline:
         req_send, req_recv = anyio.create_memory_object_stream[Request](buffer)
         ck_send, ck_recv = anyio.create_memory_object_stream[RequestResult](1024)
         results = _ParsingSendStream(self, ck_send)
+        intents = IntentLog()  # write-ahead spend: the writer commits each attempt first
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self.ckpt.write_results, ck_recv, self._on_commit)
+            tg.start_soon(self.ckpt.write_results, ck_recv, self._on_commit, intents)
             async with anyio.create_task_group() as feed, req_recv, results:
                 self._producing, self._requests = anyio.CancelScope(), req_recv
                 feed.start_soon(self._produce, batches, req_send)
-                self.outcome = outcome = await self.dispatcher.run(req_recv, results)
+                self.outcome = outcome = await self.dispatcher.run(req_recv, results, intents)
                 feed.cancel_scope.cancel()
         return outcome
 

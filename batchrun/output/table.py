@@ -38,6 +38,7 @@ from batchrun.io.files import describe, is_remote, resolve
 from batchrun.io.input import InputTable
 from batchrun.job.config import Job, Price
 from batchrun.output.empty import count_nulls
+from batchrun.output.owners import Owners
 from batchrun.output.parse import ARROW_TYPES, parse_response
 from batchrun.send.requests import RequestBuilder, Selector, keyed_batches
 
@@ -65,6 +66,7 @@ RESULT_TYPES: Mapping[str, pa.DataType] = {
     "reasks": pa.int32(),
     "cut_off_retried": pa.bool_(),
     "shared": pa.bool_(),
+    "synthetic": pa.bool_(),
 }
 """SPEC's type of each column in ``RESULT_COLUMNS`` (and of ``EXTRA_COLUMNS``)."""
 
@@ -92,6 +94,7 @@ class OutputStats:
     by_status: Counter[str] = field(default_factory=Counter)
     shared_rows: int = 0
     shared_cost_usd: float = 0.0
+    synthetic_rows: int = 0  # rows whose answer came from batchrun's emulator
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -193,8 +196,19 @@ class _Row:
         return 0 if self.shared else self.result.attempts
 
 
-def _rows(job: Job, items: Sequence[Item], answers: Mapping[str, Answer]) -> list[_Row]:
+def _rows(
+    job: Job, items: Sequence[Item], answers: Mapping[str, Answer], owners: Owners | None
+) -> list[_Row]:
     rows = []
+    answered = [
+        (item, answer)
+        for item in items
+        if not isinstance(item, Result) and (answer := answers.get(item.fingerprint))
+    ]
+    if owners is None:  # batches answered apart (Ray): keys are the id column's
+        shares = iter([answer.owner_key != item.key for item, answer in answered])
+    else:
+        shares = iter(owners.shared([item.fingerprint for item, _ in answered]))
     for item in items:
         if isinstance(item, Result):  # invalid: never sent
             rows.append(_Row(item, None, None, False))
@@ -202,7 +216,7 @@ def _rows(job: Job, items: Sequence[Item], answers: Mapping[str, Answer]) -> lis
             rows.append(_Row(Result(status="pending"), None, None, False))
         else:
             result, parsed = _parsed(job, answer.result)
-            shared = answer.owner_key != item.key
+            shared = next(shares)
             # The cost was priced once, when the answer arrived; a shared row paid nothing.
             cost = (0.0 if shared else result.cost_usd) if job.price is not None else None
             rows.append(_Row(result, cost, parsed, shared))
@@ -243,6 +257,7 @@ def _output_batch(
         values = [None if row.parsed is None else row.parsed[name] for row in rows]
         arrays.append(pa.array(values, type=ARROW_TYPES[kind]))
     arrays.append(pa.array([row.shared for row in rows], type=pa.bool_()))
+    arrays.append(pa.array([result.synthetic for result in results], type=pa.bool_()))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -265,6 +280,7 @@ def _count(stats: OutputStats, rows: Sequence[_Row], price: Price | None) -> Non
         if result.error_type is not None and result.status in ("error", "invalid"):
             stats.by_error_type[result.error_type] += 1
             stats.cut_off += result.finish_reason == "length"
+        stats.synthetic_rows += result.synthetic
         if row.shared:
             stats.shared_rows += 1
             stats.shared_cost_usd += _cost(price, result) or 0.0
@@ -292,6 +308,7 @@ def write_output(
     batch_size: int = 4096,
     on_batch: BatchHook | None = None,
     footer: Callable[[], Mapping[str, str]] | None = None,
+    overwrite: bool = False,
 ) -> OutputStats:
     """Write ``job.output.path`` from the input and the answers ``lookup`` finds.
 
@@ -302,7 +319,7 @@ def write_output(
     ``on_batch(batch, items, answers)``, when given, sees each batch as it is written.
     ``metadata`` becomes the file's key-value metadata; the counts written are
     added under ``batchrun.output_stats``, and ``footer()`` (called once every batch
-    is written) adds what is known only then.
+    is written) adds what is known only then. ``overwrite``: see ``write_batches``.
     """
     schema = output_schema(job, table.schema).with_metadata(dict(metadata))
     path = output_location(job)
@@ -314,7 +331,7 @@ def write_output(
     def written() -> dict[str, str]:
         return stats_metadata(stats) | (dict(footer()) if footer is not None else {})
 
-    write_batches(path, schema, batches, written)
+    write_batches(path, schema, batches, written, overwrite=overwrite)
     return stats
 
 
@@ -331,11 +348,14 @@ def output_batch(
     answers: Mapping[str, Answer],
     schema: pa.Schema,
     stats: OutputStats,
+    owners: Owners | None = None,
 ) -> pa.RecordBatch:
     """One input batch's output rows (``items`` from ``RequestBuilder.keyed``), counted
     into ``stats``: the per-batch step of ``write_output``, for engines that answer
-    batches elsewhere (Ray) and stream them to ``write_batches``."""
-    rows = _rows(job, items, answers)
+    batches elsewhere (Ray) and stream them to ``write_batches``. ``owners``, given
+    for every batch of an output in order, decides which row owns an answer; without
+    it the row whose key is the answer's ``owner_key`` does."""
+    rows = _rows(job, items, answers, owners)
     _count(stats, rows, job.price)
     return _output_batch(job, batch, rows, schema)
 
@@ -345,11 +365,19 @@ def write_batches(
     schema: pa.Schema,
     batches: Iterable[pa.RecordBatch],
     footer: Callable[[], Mapping[str, str]],
+    *,
+    overwrite: bool = False,
 ) -> None:
     """Write ``batches`` (in order) to ``path`` atomically, in row groups of
     ``ROW_GROUP_ROWS``; ``footer()``, called once ``batches`` is exhausted, adds
-    key-value metadata known only then (the counts written, a run summary)."""
-    with _atomic_writer(path, schema) as writer:
+    key-value metadata known only then (the counts written, a run summary).
+
+    Just before the swap, what stands at ``path`` must still be absent or an output of
+    the job named in ``schema``'s ``batchrun.job`` metadata (unless ``overwrite``):
+    a file written there during the run is left alone, the new output is kept beside
+    it and ``OutputError`` names both."""
+    job = (schema.metadata or {}).get(b"batchrun.job", b"").decode() or None
+    with _atomic_writer(path, schema, None if overwrite else job) as writer:
         pending: list[pa.RecordBatch] = []
         for batch in batches:
             pending.append(batch)
@@ -377,17 +405,21 @@ def _output_batches(
     batch_size: int,
     on_batch: BatchHook | None = None,
 ) -> Iterator[pa.RecordBatch]:
+    owners = Owners(job.request.dedupe)
     for batch, items in keyed_batches(table, builder, select=select, batch_size=batch_size):
         answers = lookup([item.fingerprint for item in items if not isinstance(item, Result)])
         if on_batch is not None:
             on_batch(batch, items, answers)
-        yield output_batch(job, batch, items, answers, schema, stats)
+        yield output_batch(job, batch, items, answers, schema, stats, owners)
 
 
 @contextmanager
-def _atomic_writer(location: Path | str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+def _atomic_writer(
+    location: Path | str, schema: pa.Schema, job: str | None = None
+) -> Iterator[pq.ParquetWriter]:
     """A writer on a temp file beside ``location`` (a path or a URI), swapped in only on
-    success; stale temp files of killed runs are removed after a successful swap."""
+    success (and, given ``job``, only over nothing or that job's output: else kept
+    beside it); stale temp files of killed runs are removed after a successful swap."""
     location = str(location)
     fs, path = resolve(location)
     if not is_remote(location):
@@ -401,6 +433,8 @@ def _atomic_writer(location: Path | str, schema: pa.Schema) -> Iterator[pq.Parqu
                 fs.create_dir(directory, recursive=True)
             with fs.open_output_stream(temp) as sink, pq.ParquetWriter(sink, schema) as writer:
                 yield writer
+            if job is not None:
+                _still_replaceable(fs, temp, location, job)
             _swap(fs, temp, path, remote=is_remote(location))
         _remove_stale_temps(fs, directory, name)
     finally:
@@ -413,6 +447,27 @@ def _swap(fs: pafs.FileSystem, temp: str, path: str, *, remote: bool) -> None:
         fs.copy_file(temp, path)
     else:
         os.replace(temp, path)
+
+
+def _still_replaceable(fs: pafs.FileSystem, temp: str, location: str, job: str) -> None:
+    """At the swap: refuse to replace a file that appeared at ``location`` during the
+    run and is not ``job``'s output; this run's output is moved beside it."""
+    owner = _owner(location)
+    if owner is None or owner == job:
+        return
+    base, tag = location.rpartition("/")[2], uuid.uuid4().hex[:8]
+    stem, dot, suffix = base.rpartition(".")
+    kept = temp.rpartition("/")[0] + "/" + (f"{stem}.{tag}.{suffix}" if dot else f"{base}.{tag}")
+    if is_remote(location):
+        fs.copy_file(temp, kept)
+    else:
+        os.replace(temp, kept)
+    shown = f"{location.partition('://')[0]}://{kept}" if is_remote(location) else kept
+    whose = "not a batchrun output" if owner == "" else f"the output of job {owner!r}"
+    raise OutputError(
+        f"output.path: {location} was written during the run and is {whose}; left alone,"
+        f" this run's output is kept at {shown} (rerun with --overwrite to replace that file)"
+    )
 
 
 def _remove_stale_temps(fs: pafs.FileSystem, directory: str, name: str) -> None:

@@ -18,7 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchrun.engines.base import EMULATOR_KEY, emulated_job, prepare, resolve_api_key
+from batchrun.engines.base import (
+    EMULATOR_KEY,
+    claim_endpoint,
+    emulated_job,
+    prepare,
+    resolve_api_key,
+)
 from batchrun.engines.variants import variant_job
 from batchrun.io.input import InputTable
 from batchrun.job.config import Job, Price
@@ -274,6 +280,7 @@ def _pilot_plan(
         Checkpoint.open(job.output.checkpoint_path, job_name=job.name) as own,
         local_store(own, job) as ckpt,
     ):
+        claim_endpoint(own, job, base_url, synthetic)  # the pilot's answers are the run's
         counts = count_rows(table, builder, ckpt.lookup)
         spent = ckpt.spent_usd()
         sample = sample_rows(table, builder, ckpt.lookup, counts.to_send, size)

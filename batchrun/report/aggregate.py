@@ -58,7 +58,7 @@ PSEUDO_COLUMNS = (JOB, FILE, DATE, DAY)
 # Metric columns every batchrun output has; a file lacking any of them is foreign.
 _TOKENS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
 _METRICS = ("status", *_TOKENS, "cost_usd", "latency_ms")
-_OPTIONAL = ("shared", "attempts", "completed_at")  # read when present
+_OPTIONAL = ("shared", "synthetic", "attempts", "completed_at")  # read when present
 # Every report also groups by these inside, so the HTML charts are roll-ups of one pass.
 _CHART_KEYS = ("status", "model", DAY, "error_type")
 _OWN_COLUMNS = frozenset((*RESULT_COLUMNS, *EXTRA_COLUMNS))
@@ -105,6 +105,14 @@ class ReportResult:
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     pricing: Mapping[str, Price] | None = None
     job_pricing: Mapping[str, Mapping[str, Price]] = field(default_factory=dict)
+
+    @property
+    def synthetic_rows(self) -> int:
+        """Rows of the report whose answer came from batchrun's emulator, not a real API
+        (also the ``synthetic`` column, shown only when this is not 0)."""
+        if "synthetic" not in self.table.columns:
+            return 0
+        return int(self.table["synthetic"].iloc[-1])
 
     def table_by(self, keys: Sequence[str]) -> pd.DataFrame:
         """The report grouped by ``keys`` (each one of the groups read), from the same pass."""
@@ -388,6 +396,7 @@ class _Group:
 
     rows: int = 0
     shared: int = 0
+    synthetic: int = 0
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TOKENS, 0))
     cost: float = 0.0
     priced: int = 0
@@ -398,6 +407,7 @@ class _Group:
     def merge(self, other: _Group) -> None:
         self.rows += other.rows
         self.shared += other.shared
+        self.synthetic += other.synthetic
         for name in _TOKENS:
             self.tokens[name] += other.tokens[name]
         self.cost += other.cost
@@ -423,6 +433,7 @@ class _Accumulator:
             table.schema.get_field_index("status"), "status", table["status"].cast(pa.string())
         )
         table = _billed_tokens(table)
+        table = table.append_column("_synthetic", _synthetic(table))
         repriced: pa.Array[Any] = pa.nulls(table.num_rows, pa.float64())
         if self.pricing is not None:
             repriced = reprice(table, self.pricing)
@@ -430,6 +441,7 @@ class _Accumulator:
         aggs: list[Any] = [  # pyarrow-stubs type each function name as a Literal
             ([], "count_all"),
             ("_shared", "sum"),
+            ("_synthetic", "sum"),
             *((name, "sum") for name in _TOKENS),
             ("cost_usd", "sum"),
             ("cost_usd", "count"),
@@ -460,6 +472,8 @@ class _Accumulator:
         label = dict.fromkeys(keys, None) | ({keys[0]: TOTAL_LABEL} if keys else {})
         rows.append(_finish(label, total))
         columns = [c for c in _OUTPUT_COLUMNS if self.pricing is not None or "repriced" not in c]
+        if not total["synthetic"]:
+            columns.remove("synthetic")  # shown only when some answer is synthetic
         return pd.DataFrame(rows, columns=[*keys, *columns])
 
 
@@ -493,12 +507,21 @@ def _shared_mask(table: pa.Table) -> pa.ChunkedArray[Any] | pa.Array[Any]:
     return pc.and_(ok, unsent).fill_null(False)
 
 
+def _synthetic(table: pa.Table) -> pa.ChunkedArray[Any] | pa.Array[Any]:
+    """1 for a row whose answer came from batchrun's emulator (0 in older outputs)."""
+    column = table["synthetic"]
+    if column.type != pa.bool_():
+        return pa.chunked_array([pa.repeat(0, table.num_rows)], pa.int64())
+    return pc.cast(column.fill_null(pa.scalar(False)), pa.int64())
+
+
 def _groups(grouped: pa.Table, keys: Sequence[str]) -> Iterator[tuple[tuple[Any, ...], _Group]]:
     key_values = [grouped[k].to_pylist() for k in keys]
     sums = {name: grouped[f"{name}_sum"].to_pylist() for name in _TOKENS}
     cost, priced = grouped["cost_usd_sum"].to_pylist(), grouped["cost_usd_count"].to_pylist()
     counts = grouped["count_all"].to_pylist()
     shared = grouped["_shared_sum"].to_pylist()
+    synthetic = grouped["_synthetic_sum"].to_pylist()
     repriced, repriced_rows = grouped["_repriced_sum"].to_pylist(), grouped["_repriced_count"]
     latencies = grouped["latency_ms_list"].combine_chunks()
     for i in range(grouped.num_rows):
@@ -508,6 +531,7 @@ def _groups(grouped: pa.Table, keys: Sequence[str]) -> Iterator[tuple[tuple[Any,
             _Group(
                 rows=int(counts[i] or 0),
                 shared=int(shared[i] or 0),
+                synthetic=int(synthetic[i] or 0),
                 tokens={name: int(sums[name][i] or 0) for name in _TOKENS},
                 cost=float(cost[i] or 0.0),
                 priced=int(priced[i] or 0),
@@ -522,6 +546,7 @@ _OUTPUT_COLUMNS = (
     "rows",
     *STATUSES,
     "shared",
+    "synthetic",
     *_TOKENS,
     "cost_usd",
     "repriced_usd",
@@ -534,13 +559,15 @@ _OUTPUT_COLUMNS = (
 
 
 def _new_row() -> dict[str, Any]:
-    names = ("rows", *STATUSES, "shared", *_TOKENS, "priced", "unpriced", "repriced_rows")
+    names = ("rows", *STATUSES, "shared", "synthetic", *_TOKENS, "priced", "unpriced")
+    names = (*names, "repriced_rows")
     return {**dict.fromkeys(names, 0), "cost": 0.0, "repriced": 0.0, "ok_latencies": []}
 
 
 def _fold(row: dict[str, Any], group: _Group, status: Any) -> None:
     row["rows"] += group.rows
     row["shared"] += group.shared
+    row["synthetic"] += group.synthetic
     if status in STATUSES:
         row[status] += group.rows
     for name in _TOKENS:
@@ -563,6 +590,7 @@ def _finish(label: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     return {
         **label,
         **{name: row[name] for name in ("rows", *STATUSES, "shared", *_TOKENS, "unpriced")},
+        "synthetic": row["synthetic"],
         "cost_usd": cost,
         "repriced_usd": repriced,
         # Per 1,000 answered rows that have a price: pending, invalid and failed rows

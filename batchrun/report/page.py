@@ -381,10 +381,24 @@ def render_html(
         f'<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-        f"<header><h1>{_e(title)}</h1>{_facts(result)}{about(result, pricing_name)}</header>"
+        f"<header><h1>{_e(title)}</h1>{_synthetic_banner(result)}{_facts(result)}"
+        f"{about(result, pricing_name)}</header>"
         f'<main><div class="charts">{sections}</div>'
         f'<section class="card wide"><h2>Table</h2>{_table(result.table)}</section>'
         f"{_skipped(result)}</main></body></html>\n"
+    )
+
+
+def _synthetic_banner(result: ReportResult) -> str:
+    """A banner over the figures when some of the answers they sum are synthetic."""
+    count = result.synthetic_rows
+    if not count:
+        return ""
+    total = int(result.table["rows"].iloc[-1])
+    return (
+        '<p class="synthetic" role="alert">SYNTHETIC: '
+        f"{count:,} of these {total:,} rows hold answers from batchrun's emulator, "
+        "not from a real API; their tokens and cost were never billed.</p>"
     )
 
 
@@ -452,6 +466,8 @@ def _e(text: str) -> str:
 
 _CSS = """
 *{box-sizing:border-box}
+.synthetic{margin:8px 0;padding:8px 12px;background:#fff3cd;border:1px solid #d39e00;
+font-weight:600}
 body{margin:0;font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
 color:#1d1d1f;background:#f4f5f7}
 header,main{max-width:1320px;margin:0 auto;padding:12px}

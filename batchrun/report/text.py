@@ -62,7 +62,7 @@ def render(
 
 
 _TOKENS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
-_INT_COLUMNS = frozenset({"rows", *STATUSES, "shared", *_TOKENS, "unpriced"})
+_INT_COLUMNS = frozenset({"rows", *STATUSES, "shared", "synthetic", *_TOKENS, "unpriced"})
 _REPRICED = frozenset({"repriced_usd", "repriced_per_1k_answered"})
 _COST_COLUMNS = frozenset({"cost_usd", "cost_per_1k_answered", *_REPRICED})
 _LATENCY_COLUMNS = frozenset({"latency_p50_ms", "latency_p95_ms"})

@@ -42,8 +42,9 @@ from batchrun.send.ratelimit import (
     PauseGate,
     compute_backoff,
 )
-from batchrun.send.reask import Check, follow_up, longer
+from batchrun.send.reask import Check, FollowUps
 from batchrun.send.transport import Reply, Sender, completions_url, make_transport
+from batchrun.store.intents import Intent, IntentLog
 
 log = logging.getLogger("batchrun")
 retry_log = logging.getLogger("batchrun.retry")
@@ -143,9 +144,7 @@ class Dispatcher:
         # ``share`` and ``gate`` let several processes split one job's limits (the Ray
         # engine): each paces to its share, and a shared gate spreads a 429's pause.
         self.limits = job.limits
-        # ``check`` finds what is wrong with an ok answer: asked again up to ``reask`` times.
-        self.check, self.reask = (check, job.request.reask) if job.request.reask else (None, 0)
-        self.cut_off_retry_tokens = job.request.cut_off_retry_tokens
+        self.follow_ups = FollowUps.of(job.request, check)  # re-asks, cut-off retries
         self.share = share
         self.gate = gate
         self.price = job.price
@@ -183,11 +182,14 @@ class Dispatcher:
         self,
         requests: MemoryObjectReceiveStream[Request],
         results: ResultSink,
+        intents: IntentLog | None = None,
     ) -> DispatchOutcome:
         """Send everything ``requests`` yields; close ``results`` when done.
 
         Returns when the request stream is closed and every row is finished, or early
         with ``stopped="budget"``; raises ``FatalApiError`` on 401/403/unknown model.
+        With ``intents`` (the checkpoint writer's), a priced attempt is only sent once
+        its worst case is committed (``batchrun.store.intents``); its charge names it.
         """
         transport = self._transport or make_transport(
             self.limits.concurrency, self.url, self._api_key
@@ -196,7 +198,7 @@ class Dispatcher:
             sender = Sender(
                 transport, url=self.url, api_key=self._api_key, timeout_s=self.limits.timeout_s
             )
-            self._run = _DispatchRun(self, sender)
+            self._run = _DispatchRun(self, sender, intents)
             try:
                 return await self._run.run(requests, results)
             finally:
@@ -214,8 +216,11 @@ class Dispatcher:
 class _DispatchRun:
     """The state of one ``Dispatcher.run``: pacing, pause, workers, and how it stops."""
 
-    def __init__(self, dispatcher: Dispatcher, sender: Sender) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, sender: Sender, intents: IntentLog | None = None
+    ) -> None:
         self.d = dispatcher
+        self.intents = intents if dispatcher.budget is not None else None
         self.counters = dispatcher.counters
         self.sender = sender
         self.pacer = dispatcher.pacer()
@@ -322,8 +327,8 @@ class _DispatchRun:
         """
         max_attempts = max(self.d.limits.max_attempts, 1)
         charges: list[Charge] = []  # attempts that may have been billed
-        sent = failures = refusals = reasks = 0
-        cut_off = False
+        sent = failures = refusals = 0
+        turns = self.d.follow_ups.start()
         while True:
             try:
                 result = await self._attempt(request, scope, charges)
@@ -347,24 +352,11 @@ class _DispatchRun:
                 raise _Stop(_unfinished(request, charges)) from None
             else:
                 sent += 1
-                tokens = self.d.cut_off_retry_tokens
-                if tokens and not cut_off and result.finish_reason == "length":
-                    request, cut_off = longer(request, tokens), True
-                    continue
-                again = self._reask(request, result, reasks)
+                again = turns.next(request, result)
                 if again is None:
-                    result.attempts, result.reasks = sent, reasks
-                    result.cut_off_retried = cut_off
-                    return self._finished(result, charges)
-                request, reasks = again, reasks + 1
-
-    def _reask(self, request: Request, result: Result, reasks: int) -> Request | None:
-        """The follow-up turn for an ok answer that fails the check, while re-asks last."""
-        check = self.d.check
-        if check is None or reasks >= self.d.reask or result.status != "ok":
-            return None
-        problem = check(result)
-        return None if problem is None else follow_up(request, result.response, problem)
+                    result.attempts = sent
+                    return self._finished(turns.stamp(result), charges)
+                request = again
 
     async def _attempt(
         self, request: Request, scope: anyio.CancelScope, charges: list[Charge]
@@ -372,8 +364,10 @@ class _DispatchRun:
         # Money before pace: a send delayed by a wait for money would bunch sends the
         # pacer spread out. The reservation is returned if nothing is sent.
         reserved = await self._reserve(request)
+        intent = None
         try:
             sent_at = await self._pace(request)
+            intent = await self._hold(request, reserved)
             # A stop may have come while we ran without yielding: never send after one.
             if self.stopped or self.fatal:
                 await anyio.lowlevel.checkpoint()  # delivers a pending cancellation
@@ -382,20 +376,34 @@ class _DispatchRun:
             self._release(reserved)
             raise _AttemptFailed(exc, time.monotonic()) from None
         except BaseException:
-            self._release(reserved)
+            self._release(reserved, intent)
             raise
         self.sending.add(scope)
         try:
-            return await self._send(request, reserved, charges, sent_at)
+            return await self._send(request, reserved, charges, (sent_at, intent))
         except FatalApiError as exc:
             self._abort(exc)  # before this worker yields to any other
             raise
         except anyio.get_cancelled_exc_class():
-            if self.stopped == "interrupted":  # the signal's grace ran out on the wire
-                self.counters.abandoned += 1
+            # Cut on the wire (grace over, fatal abort): perhaps billed. The budget keeps
+            # its worst case, as does the checkpoint (its intent stays unsettled).
+            self._lost(reserved)
             raise
         finally:
             self.sending.discard(scope)
+
+    async def _hold(self, request: Request, reserved: float) -> Intent | None:
+        """Write the attempt's worst case to the checkpoint before its bytes leave."""
+        if self.intents is None:
+            return None
+        return await self.intents.hold(request.fingerprint, reserved, time.time())
+
+    def _lost(self, reserved: float) -> None:
+        if self.stopped == "interrupted":  # the signal's grace ran out on the wire
+            self.counters.abandoned += 1
+        if self.d.budget is not None:
+            self.d.budget.settle(reserved, reserved)
+            self.counters.cost_usd += reserved
 
     async def _pace(self, request: Request) -> float:
         """Wait out any global pause or early-stop hold, then the rate buckets; again if
@@ -417,13 +425,21 @@ class _DispatchRun:
             raise _Stop
         return reserved
 
-    def _release(self, reserved: float) -> None:
+    def _release(self, reserved: float, intent: Intent | None = None) -> None:
+        """Nothing was billed (or sent): the reservation and the intent go."""
         if self.d.budget is not None:
             self.d.budget.settle(reserved, 0.0)
+        if intent is not None and self.intents is not None:
+            self.intents.release(intent)
 
     async def _send(
-        self, request: Request, reserved: float, charges: list[Charge], sent_at: float
+        self,
+        request: Request,
+        reserved: float,
+        charges: list[Charge],
+        admitted: tuple[float, Intent | None],
     ) -> Result:
+        sent_at, intent = admitted  # when the pacer admitted it; its write-ahead record
         counters = self.counters
         counters.sent += 1
         counters.in_flight += 1
@@ -432,18 +448,26 @@ class _DispatchRun:
         except AttemptError as exc:
             # An answer lost after the API did the work is billed: keep its worst case.
             if exc.error_type in _MAYBE_BILLED:
-                self._charge(reserved, reserved, charges, usage_known=False)
+                self._charge(reserved, reserved, charges, intent, usage_known=False)
             else:
-                self._release(reserved)
+                self._release(reserved, intent)
             if exc.error_type == "rate_limited":
                 counters.rate_limited += 1
             raise _AttemptFailed(exc, sent_at) from None
+        except FatalApiError:
+            self._release(reserved, intent)  # refused (401/403/404): not billed
+            raise
         finally:
             counters.in_flight -= 1
-        return self._succeeded(request, reply, reserved, charges, sent_at)
+        return self._succeeded(request, reply, (reserved, intent), charges, sent_at)
 
     def _succeeded(
-        self, request: Request, reply: Reply, reserved: float, charges: list[Charge], sent_at: float
+        self,
+        request: Request,
+        reply: Reply,
+        held: tuple[float, Intent | None],
+        charges: list[Charge],
+        sent_at: float,
     ) -> Result:
         self.pacer.observe(reply.rate)
         if self.slow.pending:  # said once an answer shows how the API counts tokens
@@ -455,29 +479,43 @@ class _DispatchRun:
         if (wait := reply.rate.exhausted_for_s()) is not None:
             # nothing left in this window: wait before the 429
             self._pause(wait, "x-ratelimit-remaining at 0")
-        self._price(request, reply.result, reserved, charges)
+        self._price(request, reply.result, held, charges)
         return reply.result
 
     def _price(
-        self, request: Request, result: Result, reserved: float, charges: list[Charge]
+        self,
+        request: Request,
+        result: Result,
+        held: tuple[float, Intent | None],
+        charges: list[Charge],
     ) -> None:
         """The one place an answer is priced: from its usage, or (no usage came back)
         at the worst case it reserved, which it keeps."""
         if self.d.budget is None:
             return  # unpriced model: nothing to charge
+        reserved, intent = held
         self.d.budget.learn(request, result.prompt_tokens)
         cost = result_cost(self.d.price, result)
         if cost is None:
-            self._charge(reserved, reserved, charges, usage_known=False)
+            self._charge(reserved, reserved, charges, intent, usage_known=False)
         else:
-            self._charge(reserved, cost, charges, usage_known=True)
+            self._charge(reserved, cost, charges, intent, usage_known=True)
 
     def _charge(
-        self, reserved: float, cost: float, charges: list[Charge], *, usage_known: bool
+        self,
+        reserved: float,
+        cost: float,
+        charges: list[Charge],
+        intent: Intent | None,
+        *,
+        usage_known: bool,
     ) -> None:
+        """The attempt's real cost (or its worst case kept): stored with the row's
+        result, whose commit settles the attempt's intent."""
         if self.d.budget is not None:
             self.d.budget.settle(reserved, cost)
-            charges.append(Charge(cost, usage_known, time.time()))
+            settles = None if intent is None else intent.id
+            charges.append(Charge(cost, usage_known, time.time(), settles))
             self.counters.cost_usd += cost
 
     async def _after_failure(self, request: Request, failed: _AttemptFailed, attempt: int) -> None:

@@ -12,8 +12,10 @@ attempt.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from batchrun._types import Request, Result
+from batchrun.job.config import RequestConfig
 from batchrun.send.requests import canonical_json, estimate_prompt_tokens
 
 Check = Callable[[Result], str | None]
@@ -59,3 +61,49 @@ def longer(request: Request, tokens: int) -> Request:
         text_kind=request.text_kind,
         wire=canonical_json(body).encode(),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUps:
+    """What a job sends again after an ok answer: ``check`` finds a fault to re-ask about
+    (up to ``reask`` times), ``cut_off_tokens`` the limit a cut-off answer is retried with."""
+
+    check: Check | None = None
+    reask: int = 0
+    cut_off_tokens: int | None = None
+
+    @classmethod
+    def of(cls, request: RequestConfig, check: Check | None) -> FollowUps:
+        return cls(check if request.reask else None, request.reask, request.cut_off_retry_tokens)
+
+    def start(self) -> Turns:
+        return Turns(self)
+
+
+@dataclass(slots=True)
+class Turns:
+    """One row's follow-ups so far."""
+
+    rules: FollowUps
+    reasks: int = 0
+    cut_off: bool = False
+
+    def next(self, request: Request, result: Result) -> Request | None:
+        """The request to send after ``result``, or None: the row is done."""
+        rules = self.rules
+        if result.status != "ok":
+            return None
+        if rules.cut_off_tokens and not self.cut_off and result.finish_reason == "length":
+            self.cut_off = True
+            return longer(request, rules.cut_off_tokens)
+        if rules.check is None or self.reasks >= rules.reask:
+            return None
+        problem = rules.check(result)
+        if problem is None:
+            return None
+        self.reasks += 1
+        return follow_up(request, result.response, problem)
+
+    def stamp(self, result: Result) -> Result:
+        result.reasks, result.cut_off_retried = self.reasks, self.cut_off
+        return result

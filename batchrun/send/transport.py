@@ -171,9 +171,11 @@ class Sender:
         if status != 200:
             raise self._status_error(status, body, rate)
         try:
-            return parse_completion(json.loads(body)), rate
+            result = parse_completion(json.loads(body))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise RetryableError("malformed_response", f"unreadable answer: {exc}") from None
+        result.synthetic = from_emulator(raw)
+        return result, rate
 
     async def _post_whole(self, request: Request) -> tuple[int, RawHeaders, bytes]:
         if self._direct is not None:
@@ -200,7 +202,9 @@ class Sender:
             async with aclosing(lines):
                 async for line in lines:
                     if assembler.feed(line):
-                        return assembler.result(), rate
+                        result = assembler.result()
+                        result.synthetic = from_emulator(response.headers.raw)
+                        return result, rate
             raise RetryableError("broken_stream", "the stream ended before data: [DONE]")
         finally:
             await response.aclose()
@@ -233,6 +237,13 @@ class Sender:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
+
+
+def from_emulator(raw_headers: RawHeaders) -> bool:
+    """Whether batchrun's emulator gave the answer (it says so in ``x-batchrun-emulator``)."""
+    return any(
+        name[:1] in b"xX" and name.lower() == b"x-batchrun-emulator" for name, _ in raw_headers
+    )
 
 
 def _dropped(exc: BaseException) -> bool:

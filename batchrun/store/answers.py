@@ -76,7 +76,12 @@ def m006_compact_answers(conn: sqlite3.Connection) -> None:
 
 def is_compact(conn: sqlite3.Connection) -> bool:
     """Whether the file has this layout (a read-only view may look at an older one)."""
-    has = conn.execute("SELECT 1 FROM _migrations WHERE name = 'm006_compact_answers'")
+    return has_migration(conn, "m006_compact_answers")
+
+
+def has_migration(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether the file has had the migration ``name``."""
+    has = conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,))
     return has.fetchone() is not None
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from batchrun._types import Request, Result
 from batchrun.store.answers import is_compact
 from batchrun.store.fpkey import fp_key
+from batchrun.store.intents import unsettled
 
 ChargeRow = tuple[bytes, float, int, int]
 
@@ -90,13 +91,14 @@ def unpriced_usage(conn: sqlite3.Connection) -> tuple[int, int, int]:
 
 
 def spent(conn: sqlite3.Connection) -> float:
-    """Everything recorded as spent (worst case for attempts without usage)."""
+    """Everything recorded as spent (worst case for attempts without usage), and every
+    attempt sent but never settled, at its worst case (``store.intents``)."""
     if not _has_charges(conn):
         return float(conn.execute(OLD_SPEND_SQL).fetchone()[0])
     (total,) = conn.execute(SPEND_SQL).fetchone()
     if is_compact(conn):
         total += conn.execute(OWN_SPEND_SQL).fetchone()[0]
-    return float(total)
+    return float(total) + unsettled(conn)
 
 
 def _has_charges(conn: sqlite3.Connection) -> bool:

@@ -46,6 +46,7 @@ from batchrun._errors import JobError
 from batchrun._types import Answer, RequestResult, Result
 from batchrun.store.answers import (
     chunks,
+    has_migration,
     insert_new,
     is_compact,
     key_params,
@@ -63,9 +64,18 @@ from batchrun.store.charges import (
     unpriced_usage,
 )
 from batchrun.store.fpkey import fp_key
+from batchrun.store.intents import Intent, IntentIds, IntentLog, settle
 from batchrun.store.keptlimits import KeptLimits, read_kept, write_kept
 from batchrun.store.lock import JobLock
-from batchrun.store.schema import MIGRATIONS, migrate, now_iso, transaction
+from batchrun.store.origin import claim_origin
+from batchrun.store.schema import (
+    MIGRATIONS,
+    claim_for_job,
+    connect,
+    foreign_job,
+    remove_database,
+    transaction,
+)
 
 __all__ = ["COMMIT_INTERVAL_S", "COMMIT_ROWS", "MIGRATIONS", "Checkpoint", "CheckpointReader"]
 
@@ -74,17 +84,13 @@ COMMIT_INTERVAL_S = 0.5
 COMMIT_ROWS = 4096
 """Pending answers that trigger a commit before the interval is up. Large, as a commit
 writes each B-tree page it touched and random keys share pages only in a big one."""
+INTENT_GAP_S = 0.005
+"""Shortest time between two commits of intents (write-ahead spend): the first send after
+a quiet spell waits for one commit only; under load, each commit holds every send that
+came in the gap, so its cost (~45 µs of CPU, whatever its size) stays under 1% of a core.
+"""
 _GATHER_S = 0.02
 """How long the writer lets answers gather in its stream after it wakes for one."""
-_PAGE_SIZE = 16384
-"""A new checkpoint's page size (SQLite's default: 4096; an existing file keeps its own).
-A commit writes every index page its random keys touched, each a WAL frame of its own:
-bigger pages mean fewer of them. At 1M rows (``bench/bench_checkpoint.py``, write minus
-synth) 4 KB pages cost 15.5 µs a row, 8 KB 14.3, 16 KB 13.5; in a live run the writer's
-share fell from 34.7 to 25.8 µs a row (``bench/bench_resume.py``). Reads pay: each copies
-a whole page. ``answered`` over 1M keys in random order costs 6.1, 7.2 and 7.6 µs a key;
-at 1M rows stored as a run stores them, the output pass of a resume with 1,000 rows to
-send takes 17.5 s instead of 15.7, and the check after a kill -9 7.1 s instead of 5.7."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -97,6 +103,7 @@ Row = tuple[Any, ...]
 # field, ``charges``, goes to ``paid_usd`` (known charges) and the charges table (others).
 _RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result) if f.name != "charges")
 _TS = _RESULT_FIELDS.index("completed_at")
+_SYNTHETIC = _RESULT_FIELDS.index("synthetic")
 _result_values = attrgetter(*_RESULT_FIELDS)
 _ROW_COLUMNS = ("fingerprint", "owner_key", *_RESULT_FIELDS, "paid_usd", "key_prefix")
 
@@ -133,16 +140,23 @@ def _to_row(item: RequestResult) -> Row:
 def _to_answer(row: Row) -> Answer:
     values = list(row[2:])
     values[_TS] = _from_micros(values[_TS])
+    values[_SYNTHETIC] = bool(values[_SYNTHETIC])
     return Answer(row[1], Result(*values))
 
 
-_M007_FIELDS = ("reasks", "cut_off_retried")
+_M009_FIELDS = ("reasks", "cut_off_retried")
 
 
 @cache
-def _lookup_sql(params: int, include_failed: bool, compact: bool, reasks: bool = True) -> str:
-    # A read-only look at a checkpoint not yet migrated to m007 reads no re-asks.
-    fields = [f if reasks or f not in _M007_FIELDS else "0" for f in _RESULT_FIELDS]
+def _lookup_sql(
+    params: int, include_failed: bool, compact: bool, marked: bool = True, reasks: bool = True
+) -> str:
+    # A read-only view of an older file: before m008 no answer was marked synthetic, and
+    # before m009 none was re-asked or retried after a cut-off.
+    fields = [
+        name if (marked or name != "synthetic") and (reasks or name not in _M009_FIELDS) else "0"
+        for name in _RESULT_FIELDS
+    ]
     columns = ", ".join(("fingerprint", "owner_key", *fields))
     failed = "" if include_failed else " AND status != 'error'"
     return f"SELECT {columns} FROM answers {where_keys(params, compact)}{failed}"
@@ -165,33 +179,6 @@ def _translated(path: Path, doing: str) -> Iterator[None]:
         raise JobError(f"checkpoint {path}: cannot {doing}: {exc}") from exc
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    try:
-        conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # a new file only: see _PAGE_SIZE
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # durable against process death; see docstring
-        # Answers land on random B-tree pages; checkpointing the WAL back into the
-        # database every 32 MB instead of every 4 MB copies each hot page less often
-        # (about a third off the write cost at 1M rows).
-        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
-        conn.execute(f"PRAGMA wal_autocheckpoint={(32 << 20) // page_size}")
-        # 32 MB of page cache (default 2 MB): B-tree pages are not read back on each commit.
-        conn.execute("PRAGMA cache_size=-32768")
-        # Only we write (the run lock sees to that), but an outside reader may hold it briefly.
-        conn.execute("PRAGMA busy_timeout=5000")
-        migrate(conn)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _remove_database(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-
 # ---------------------------------------------------------------- writer batch
 
 
@@ -201,6 +188,7 @@ class _Pending:
 
     rows: list[Row] = field(default_factory=list)
     charges: list[Row] = field(default_factory=list)
+    settled: list[int] = field(default_factory=list)  # intents these charges settle
     fingerprints: list[str] = field(default_factory=list)
     deadline: float = math.inf
 
@@ -211,6 +199,7 @@ class _Pending:
         self.fingerprints.append(request.fingerprint)
         if result.charges:  # those the answer row does not keep (own_charge)
             self.charges.extend(charge_rows(request, result))
+            self.settled.extend(c.intent for c in result.charges if c.intent is not None)
         if result.status != "pending":
             self.rows.append(_to_row(item))
 
@@ -218,7 +207,7 @@ class _Pending:
         return len(self.fingerprints) >= COMMIT_ROWS or anyio.current_time() >= self.deadline
 
     def clear(self) -> None:
-        self.rows, self.charges, self.fingerprints = [], [], []
+        self.rows, self.charges, self.settled, self.fingerprints = [], [], [], []
         self.deadline = math.inf
 
 
@@ -252,6 +241,7 @@ class Checkpoint:
         self._conn = conn
         self._job_lock: JobLock | None = lock
         self._mutex = threading.Lock()
+        self._intent_ids = IntentIds()
 
     @classmethod
     def open(cls, path: Path, *, job_name: str, fresh: bool = False) -> Checkpoint:
@@ -278,11 +268,11 @@ class Checkpoint:
         # Under the lock, so starting over cannot pull the file from under a live run.
         with _translated(path, "open it"):
             if fresh:
-                _remove_database(path)  # also recovers from a corrupt file
-            conn = _connect(path)
+                remove_database(path)  # also recovers from a corrupt file
+            conn = connect(path)
         try:
             with _translated(path, "read its job name"):
-                _claim_for_job(conn, path, job_name)
+                claim_for_job(conn, path, job_name)
         except BaseException:
             conn.close()
             raise
@@ -321,6 +311,14 @@ class Checkpoint:
         with self._using("record done batches"), transaction(self._conn):
             self._conn.executemany("INSERT OR REPLACE INTO done_batches VALUES (?, ?, ?, ?)", rows)
 
+    def claim_endpoint(self, origin: str, *, moved: bool = False, elsewhere: bool = False) -> None:
+        """Record ``origin`` (``store.origin.endpoint_of``) as the endpoint of the job's
+        answers (here, and ``elsewhere``: Ray workers' files hold some); ``JobError``
+        (exit 2) when they came from another one, unless ``moved`` (the same API at a new
+        address). Call before anything is sent."""
+        with self._using("record the endpoint"), transaction(self._conn):
+            claim_origin(self._conn, self.path, origin, moved=moved, elsewhere=elsewhere)
+
     def spent_usd(self) -> float:
         """Spend recorded in this checkpoint over all runs since it was created: every
         charge, at its real cost or (usage unknown) the worst case it reserved."""
@@ -352,6 +350,7 @@ class Checkpoint:
         self,
         results: ObjectReceiveStream[RequestResult],
         on_commit: Callable[[list[str]], None] | None = None,
+        intents: IntentLog | None = None,
     ) -> None:
         """Store every ``(request, result)`` received, committing in batches: the answer
         (its ``cost_usd`` as priced by the dispatcher, plus earlier runs' known charges
@@ -363,17 +362,27 @@ class Checkpoint:
         follows each commit. When the stream ends, or this task is cancelled,
         what it holds (and what is buffered in a memory stream) is committed.
         Run exactly one of these per checkpoint.
+
+        ``intents`` (``batchrun.store.intents``): the attempts about to be sent, committed
+        together (a group commit) at most ``INTENT_GAP_S`` after the first one came.
         """
         pending = _Pending()
         try:
-            while await _receive_until_due(results, pending):
-                if pending.due():
-                    await self._commit(pending, on_commit)
+            async with anyio.create_task_group() as tg:
+                if intents is not None:
+                    tg.start_soon(self._write_ahead, intents)
+                while await _receive_until_due(results, pending):
+                    if pending.due():
+                        await self._commit(pending, on_commit)
+                tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 _drain_buffered(results, pending)  # answers buffered there are paid for
                 await results.aclose()
                 await self._commit(pending, on_commit)
+                if intents is not None:  # releases only: nothing is sent after the writer
+                    intents.close()
+                    await self._commit_intents(intents)
 
     def close(self) -> None:
         """Close the database and release the run lock. Safe to call twice."""
@@ -405,15 +414,54 @@ class Checkpoint:
             return
         # The thread runs to its end even if we are cancelled, and nothing yields before
         # the clear: charges are never appended twice.
-        await anyio.to_thread.run_sync(self._insert, pending.rows, pending.charges)
+        await anyio.to_thread.run_sync(self._insert, pending.rows, pending.charges, pending.settled)
         pending.clear()
         if on_commit is not None:
             on_commit(fingerprints)
 
-    def _insert(self, rows: list[Row], charges: list[Row]) -> None:
+    async def _write_ahead(self, intents: IntentLog) -> None:
+        last = -math.inf
+        while True:
+            await intents.wait_for_work()
+            # At most one commit of intents per gap: those held meanwhile join it.
+            await anyio.sleep(max(last + INTENT_GAP_S - anyio.current_time(), 0.0))
+            last = anyio.current_time()
+            await self._commit_intents(intents)
+
+    async def _commit_intents(self, intents: IntentLog) -> None:
+        new, released = intents.take()
+        if intents.closed:
+            new = []  # their senders were told the writer ended: they send nothing
+        if not (new or released):
+            return
+        # A few rows: written here when the connection is free (a thread hop costs more
+        # than the commit), else in a thread once the answers' commit is done. Shielded:
+        # what was taken is written and handed over, even when cancelled.
+        ids = self._insert_intents(new, released, wait=False)
+        if ids is None:
+            with anyio.CancelScope(shield=True):
+                ids = await anyio.to_thread.run_sync(self._insert_intents, new, released)
+        intents.committed(new, ids or [])
+
+    def _insert_intents(
+        self, new: list[Intent], released: list[int], wait: bool = True
+    ) -> list[int] | None:
+        if not self._mutex.acquire(blocking=wait):
+            return None
+        try:
+            with _translated(self.path, "write the attempts about to be sent"):
+                if self._job_lock is None:
+                    raise JobError(f"checkpoint {self.path} is closed")
+                with transaction(self._conn):
+                    return self._intent_ids.write(self._conn, new, released)
+        finally:
+            self._mutex.release()
+
+    def _insert(self, rows: list[Row], charges: list[Row], settled: list[int]) -> None:
         with self._using("write answers"), transaction(self._conn):
             self._conn.executemany(INSERT_CHARGES_SQL, charges)  # first: answers read them
             _insert_rows(self._conn, rows)
+            settle(self._conn, settled)
             self._conn.execute(_COUNT_COMMIT_SQL)
 
     def forget_failed(self, error_type: str, message: str) -> int:
@@ -467,26 +515,6 @@ async def _receive_until_due(
     return True
 
 
-def _claim_for_job(conn: sqlite3.Connection, path: Path, job_name: str) -> None:
-    """Record the job on a new checkpoint; refuse one that belongs to another job."""
-    with transaction(conn):
-        conn.executemany(
-            "INSERT OR IGNORE INTO meta VALUES (?, ?)",
-            [("job_name", job_name), ("created_at", now_iso())],
-        )
-        (owner,) = conn.execute("SELECT value FROM meta WHERE key = 'job_name'").fetchone()
-    if owner != job_name:
-        # Its spend would count against this job's budget, so sharing is refused.
-        raise _foreign_job(path, owner, job_name)
-
-
-def _foreign_job(path: Path, owner: str, job_name: str) -> JobError:
-    return JobError(
-        f"checkpoint {path} belongs to job {owner!r}, not {job_name!r}: "
-        "set output.checkpoint to another file, or rerun with --fresh to start over"
-    )
-
-
 def _select_answered(
     conn: sqlite3.Connection, fingerprints: Sequence[str], include_failed: bool, compact: bool
 ) -> set[str]:
@@ -505,12 +533,13 @@ def _select_answers(
     fingerprints: Sequence[str],
     include_failed: bool,
     compact: bool,
+    marked: bool = True,
     reasks: bool = True,
 ) -> dict[str, Answer]:
     by_key = {fp_key(fp): fp for fp in fingerprints}  # dedupe keeps many rows to one probe
     found: dict[str, Answer] = {}
     for chunk in chunks(key_params(list(by_key), compact)):
-        sql = _lookup_sql(len(chunk), include_failed, compact, reasks)
+        sql = _lookup_sql(len(chunk), include_failed, compact, marked, reasks)
         for row in conn.execute(sql, chunk):
             fingerprint = by_key.get(row[0])
             if fingerprint is not None:  # not another key with the same prefix
@@ -519,11 +548,6 @@ def _select_answers(
 
 
 # ---------------------------------------------------------------- read-only view
-
-
-def _has_reasks(conn: sqlite3.Connection) -> bool:
-    has = conn.execute("SELECT 1 FROM _migrations WHERE name = 'm007_reasks'")
-    return has.fetchone() is not None
 
 
 class CheckpointReader:
@@ -539,7 +563,8 @@ class CheckpointReader:
         self._conn = conn
         with _translated(path, "read its schema"):
             self._compact = is_compact(conn)  # not migrated here: may be an older layout
-            self._reasks = _has_reasks(conn)
+            self._marked = has_migration(conn, "m008_synthetic_answers")
+            self._reasks = has_migration(conn, "m009_reasks")
 
     @classmethod
     def open(cls, path: Path, *, job_name: str) -> CheckpointReader | None:
@@ -558,7 +583,7 @@ class CheckpointReader:
             raise
         if owner is not None and owner[0] != job_name:
             conn.close()
-            raise _foreign_job(path, owner[0], job_name)
+            raise foreign_job(path, owner[0], job_name)
         return cls(path, conn)
 
     def lookup(
@@ -567,7 +592,7 @@ class CheckpointReader:
         """As ``Checkpoint.lookup``."""
         with _translated(self.path, "look up answers"):
             return _select_answers(
-                self._conn, fingerprints, include_failed, self._compact, self._reasks
+                self._conn, fingerprints, include_failed, self._compact, self._marked, self._reasks
             )
 
     def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:

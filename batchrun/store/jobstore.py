@@ -23,6 +23,7 @@ from batchrun._types import Answer
 from batchrun.job.config import Job, Price
 from batchrun.store.batchdone import DoneBatch
 from batchrun.store.checkpoint import Checkpoint, CheckpointReader
+from batchrun.store.intents import IntentLog
 from batchrun.store.keptlimits import KeptLimits
 
 
@@ -139,11 +140,14 @@ class JobStore:
             self.own.keep_learned_limits(rpm, tpm)
 
     async def write_results(
-        self, results: Any, on_commit: Callable[[list[str]], None] | None = None
+        self,
+        results: Any,
+        on_commit: Callable[[list[str]], None] | None = None,
+        intents: IntentLog | None = None,
     ) -> None:
         if self.own is None:
             raise JobError("a read-only view of the checkpoints cannot store answers")
-        await self.own.write_results(results, on_commit)
+        await self.own.write_results(results, on_commit, intents)
 
     def close(self) -> None:
         self.close_readers()

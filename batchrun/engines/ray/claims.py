@@ -18,6 +18,10 @@ least every ``WATCH_S`` while a batch runs). Claims whose worker has not been se
 ``stale_s`` (the coordinator uses the request timeout plus the signal grace) are
 released, so when a worker dies and Ray does not retry its batch, the batches waiting
 on its fingerprints send them themselves instead of waiting forever.
+
+Under ``--retry-failed`` a batch releases its claims with the requests that failed
+again in this run (``Claims.failed``): no other batch, on any worker, sends them again
+in the run, as the local engine sends each failed request once a run.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Claims:
         self.clock = clock
         self.worker_of: dict[str, str] = {}  # batch -> the worker answering it
         self.seen: dict[str, float] = {}  # worker -> when it last showed it is alive
+        self.failed: set[str] = set()  # --retry-failed: requests that failed again this run
 
     def claim(self, batch: str, fingerprints: Iterable[str], worker: str = "") -> list[str]:
         """Claim the free ``fingerprints`` for ``batch``; return those another batch holds."""
@@ -62,11 +67,17 @@ class Claims:
     def alive(self, worker: str) -> None:
         self.seen[worker] = self.clock()
 
-    def release(self, batch: str) -> None:
+    def release(self, batch: str, failed: Iterable[str] = ()) -> None:
+        """``batch`` is done with its claims; ``failed``: its requests that failed again."""
+        self.failed.update(failed)
         self.worker_of.pop(batch, None)
         for fingerprint in self.held.pop(batch, set()):
             if self.holder.get(fingerprint) == batch:
                 del self.holder[fingerprint]
+
+    def failed_again(self, fingerprints: Iterable[str]) -> list[str]:
+        """Which of ``fingerprints`` a batch of this run sent and saw fail again."""
+        return [fp for fp in fingerprints if fp in self.failed]
 
     def held_by_others(self, batch: str, fingerprints: Iterable[str]) -> list[str]:
         self._drop_stale()

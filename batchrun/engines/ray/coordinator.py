@@ -125,9 +125,12 @@ class Coordinator(StopShare):
     def claim(self, batch: str, fingerprints: list[str], worker: str) -> list[str]:
         return self.claims.claim(batch, fingerprints, worker)
 
-    def release(self, batch: str) -> None:
-        self.claims.release(batch)
+    def release(self, batch: str, failed: list[str] | None = None) -> None:
+        self.claims.release(batch, failed or ())
         self.wake()
+
+    def failed_again(self, fingerprints: list[str]) -> list[str]:
+        return self.claims.failed_again(fingerprints)
 
     async def held(
         self, batch: str, fingerprints: list[str], worker: str, wait_s: float = 0.0

@@ -114,6 +114,7 @@ class RayRun(Run):
             store = ray_dir(self.job)
             if self.options.fresh:
                 clear_ray_dir(self.job)  # under the run lock, as the local file is dropped
+            self._claim_endpoint(ckpt)
             with JobStore(ckpt, store, self.job.name, price=budget_price(self.job)) as every:
                 spent = every.spent_usd()  # both engines' spend, earlier runs included
             self.progress.total = self._total(table)
@@ -241,7 +242,8 @@ class RayRun(Run):
                 stats
             )
 
-        write_batches(path, out_schema.with_metadata(metadata), batches(), footer)
+        schema = out_schema.with_metadata(metadata)
+        write_batches(path, schema, batches(), footer, overwrite=self.options.overwrite)
         return stats
 
     def _collect(self, totals: Totals, stats: OutputStats | None = None) -> None:
@@ -278,6 +280,7 @@ def _merge(stats: OutputStats, counted: dict[str, Any]) -> None:
     stats.by_status.update(Counter(counted["by_status"]))
     stats.shared_rows += counted["shared_rows"]
     stats.shared_cost_usd += counted["shared_cost_usd"]
+    stats.synthetic_rows += counted.get("synthetic_rows", 0)
     for name in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"):
         setattr(stats, name, getattr(stats, name) + counted[name])
     stats.reasoning_tokens += counted["reasoning_tokens"]
@@ -431,14 +434,26 @@ class _Worker:
     def _answer_claimed(self, items: list[Request | Result], divisor: int, batch: str) -> None:
         """Send what no other batch is sending (``batchrun.engines.ray.claims``), then, once those
         are answered, what is still unanswered of the rest."""
-        claimed = self.coordinator.claim.remote(batch, unique_fingerprints(items), self.id)
+        fingerprints = unique_fingerprints(items)
+        claimed = self.coordinator.claim.remote(batch, fingerprints, self.id)
         now, later = split_claimed(items, self.ray.get(claimed))
+        self._skip_failed_again(fingerprints)
         try:
             self._answer(now, divisor)
         finally:
-            self.ray.get(self.coordinator.release.remote(batch))  # before waiting on others
+            failed = [fp for fp in fingerprints if fp in self.pipeline.failed_again]
+            release = self.coordinator.release.remote(batch, failed)
+            self.ray.get(release)  # before waiting on others
         if later and self._wait_for_claims(batch, unique_fingerprints(later)):
+            self._skip_failed_again(unique_fingerprints(later))
             self._answer(later, divisor)  # looked up in the store, sent only if unanswered
+
+    def _skip_failed_again(self, fingerprints: list[str]) -> None:
+        """``--retry-failed``: a request another batch sent in this run and saw fail
+        again is not sent again (its answer is the one stored)."""
+        if self.spec.retry_failed:
+            failed = self.ray.get(self.coordinator.failed_again.remote(fingerprints))
+            self.pipeline.failed_again.update(failed)
 
     def _wait_for_claims(self, batch: str, fingerprints: list[str]) -> bool:
         """Wait until other batches released ``fingerprints``; False if the run stopped."""
