@@ -57,7 +57,7 @@ def run_job(
         output = replace(job.output, path=path, checkpoint=str(job.output.checkpoint_path))
         job = replace(job, output=output)
     if not options.emulate:
-        return _engine(options)(job, options, progress).execute()
+        return _execute(job, options, progress)
     from batchrun.emulator import EmulatorProcess
 
     with EmulatorProcess() as emu:
@@ -67,7 +67,17 @@ def run_job(
             extra={"event": "emulated_run", "synthetic": True},
         )
         emulated = replace(options, base_url=emu.base_url, api_key=EMULATOR_KEY)
-        return _engine(options)(emulated_job(job), emulated, progress).execute()
+        return _execute(emulated_job(job), emulated, progress)
+
+
+def _execute(
+    job: Job, options: RunOptions, progress: Callable[[Progress], None] | None
+) -> RunSummary:
+    if job.variants or options.variant is not None:
+        from batchrun.engines.variants import run_variants
+
+        return run_variants(job, options, progress, _engine(options), options.variant)
+    return _engine(options)(job, options, progress).execute()
 
 
 def _engine(options: RunOptions) -> type[Run]:

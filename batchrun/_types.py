@@ -71,6 +71,8 @@ class Result:
     attempts: int = 0
     latency_ms: float | None = None
     completed_at: datetime | None = None
+    reasks: int = 0  # follow-up turns that asked again (``request.reask``), in ``attempts``
+    cut_off_retried: bool = False  # sent again with ``request.cut_off_retry_tokens``
     # The answer came from batchrun's emulator (its responses carry x-batchrun-emulator).
     synthetic: bool = False
     # This run's paid attempts, for the checkpoint's record of charges (not stored with
@@ -128,6 +130,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "attempts",
     "latency_ms",
     "completed_at",
+    "reasks",
+    "cut_off_retried",
 )
 """The columns batchrun adds after the input's, in order (parsed columns follow)."""
 

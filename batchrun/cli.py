@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_plan(sub)
     _add_status(sub)
     _add_report(sub)
+    _add_compare(sub)
     _add_emulator(sub)
     return parser
 
@@ -152,6 +153,9 @@ def _add_run(sub: Any) -> None:
         action="store_true",
         help="the checkpoint's answers came from this same API at another address (a proxy"
         " moved): keep them (without it a run against another endpoint exits 2)",
+    )
+    cmd.add_argument(
+        "--variant", metavar="NAME", help="run only this one of the job's [[variants]]"
     )
     cmd.add_argument(
         "--retry-failed", action="store_true", help="re-send rows whose last attempt failed"
@@ -244,6 +248,14 @@ def _add_report(sub: Any) -> None:
     cmd.set_defaults(handler=_cmd_report)
 
 
+def _add_compare(sub: Any) -> None:
+    from batchrun.compare.command import add_arguments
+
+    cmd = sub.add_parser("compare", help="score variants' labels against gold, with their cost")
+    add_arguments(cmd)
+    cmd.set_defaults(handler=_cmd_compare)
+
+
 def _add_emulator(sub: Any) -> None:
     cmd = sub.add_parser(
         "emulator",
@@ -303,6 +315,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         ray_workers=args.ray_workers,
         overwrite=args.overwrite,
+        variant=args.variant,
         endpoint_moved=args.endpoint_moved,
     )
     job = load_job(args.job, sets=args.sets, variables=args.var)
@@ -446,6 +459,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
         text = render_html(result, pricing_name=name)
     else:
         text = render(result.table, fmt, generated_at=result.generated_at, inputs=result.files)
+    if args.output:
+        _write_text(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from batchrun.compare.command import compare_text
+
+    text = compare_text(args)
     if args.output:
         _write_text(Path(args.output), text)
     else:

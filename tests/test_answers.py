@@ -142,3 +142,4 @@ async def test_an_m005_checkpoint_keeps_its_spend_costs_and_usage_when_migrated(
     applied = sqlite3.connect(path).execute("SELECT name FROM _migrations ORDER BY rowid")
     names = [name for (name,) in applied]
     assert "m006_compact_answers" in names and "m008_synthetic_answers" in names
+    assert names[-1] == "m009_reasks"

@@ -204,8 +204,8 @@ async def test_a_checkpoint_with_text_fingerprints_is_migrated_to_binary_keys(
     db = sqlite3.connect(ckpt_path)
     db.execute("DROP TABLE answers")
     MIGRATIONS[0](db)  # the answers table as m001 made it (before m006's layout)
-    later = ("m004_binary_keys", "m006_compact_answers", "m008_synthetic_answers")
-    db.execute("DELETE FROM _migrations WHERE name IN (?, ?, ?)", later)
+    later = ("m004_binary_keys", "m006_compact_answers", "m008_synthetic_answers", "m009_reasks")
+    db.execute("DELETE FROM _migrations WHERE name IN (?, ?, ?, ?)", later)
     db.execute(
         "INSERT INTO answers (fingerprint, owner_key, status, cost_usd, attempts)"
         " VALUES (?, 'a', 'ok', 0.25, 1), ('v1:b', 'b', 'error', NULL, 1)",

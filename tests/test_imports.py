@@ -24,6 +24,7 @@ STAGES = (
     "engines",
     "engines.ray",
     "report",
+    "compare",
     "plan",
 )
 # Root modules any stage may import: the error tree, the records between stages, the version.

@@ -104,7 +104,9 @@ def test_nightly_job_takes_its_date_from_the_scheduler(monkeypatch: pytest.Monke
 # --- the catalogue of bad job files -------------------------------------------------
 
 EFFORTS = "low, medium, high, xhigh"
-TYPES = "string, double, float, int64, int32, bool, boolean"
+TYPES = (
+    "string, double, float, int64, int32, bool, boolean, list<string>, list<double>, list<int64>"
+)
 BAD_JOBS: list[tuple[str, dict[str, str | None], str]] = [
     # [job]
     ("name-missing", {"job.name": None}, "job.name: missing; it is required"),
@@ -350,6 +352,17 @@ BAD_JOBS: list[tuple[str, dict[str, str | None], str]] = [
         "output.path: 't.parquet' is the input file; the output would replace it",
     ),
     ("parse-mode", {"output.parse": '"yaml"'}, "output.parse: 'yaml' is not one of json"),
+    ("reask-range", {"request.reask": "11"}, "request.reask: 11 is out of range 0..10"),
+    (
+        "cut-off-retry-not-larger",
+        {"request.max_completion_tokens": "64", "request.cut_off_retry_tokens": "64"},
+        "request.cut_off_retry_tokens: 64 must be above request.max_completion_tokens (64)",
+    ),
+    (
+        "reask-without-columns",
+        {"request.reask": "1"},
+        'request.reask: 1 needs output.parse = "json" and output.columns',
+    ),
     (
         "columns-without-parse",
         {"output.columns": '{ label = "string" }'},

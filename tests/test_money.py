@@ -83,9 +83,14 @@ def test_unset_max_completion_tokens_runs_on_money_not_on_reservations(
 
 
 def test_cost_after_retry_failed_equals_the_ledger(tmp_path: Path, emulator) -> None:
-    # Plain-text answers never parse as JSON: every row is a parse_error, and paid for.
+    # Answers cut off at 2 tokens never parse as JSON: every row is a parse_error, and paid for.
     emu = emulator()
-    job = write_job(tmp_path, rows=40, output={"parse": "json", "columns": {"label": "string"}})
+    job = write_job(
+        tmp_path,
+        rows=40,
+        request={"max_completion_tokens": 2},
+        output={"parse": "json", "columns": {"label": "string"}},
+    )
     assert run_batchrun(job, emu).returncode == 1
     assert run_batchrun(job, emu, "--retry-failed").returncode == 1
 
@@ -178,7 +183,8 @@ def test_a_checkpoint_from_before_charges_keeps_its_spend(tmp_path: Path) -> Non
     # ... and so from before binary keys (m004): its fingerprints are text.
     db.execute(
         "DELETE FROM _migrations WHERE name IN"
-        " ('m003_charges', 'm004_binary_keys', 'm006_compact_answers', 'm008_synthetic_answers')"
+        " ('m003_charges', 'm004_binary_keys', 'm006_compact_answers',"
+        " 'm008_synthetic_answers', 'm009_reasks')"
     )
     db.execute(
         "INSERT INTO answers (fingerprint, owner_key, status, cost_usd, attempts)"

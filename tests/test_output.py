@@ -46,6 +46,8 @@ RESULT_SCHEMA = [
     ("attempts", pa.int32()),
     ("latency_ms", pa.float64()),
     ("completed_at", pa.timestamp("us", tz="UTC")),
+    ("reasks", pa.int32()),  # follow-up turns (request.reask), after the result columns
+    ("cut_off_retried", pa.bool_()),  # sent again with request.cut_off_retry_tokens
     ("shared", pa.bool_()),  # after the result columns (and after parsed ones)
     ("synthetic", pa.bool_()),
 ]

@@ -194,7 +194,7 @@ class EmulatorApp:
             created=int(time.time()),
             fingerprint=self._system_fingerprint,
             request=request,
-            completion=synthesize(request, key),
+            completion=synthesize(request, key, self.config.labels),
             cached_tokens=cached,
         )
         self.ledger.bill(fingerprint, now, answer.ledger_tokens())

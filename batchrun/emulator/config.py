@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from batchrun.emulator.faults import FaultRates
+from batchrun.emulator.labels import LabelSettings
 
 DEFAULT_PORT = 8000
 DEFAULT_STALL_S = 30.0
@@ -37,6 +38,7 @@ class EmulatorConfig:
     allow_remote: bool = False
     echo_key: bool = False  # streamed answers are an error chunk quoting the API key
     parent_watch: bool = False  # exit when stdin reaches EOF (parent died)
+    labels: LabelSettings = field(default_factory=LabelSettings)
 
     def accepts_key(self, key: str) -> bool:
         return key in self.api_keys if self.api_keys else key.startswith("sk-")
@@ -81,6 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
         type=_rate,
         default=0.0,
         help="fraction of answers sent without usage (plain and streamed), still billed",
+    )
+    add(
+        "--label-accuracy",
+        action="append",
+        default=[],
+        type=_accuracy,
+        metavar="[MODEL=]A",
+        help="labeling answers: share of enum labels equal to the hidden truth, for MODEL "
+        "(or every model); repeatable",
+    )
+    add(
+        "--label-break-rate",
+        type=_rate,
+        default=0.0,
+        help="labeling answers: share of first answers that break a column rule",
+    )
+    add(
+        "--label-omit",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="labeling answers: leave this column out (a model ignoring it); repeatable",
     )
     add(
         "--header-value",
@@ -137,6 +161,9 @@ def parse_config(argv: Sequence[str]) -> EmulatorConfig:
         allow_remote=args.allow_remote,
         echo_key=args.echo_key,
         parent_watch=args.parent_watch,
+        labels=LabelSettings(
+            dict(args.label_accuracy), args.label_break_rate, frozenset(args.label_omit)
+        ),
     )
 
 
@@ -168,6 +195,11 @@ def _non_negative(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
+
+
+def _accuracy(text: str) -> tuple[str, float]:
+    model, _, value = text.rpartition("=")
+    return model or "*", _rate(value)
 
 
 def _rate(text: str) -> float:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from batchrun.emulator.labels import LabelSettings, declared_schema, label_answer
 from batchrun.emulator.schema import CHARS_PER_TOKEN, ChatRequest
 
 # Reasoning tokens drawn per effort: (low, high) inclusive.
@@ -107,10 +108,20 @@ def body_digests(seed: int, body: dict[str, Any]) -> tuple[bytes, str]:
     return key, fingerprint
 
 
-def synthesize(request: ChatRequest, key: bytes) -> Completion:
-    """The answer for a validated request whose answer key is ``key``."""
+_NO_LABELS = LabelSettings()
+
+
+def synthesize(request: ChatRequest, key: bytes, labels: LabelSettings = _NO_LABELS) -> Completion:
+    """The answer for a validated request whose answer key is ``key``; a request whose
+    system message declares a JSON schema gets a labeling answer (``emulator.labels``)."""
     rng = Draws(key)
-    content = _json_answer(request.user_text, rng) if request.json_mode else _prose(request, rng)
+    schema = declared_schema(request.messages)
+    if schema is not None:
+        content = label_answer(schema, request.messages, request.model, labels, rng)
+    elif request.json_mode:
+        content = _json_answer(request.user_text, rng)
+    else:
+        content = _prose(request, rng)
     reasoning_content, reasoning_tokens = None, 0
     if request.reasoning_effort is not None:
         low, high = REASONING_RANGES[request.reasoning_effort]

@@ -24,6 +24,7 @@ from batchrun.engines.pipeline import Progress
 from batchrun.engines.reason import Outcome, exit_reason
 from batchrun.io.input import InputTable, open_input, validate_keys
 from batchrun.job.config import Job
+from batchrun.output.empty import empty_columns
 from batchrun.output.table import (
     BatchHook,
     Lookup,
@@ -80,6 +81,7 @@ class RunOptions:
     ray_address: str | None = None  # None: start a local Ray instance
     ray_workers: int | None = None  # None: one per CPU of the Ray cluster
     overwrite: bool = False  # replace an output.path file that is not this job's output
+    variant: str | None = None  # --variant NAME: run only that one of the job's [[variants]]
     endpoint_moved: bool = False  # the checkpoint's answers came from this API, elsewhere
 
 
@@ -110,6 +112,8 @@ class RunSummary:
     # What this run spent: its charges, at the real cost or (no usage came back) the
     # worst case, as the budget counts them. None for an unpriced model.
     run_cost_usd: float | None = None
+    # Parsed columns null in more than a tenth of the ok rows, one line each.
+    empty_columns: list[str] = field(default_factory=list)
     synthetic_rows: int = 0  # rows whose answer came from batchrun's emulator
     # The exit code in words (``engines.reason``), and the failed rows by error_type.
     exit_reason: str = ""
@@ -140,6 +144,7 @@ class RunSummary:
         ]
         if self.stopped:
             lines.append(f"  stopped: {_STOP_REASONS[self.stopped]}")
+        lines.extend(f"  warning: {line}" for line in self.empty_columns)
         if self.synthetic:
             lines.append("  EMULATED RUN: every answer in this output is synthetic.")
         elif self.synthetic_rows:
@@ -412,6 +417,7 @@ class Run:
             synthetic=self.options.emulate,
             synthetic_rows=stats.synthetic_rows,
             error=self.fatal_message,
+            empty_columns=empty_columns(stats.null_counts, by_status.get("ok", 0)),
             exit_reason=exit_reason(outcome),
             by_error_type=dict(stats.by_error_type),
         )
@@ -419,6 +425,11 @@ class Run:
 
 def _usd(amount: float | None) -> str:
     return "unpriced" if amount is None else f"${amount:.4f}"
+
+
+def run_exit_code(stopped: str | None, failed: int, max_failed: int) -> int:
+    """SPEC's exit code of a run that stopped so (or not) with ``failed`` rows."""
+    return _exit_code(stopped, failed, max_failed)
 
 
 def _exit_code(stopped: str | None, failed: int, max_failed: int) -> int:

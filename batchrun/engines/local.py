@@ -23,6 +23,7 @@ from batchrun.engines.base import Run, RunSummary, budget_for, learned_limits_ke
 from batchrun.engines.loop import run_async
 from batchrun.engines.pipeline import Pipeline
 from batchrun.io.input import InputTable, row_keys
+from batchrun.output.check import answer_check
 from batchrun.output.table import Item, OutputStats, kept_output
 from batchrun.send.dispatch import Dispatcher
 from batchrun.send.requests import RequestBuilder, built_batches
@@ -77,6 +78,7 @@ class LocalRun(Run):
                 base_url=self.options.base_url,
                 budget=budget_for(self.job, ckpt.spent_usd()),
                 counters=self.progress.dispatch,
+                check=answer_check(self.job),
             )
             self.progress.total = self._total(table)
             with learned_limits_kept(ckpt, dispatcher):

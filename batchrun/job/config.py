@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from batchrun.job.columns import ColumnRule
+
 DEFAULT_BASE_URL = "https://api.modelstream.ai"
 DEFAULT_API_KEY_ENV = "MODELSTREAM_API_KEY"
 MAX_COMPLETION_TOKENS_LIMIT = 128_000
 MAX_IMAGE_URLS = 10
+MAX_REASKS = 10
 
 REASONING_EFFORTS = ("low", "medium", "high", "xhigh")
 VERBOSITIES = ("low", "medium")
@@ -27,7 +30,6 @@ IMAGE_DETAILS = ("auto", "low", "high")
 RESPONSE_FORMATS = ("text", "json_object")
 SYSTEM_ROLES = ("developer", "system")
 PARSE_MODES = ("json",)
-COLUMN_TYPES = ("string", "double", "float", "int64", "int32", "bool", "boolean")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class RequestConfig:
     stream: bool = False
     dedupe: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
+    reask: int = 0  # answers failing the parse or a column rule are asked again this often
+    # An answer cut off by max_completion_tokens (finish_reason = length) is sent once
+    # more with this larger max_completion_tokens; None: never.
+    cut_off_retry_tokens: int | None = None
 
     @property
     def worst_case_completion_tokens(self) -> int:
@@ -81,6 +87,7 @@ class OutputConfig:
     path: str
     parse: str | None = None
     columns: Mapping[str, str] = field(default_factory=dict)
+    rules: Mapping[str, ColumnRule] = field(default_factory=dict)
     prefix: str = ""
     checkpoint: str | None = None
 
@@ -156,6 +163,14 @@ class Price:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One ``[[variants]]`` table: a name and the job's request with its overrides."""
+
+    name: str
+    request: RequestConfig
+
+
+@dataclass(frozen=True)
 class Job:
     name: str
     input: InputConfig
@@ -165,6 +180,7 @@ class Job:
     limits: Limits = field(default_factory=Limits)
     pricing: Mapping[str, Price] = field(default_factory=dict)
     config_hash: str = ""
+    variants: tuple[Variant, ...] = ()
 
     @property
     def price(self) -> Price | None:

@@ -21,6 +21,7 @@ import hashlib
 import ipaddress
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime, time
@@ -29,11 +30,11 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from batchrun._errors import JobError, redact
-from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS
+from batchrun.job.columns import parse_columns, raw_columns
 from batchrun.job.config import (
-    COLUMN_TYPES,
     IMAGE_DETAILS,
     MAX_COMPLETION_TOKENS_LIMIT,
+    MAX_REASKS,
     PARSE_MODES,
     REASONING_EFFORTS,
     RESPONSE_FORMATS,
@@ -46,6 +47,7 @@ from batchrun.job.config import (
     OutputConfig,
     Price,
     RequestConfig,
+    Variant,
     is_store_uri,
     store_uri_problem,
 )
@@ -99,10 +101,18 @@ def load_job(path: str | Path, *, sets: Sequence[str] = (), variables: Sequence[
 
 def validate_job(job: Job) -> Job:
     """Check a ``Job`` built in code by the same rules as a file; returns it normalised, hashed."""
-    raw = {name: _present(asdict(getattr(job, name))) for name in ("input", "api", "request")}
+    raw: dict[str, Any] = {
+        name: _present(asdict(getattr(job, name))) for name in ("input", "api", "request")
+    }
     raw |= {"job": {"name": job.name}, "limits": _present(asdict(job.limits))}
-    raw |= {"output": _present(asdict(job.output))}
+    output = _present(asdict(job.output))
+    output["columns"] = raw_columns(job.output.columns, job.output.rules)
+    del output["rules"]
+    raw |= {"output": output}
     raw["pricing"] = {model: _present(asdict(price)) for model, price in job.pricing.items()}
+    raw["variants"] = [
+        {"name": v.name, "request": _present(asdict(v.request))} for v in job.variants
+    ]
     try:
         checked = _build_job(raw)
         _check_job(checked)
@@ -324,18 +334,8 @@ def _json_only(key: str, value: Any) -> None:
             _json_only(f"{key}[{index}]", item)
 
 
-def _columns(key: str, value: Any) -> dict[str, str]:
-    if not isinstance(value, dict):
-        _fail(key, f"must be a table of column = type, got {_show(value)}")
-    for name, kind in value.items():
-        if kind not in COLUMN_TYPES:
-            _fail(
-                f"{key}.{dotted(name)}",
-                f"{_show(kind)} is not one of {', '.join(COLUMN_TYPES)}",
-            )
-        if name in RESULT_COLUMNS or name in EXTRA_COLUMNS:
-            _fail(f"{key}.{dotted(name)}", "clashes with batchrun's own column of that name")
-    return dict(value)
+def _columns(key: str, value: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    return parse_columns(key, value)
 
 
 # --- the schema and building the Job ---------------------------------------------
@@ -373,6 +373,8 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "stream": _Key(_bool),
         "dedupe": _Key(_bool),
         "extra": _Key(_extra),
+        "reask": _Key(_int_range(0, MAX_REASKS)),
+        "cut_off_retry_tokens": _Key(_int_range(1, MAX_COMPLETION_TOKENS_LIMIT)),
     },
     "limits": {
         "concurrency": _Key(_positive_int),
@@ -401,17 +403,60 @@ def _build_job(raw: Mapping[str, Any]) -> Job:
         name=given["job"]["name"],
         input=InputConfig(**given["input"]),
         request=RequestConfig(**given["request"]),
-        output=OutputConfig(**given["output"]),
+        output=_output(given["output"]),
         api=ApiConfig(**given["api"]),
         limits=Limits(**given["limits"]),
         pricing=pricing_tables(raw.get("pricing", {})),
+        variants=_variants(raw.get("variants", []), raw.get("request", {})),
     )
+
+
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _variants(tables: Any, request: Mapping[str, Any]) -> tuple[Variant, ...]:
+    """``[[variants]]``: each a unique ``name`` and ``request.*`` overrides of the job's."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        _fail("variants", "must be [[variants]] tables, each with a name and request.* keys")
+    names: set[str] = set()
+    variants = []
+    for index, table in enumerate(tables):
+        where = f"variants[{index}]"
+        for key in table:
+            if key not in ("name", "request"):
+                homes = "request." + key if key in _SCHEMA["request"] else "request.<key>"
+                _fail(f"{where}.{dotted(key)}", f"a variant takes name and {homes} keys")
+        name = table.get("name")
+        if not isinstance(name, str) or not _VARIANT_NAME.fullmatch(name):
+            _fail(f"{where}.name", f"missing or not a name like 'glm-5.2' ({_show(name)})")
+        if name in names:
+            _fail(f"{where}.name", f"{name!r} names another variant too; names must be unique")
+        names.add(name)
+        overrides = table.get("request", {})
+        if not isinstance(overrides, dict):
+            _fail(f"{where}.request", f"must be a table of request keys, got {_show(overrides)}")
+        try:
+            checked = _section({"request": {**request, **overrides}}, "request")
+        except InvalidKey as exc:
+            key = f"{where}.{exc.key}"
+            raise InvalidKey(key, str(exc).replace(exc.key, key, 1)) from None
+        variants.append(Variant(name, RequestConfig(**checked)))
+    return tuple(variants)
+
+
+def _output(given: dict[str, Any]) -> OutputConfig:
+    """``columns`` holds (types, rules) from ``parse_columns``: two fields of the config."""
+    if "columns" in given:
+        given["columns"], given["rules"] = given["columns"]
+    return OutputConfig(**given)
 
 
 def _check_sections(raw: Mapping[str, Any]) -> None:
     """Top-level names must be known sections; a stray key gets pointed to its section."""
     known = [*_SCHEMA, "pricing"]
     for name, value in raw.items():
+        if name == "variants":
+            continue  # an array of tables: _variants checks it
         if name in known:
             if not isinstance(value, dict):
                 _fail(name, f"must be a table [{name}], got {_show(value)}")
@@ -488,6 +533,12 @@ def _check_job(job: Job) -> None:
     _check_output(job)
     _check_limits(job)
     _check_extra(job.request)
+    _check_cut_off(job.request)
+    for index, variant in enumerate(job.variants):
+        try:
+            _check_job(replace(job, request=variant.request, variants=()))
+        except InvalidKey as exc:
+            raise InvalidKey(exc.key, f"variants[{index}] ({variant.name}): {exc}") from None
 
 
 def _check_output(job: Job) -> None:
@@ -495,6 +546,12 @@ def _check_output(job: Job) -> None:
     if out.columns and out.parse != "json":
         _fail(
             "output.columns", 'needs output.parse = "json" (columns are parsed from a JSON answer)'
+        )
+    if job.request.reask and not (out.parse == "json" and out.columns):
+        _fail(
+            "request.reask",
+            f'{job.request.reask} needs output.parse = "json" and output.columns '
+            "(an answer is asked again when it does not parse into them or breaks a rule)",
         )
     if Path(out.path) == Path(job.input.path):
         _fail("output.path", f"{_show(out.path)} is the input file; the output would replace it")
@@ -527,6 +584,16 @@ def _check_limits(job: Job) -> None:
         )
 
 
+def _check_cut_off(request: RequestConfig) -> None:
+    longer, limit = request.cut_off_retry_tokens, request.max_completion_tokens
+    if longer is not None and (limit is None or longer <= limit):
+        _fail(
+            "request.cut_off_retry_tokens",
+            f"{longer} must be above request.max_completion_tokens ({limit or 'unset'}):"
+            " a cut-off answer is retried once with this larger limit",
+        )
+
+
 def _check_extra(request: RequestConfig) -> None:
     """An extra key that duplicates a [request] key the file also sets is ambiguous."""
     for name in request.extra:
@@ -543,5 +610,12 @@ def _config_hash(job: Job) -> str:
     del data["config_hash"]
     if data["input"]["delimiter"] == ",":  # a key added later: at its default, hashes stay
         del data["input"]["delimiter"]
+    if not job.output.rules:  # jobs without rules or re-asks keep the hash they had
+        del data["output"]["rules"]
+    for key, unset in (("reask", 0), ("cut_off_retry_tokens", None)):
+        if getattr(job.request, key) == unset:
+            del data["request"][key]
+    if not job.variants:
+        del data["variants"]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "v1:" + hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -9,7 +9,12 @@ under its name:
   JSON strings only; ``double``/``float`` take numbers; ``int64``/``int32`` take
   integers (or integral numbers like ``3.0``) within range; ``bool``/``boolean``
   take ``true``/``false`` only;
+- ``list<T>`` takes a JSON array whose items each take ``T``;
 - keys that are not declared are ignored.
+
+A value that converts but breaks its column's rule (``enum``, ``min``/``max``,
+``required``) makes the answer invalid (``error_type = invalid_answer``), with a
+message naming the column, the value and the rule.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from batchrun.job.columns import LIST_TYPES, ColumnRule, describe, item_type
+
 ARROW_TYPES: Mapping[str, pa.DataType] = {
     "string": pa.string(),
     "double": pa.float64(),
@@ -31,6 +38,10 @@ ARROW_TYPES: Mapping[str, pa.DataType] = {
     "bool": pa.bool_(),
     "boolean": pa.bool_(),
 }
+ARROW_TYPES = {
+    **ARROW_TYPES,
+    **{kind: pa.list_(ARROW_TYPES[item_type(kind)]) for kind in LIST_TYPES},
+}
 
 
 class _WrongType(ValueError):
@@ -39,14 +50,21 @@ class _WrongType(ValueError):
 
 @dataclass(frozen=True)
 class Parsed:
-    """Either ``values`` (one per declared column) or an ``error`` message."""
+    """Either ``values`` (one per declared column) or an ``error`` message and its
+    ``error_type`` (``parse_error``, or ``invalid_answer`` when a rule is broken)."""
 
     values: dict[str, Any] | None
     error: str | None = None
+    error_type: str = "parse_error"
 
 
-def parse_response(text: str | None, columns: Mapping[str, str]) -> Parsed:
-    """Parse ``text`` into the declared ``columns`` (name -> type name).
+def parse_response(
+    text: str | None,
+    columns: Mapping[str, str],
+    rules: Mapping[str, ColumnRule] | None = None,
+) -> Parsed:
+    """Parse ``text`` into the declared ``columns`` (name -> type name), checked
+    against ``rules`` (name -> rule) where given.
 
     >>> parse_response('{"label": "pos", "score": 1}', {"label": "string", "score": "double"})
     Parsed(values={'label': 'pos', 'score': 1.0}, error=None)
@@ -63,7 +81,27 @@ def parse_response(text: str | None, columns: Mapping[str, str]) -> Parsed:
             values[name] = None if raw is None else _CONVERTERS[kind](raw)
         except _WrongType as exc:
             return Parsed(None, f"column {name!r} ({kind}): {exc}")
+    for name, rule in (rules or {}).items():
+        broken = _broken(values[name], rule)
+        if broken is not None:
+            allowed = describe(columns[name], rule)
+            message = f"column {name!r}: {broken}; allowed: {allowed}"
+            return Parsed(None, message, "invalid_answer")
     return Parsed(values)
+
+
+def _broken(value: Any, rule: ColumnRule) -> str | None:
+    """What is wrong with a converted value, or None when it keeps the rule."""
+    if value is None:
+        return "no value, and the column is required" if rule.required else None
+    for item in value if isinstance(value, list) else [value]:
+        if rule.enum is not None and item not in rule.enum:
+            return f"{item!r} is not in the enum"
+        if rule.min is not None and item < rule.min:
+            return f"{item!r} is below the minimum"
+        if rule.max is not None and item > rule.max:
+            return f"{item!r} is above the maximum"
+    return None
 
 
 def _load_object(text: str | None) -> tuple[dict[str, Any] | None, str | None]:
@@ -135,7 +173,24 @@ def _to_bool(value: Any) -> bool:
     return value
 
 
-_CONVERTERS: Mapping[str, Callable[[Any], Any]] = {
+def _to_list(convert: Callable[[Any], Any]) -> Callable[[Any], list[Any]]:
+    def convert_list(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise _wrong(value)
+        items = []
+        for index, item in enumerate(value):
+            if item is None:
+                raise _WrongType(f"item {index} is null")
+            try:
+                items.append(convert(item))
+            except _WrongType as exc:
+                raise _WrongType(f"item {index}: {exc}") from None
+        return items
+
+    return convert_list
+
+
+_SCALAR_CONVERTERS: Mapping[str, Callable[[Any], Any]] = {
     "string": _to_string,
     "double": _to_float,
     "float": _to_float,
@@ -143,4 +198,8 @@ _CONVERTERS: Mapping[str, Callable[[Any], Any]] = {
     "int32": _to_int(32),
     "bool": _to_bool,
     "boolean": _to_bool,
+}
+_CONVERTERS: Mapping[str, Callable[[Any], Any]] = {
+    **_SCALAR_CONVERTERS,
+    **{kind: _to_list(_SCALAR_CONVERTERS[item_type(kind)]) for kind in LIST_TYPES},
 }

@@ -40,6 +40,7 @@ from batchrun._types import EXTRA_COLUMNS, RESULT_COLUMNS, Answer, Keyed, Reques
 from batchrun.io.files import describe, is_remote, resolve
 from batchrun.io.input import InputTable
 from batchrun.job.config import Job, Price
+from batchrun.output.empty import count_nulls
 from batchrun.output.owners import Owners
 from batchrun.output.parse import ARROW_TYPES, parse_response
 from batchrun.send.requests import RequestBuilder, Selector, keyed_batches
@@ -65,6 +66,8 @@ RESULT_TYPES: Mapping[str, pa.DataType] = {
     "attempts": pa.int32(),
     "latency_ms": pa.float64(),
     "completed_at": pa.timestamp("us", tz="UTC"),
+    "reasks": pa.int32(),
+    "cut_off_retried": pa.bool_(),
     "shared": pa.bool_(),
     "synthetic": pa.bool_(),
 }
@@ -101,12 +104,14 @@ class OutputStats:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cost_usd: float | None = None
+    null_counts: Counter[str] = field(default_factory=Counter)  # parsed column -> null ok rows
     by_error_type: Counter[str] = field(default_factory=Counter)  # failed rows
     cut_off: int = 0  # failed rows whose answer stopped at the token limit
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["path"], data["by_status"] = str(self.path), dict(self.by_status)
+        data["null_counts"] = dict(self.null_counts)
         data["by_error_type"] = dict(self.by_error_type)
         return data
 
@@ -157,7 +162,8 @@ def _parsed_columns(job: Job) -> Mapping[str, str]:
 
 def parse_status(job: Job, result: Result) -> Result:
     """``result``, or a copy with ``status="error", error_type="parse_error"`` when it is
-    ok but its response does not parse into the job's declared columns."""
+    ok but its response does not parse into the job's declared columns
+    (``invalid_answer`` when a value breaks its column's rule)."""
     return _parsed(job, result)[0]
 
 
@@ -166,14 +172,14 @@ def _parsed(job: Job, result: Result) -> tuple[Result, dict[str, Any] | None]:
     columns = _parsed_columns(job)
     if not columns or result.status != "ok":
         return result, None
-    parsed = parse_response(result.response, columns)
+    parsed = parse_response(result.response, columns, job.output.rules)
     if parsed.error is None:
         return result, parsed.values
     message = parsed.error or ""
     if result.finish_reason == "length":
         message += " (the answer was cut short: finish_reason=length; raise max_completion_tokens)"
     failed = dataclasses.replace(
-        result, status="error", error_type="parse_error", error_message=message
+        result, status="error", error_type=parsed.error_type, error_message=message
     )
     return failed, None
 
@@ -241,6 +247,10 @@ def _output_batch(
             values: list[Any] = [row.cost for row in rows]
         elif name == "attempts":
             values = [row.attempts for row in rows]
+        elif name == "reasks":  # a shared row asked nothing, as it sent nothing
+            values = [0 if row.shared else row.result.reasks for row in rows]
+        elif name == "cut_off_retried":
+            values = [not row.shared and bool(row.result.cut_off_retried) for row in rows]
         elif name == "completed_at":
             values = [_micros(result.completed_at) for result in results]
         else:
@@ -268,6 +278,8 @@ def _count(stats: OutputStats, rows: Sequence[_Row], price: Price | None) -> Non
     for row in rows:
         result = row.result
         stats.by_status[result.status] += 1
+        if row.parsed is not None:  # an ok row's parsed values
+            count_nulls(stats.null_counts, row.parsed, row.parsed)
         if result.error_type is not None and result.status in ("error", "invalid"):
             stats.by_error_type[result.error_type] += 1
             stats.cut_off += result.finish_reason == "length"
@@ -521,6 +533,7 @@ def kept_output(job: Job, key: str, value: str) -> OutputStats | None:
     try:
         stored = json.loads(found[STATS_METADATA_KEY.encode()])
         by_status = Counter(stored.pop("by_status"))
+        stored["null_counts"] = Counter(stored.get("null_counts", {}))
         by_error_type = Counter(stored.pop("by_error_type", {}))
         del stored["path"]
         return OutputStats(

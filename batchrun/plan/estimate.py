@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from batchrun.engines.loop import run_async
 from batchrun.engines.pipeline import Pipeline
 from batchrun.io.input import InputTable
 from batchrun.job.config import Job
+from batchrun.output.check import answer_check
+from batchrun.output.empty import count_nulls
+from batchrun.output.parse import parse_response
 from batchrun.output.table import Lookup
 from batchrun.send.budget import result_cost
 from batchrun.send.dispatch import Dispatcher, DispatchOutcome
@@ -80,6 +84,7 @@ class Pilot:
     cost_usd: float | None
     stopped: str | None
     synthetic: bool
+    null_counts: dict[str, int] = field(default_factory=dict)  # parsed column -> null ok rows
 
     @property
     def prompt_estimate_error(self) -> float | None:
@@ -226,7 +231,9 @@ def _send(
     if not sample:
         return None
     budget = budget_for(job, ckpt.spent_usd())
-    dispatcher = Dispatcher(job, api_key=api_key, base_url=base_url, budget=budget)
+    dispatcher = Dispatcher(
+        job, api_key=api_key, base_url=base_url, budget=budget, check=answer_check(job)
+    )
     batches: list[list[Request | Result]] = [list(sample)]
 
     async def answer() -> DispatchOutcome:
@@ -265,7 +272,20 @@ def _pilot_result(
         cost_usd=None if job.price is None else sum(c or 0.0 for c in costs),
         stopped=stopped,
         synthetic=synthetic,
+        null_counts=_null_counts(job, [result for _, result in ok]),
     )
+
+
+def _null_counts(job: Job, results: Sequence[Result]) -> dict[str, int]:
+    """Nulls per parsed column over the ok answers (a pilot's answers are parsed here)."""
+    counts: Counter[str] = Counter()
+    if job.output.parse != "json" or not job.output.columns:
+        return {}
+    for result in results:
+        parsed = parse_response(result.response, job.output.columns, job.output.rules)
+        if parsed.values is not None:
+            count_nulls(counts, job.output.columns, parsed.values)
+    return dict(counts)
 
 
 def _p95(ordered: Sequence[int]) -> int | None:

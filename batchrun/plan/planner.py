@@ -25,9 +25,11 @@ from batchrun.engines.base import (
     prepare,
     resolve_api_key,
 )
+from batchrun.engines.variants import variant_job
 from batchrun.io.input import InputTable
 from batchrun.job.config import Job, Price
 from batchrun.job.load import load_job
+from batchrun.output.empty import empty_columns
 from batchrun.plan.estimate import Counts, Pilot, count_rows, run_pilot, sample_rows
 from batchrun.send.advice import duration, lowest, reservation_note, wall_time
 from batchrun.send.budget import PRIOR_FACTORS, PROMPT_MARGIN
@@ -189,6 +191,19 @@ def _pilot_dict(pilot: Pilot) -> dict[str, Any]:
 # ---------------------------------------------------------------- entry points
 
 
+@dataclass(frozen=True)
+class VariantPlans:
+    """A job with ``[[variants]]``: one plan per variant (requests, tokens, cost each)."""
+
+    plans: tuple[tuple[str, Plan], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"variants": [{"variant": name, **plan.to_dict()} for name, plan in self.plans]}
+
+    def render(self) -> str:
+        return "\n\n".join(f"variant {name}:\n{plan.render()}" for name, plan in self.plans)
+
+
 def plan_job_file(
     path: str | Path,
     *,
@@ -196,9 +211,16 @@ def plan_job_file(
     variables: Sequence[str] = (),
     pilot: int | None = None,
     emulate: bool = False,
-) -> Plan:
-    """Load a job file and plan it (``batchrun plan``)."""
+) -> Plan | VariantPlans:
+    """Load a job file and plan it (``batchrun plan``); a plan per variant when it has some."""
     job = load_job(path, sets=sets, variables=variables)
+    if job.variants:
+        return VariantPlans(
+            tuple(
+                (v.name, plan_job(variant_job(job, v), pilot=pilot, emulate=emulate))
+                for v in job.variants
+            )
+        )
     return plan_job(job, pilot=pilot, emulate=emulate)
 
 
@@ -384,6 +406,7 @@ def _pilot_rows(pilot: Pilot) -> list[Row]:
     error = pilot.prompt_estimate_error
     if error is not None:
         rows.append(("prompt estimate", f"{error:+.1%}", "vs the pilot's real prompt tokens"))
+    rows.extend(("warning", "", line) for line in empty_columns(pilot.null_counts, pilot.ok))
     return rows
 
 

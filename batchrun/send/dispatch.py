@@ -42,6 +42,7 @@ from batchrun.send.ratelimit import (
     PauseGate,
     compute_backoff,
 )
+from batchrun.send.reask import Check, FollowUps
 from batchrun.send.transport import Reply, Sender, completions_url, make_transport
 from batchrun.store.intents import Intent, IntentLog
 
@@ -138,10 +139,12 @@ class Dispatcher:
         rng: random.Random | None = None,
         share: float = 1.0,
         gate: PauseGate | None = None,
+        check: Check | None = None,
     ) -> None:
         # ``share`` and ``gate`` let several processes split one job's limits (the Ray
         # engine): each paces to its share, and a shared gate spreads a 429's pause.
         self.limits = job.limits
+        self.follow_ups = FollowUps.of(job.request, check)  # re-asks, cut-off retries
         self.share = share
         self.gate = gate
         self.price = job.price
@@ -325,6 +328,7 @@ class _DispatchRun:
         max_attempts = max(self.d.limits.max_attempts, 1)
         charges: list[Charge] = []  # attempts that may have been billed
         sent = failures = refusals = 0
+        turns = self.d.follow_ups.start()
         while True:
             try:
                 result = await self._attempt(request, scope, charges)
@@ -347,8 +351,12 @@ class _DispatchRun:
             except _Stop:
                 raise _Stop(_unfinished(request, charges)) from None
             else:
-                result.attempts = sent + 1
-                return self._finished(result, charges)
+                sent += 1
+                again = turns.next(request, result)
+                if again is None:
+                    result.attempts = sent
+                    return self._finished(turns.stamp(result), charges)
+                request = again
 
     async def _attempt(
         self, request: Request, scope: anyio.CancelScope, charges: list[Charge]

@@ -20,6 +20,7 @@ import pyarrow as pa
 from batchrun._errors import JobError
 from batchrun._types import Keyed, Request, Result
 from batchrun.io.input import InputTable, row_keys
+from batchrun.job.columns import instruction
 from batchrun.job.config import MAX_IMAGE_URLS, Job
 from batchrun.job.template import Template
 from batchrun.send.budget import texts_kind
@@ -144,6 +145,7 @@ class RequestBuilder:
         self._hasher = None if self.image_column is not None else self._canonical
         self._image_tokens = IMAGE_TOKENS.get(job.request.image_detail, IMAGE_TOKENS[None])
         self._worst_case = job.request.worst_case_completion_tokens
+        self._format = _format_instruction(job)
         system_columns = self.system.columns if self.system else ()
         self._text_columns = tuple(dict.fromkeys(self.prompt.columns + system_columns))
 
@@ -158,7 +160,7 @@ class RequestBuilder:
             keys = row_keys(batch, self.job, start)
         texts = {name: _column_text(batch.column(name)) for name in self._text_columns}
         prompts = _render(self.prompt, texts, batch.num_rows)
-        systems = _render(self.system, texts, batch.num_rows) if self.system else None
+        systems = self._systems(texts, batch.num_rows)
         blank = _blank_rows(self.prompt, texts, prompts)
         images = _column_values(batch, self.image_column)
         out: list[Request | Result] = []
@@ -197,7 +199,7 @@ class RequestBuilder:
             return [item.fingerprint if isinstance(item, Request) else None for item in built]
         texts = {name: _column_text(batch.column(name)) for name in self._text_columns}
         prompts = _render(self.prompt, texts, batch.num_rows)
-        systems = _render(self.system, texts, batch.num_rows) if self.system else None
+        systems = self._systems(texts, batch.num_rows)
         blank = _blank_rows(self.prompt, texts, prompts)
         text, dedupe = hasher.text, self.job.request.dedupe
         out: list[str | None] = []
@@ -208,6 +210,15 @@ class RequestBuilder:
             )
             out.append(hashed)
         return out
+
+    def _systems(self, texts: Mapping[str, list[str]], n: int) -> list[str] | None:
+        """Each row's system message: the rendered system prompt, then the JSON asked for."""
+        if self.system is None:
+            return None if self._format is None else [self._format] * n
+        systems = _render(self.system, texts, n)
+        if self._format is None:
+            return systems
+        return [f"{s}\n\n{self._format}" if s.strip() else self._format for s in systems]
 
     def _request(self, key: str, prompt: str, system: str | None, urls: list[str]) -> Request:
         # Runs for every row, in the run and again in the output pass: names read once.
@@ -334,6 +345,12 @@ def _image_column(job: Job, schema: pa.Schema) -> str | None:
             "expected list<string>, or a string holding a JSON array or one URL"
         )
     return name
+
+
+def _format_instruction(job: Job) -> str | None:
+    """With parsed columns, the system message says which JSON object to answer with."""
+    out = job.output
+    return instruction(out.columns, out.rules) if out.parse == "json" and out.columns else None
 
 
 def _static_fields(job: Job) -> dict[str, Any]:

@@ -474,6 +474,7 @@ class CheckpointReader:
         with _translated(path, "read its schema"):
             self._compact = is_compact(conn)  # not migrated here: may be an older layout
             self._marked = has_migration(conn, "m008_synthetic_answers")
+            self._reasks = has_migration(conn, "m009_reasks")
 
     @classmethod
     def open(cls, path: Path, *, job_name: str) -> CheckpointReader | None:
@@ -501,7 +502,7 @@ class CheckpointReader:
         """As ``Checkpoint.lookup``."""
         with _translated(self.path, "look up answers"):
             return select_answers(
-                self._conn, fingerprints, include_failed, self._compact, self._marked
+                self._conn, fingerprints, include_failed, self._compact, self._marked, self._reasks
             )
 
     def answered(self, fingerprints: Sequence[str], *, include_failed: bool = True) -> set[str]:

@@ -97,10 +97,19 @@ def to_answer(row: Row) -> Answer:
     return Answer(row[1], Result(*values))
 
 
+_M009_FIELDS = ("reasks", "cut_off_retried")
+
+
 @cache
-def _lookup_sql(params: int, include_failed: bool, compact: bool, marked: bool = True) -> str:
-    # Before m008 (a read-only view of an older file) no answer was marked synthetic.
-    fields = [name if marked or name != "synthetic" else "0" for name in RESULT_FIELDS]
+def _lookup_sql(
+    params: int, include_failed: bool, compact: bool, marked: bool = True, reasks: bool = True
+) -> str:
+    # A read-only view of an older file: before m008 no answer was marked synthetic, and
+    # before m009 none was re-asked or retried after a cut-off.
+    fields = [
+        name if (marked or name != "synthetic") and (reasks or name not in _M009_FIELDS) else "0"
+        for name in RESULT_FIELDS
+    ]
     columns = ", ".join(("fingerprint", "owner_key", *fields))
     failed = "" if include_failed else " AND status != 'error'"
     return f"SELECT {columns} FROM answers {where_keys(params, compact)}{failed}"
@@ -125,11 +134,12 @@ def select_answers(
     include_failed: bool,
     compact: bool,
     marked: bool = True,
+    reasks: bool = True,
 ) -> dict[str, Answer]:
     by_key = {fp_key(fp): fp for fp in fingerprints}  # dedupe keeps many rows to one probe
     found: dict[str, Answer] = {}
     for chunk in chunks(key_params(list(by_key), compact)):
-        sql = _lookup_sql(len(chunk), include_failed, compact, marked)
+        sql = _lookup_sql(len(chunk), include_failed, compact, marked, reasks)
         for row in conn.execute(sql, chunk):
             fingerprint = by_key.get(row[0])
             if fingerprint is not None:  # not another key with the same prefix

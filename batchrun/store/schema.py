@@ -96,6 +96,14 @@ _migration(m007_intents)
 _migration(m008_synthetic_answers)
 
 
+@_migration
+def m009_reasks(conn: sqlite3.Connection) -> None:
+    """How many follow-up turns an answer took (``request.reask``), and whether it was
+    sent again after a cut-off (``request.cut_off_retry_tokens``)."""
+    conn.execute("ALTER TABLE answers ADD COLUMN reasks INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE answers ADD COLUMN cut_off_retried INTEGER NOT NULL DEFAULT 0")
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
     applied = {name for (name,) in conn.execute("SELECT name FROM _migrations")}

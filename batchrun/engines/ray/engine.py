@@ -66,6 +66,7 @@ from batchrun.engines.ray.start import StartMarks, import_ray, process_started, 
 from batchrun.engines.ray.stop import WATCH_S, DriverSignals, log_stopped, run_watched
 from batchrun.io.input import InputTable, conform, row_keys
 from batchrun.job.config import Job
+from batchrun.output.check import answer_check
 from batchrun.output.table import (
     OutputStats,
     output_batch,
@@ -391,6 +392,7 @@ class _Worker:
             budget=self.budget,
             counters=self.progress.dispatch,
             gate=SharedGate(coordinator),
+            check=answer_check(self.job),
         )
         self.pipeline = Pipeline(
             self.job,
