@@ -470,6 +470,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from batchrun.compare.command import compare_text
 
     text = compare_text(args)
+    text = text if text.endswith("\n") else text + "\n"
     if args.output:
         _write_text(Path(args.output), text)
     else:

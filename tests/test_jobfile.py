@@ -456,10 +456,10 @@ def test_bad_job_file_is_refused_naming_key_and_allowed_values(
 
 
 def test_catalogue_covers_every_key() -> None:
-    from batchrun.job.load import _SCHEMA
+    from batchrun.job.keys import SCHEMA
 
     covered = {key for _, changes, _ in BAD_JOBS for key in changes}
-    missing = [f"{s}.{k}" for s, keys in _SCHEMA.items() for k in keys if f"{s}.{k}" not in covered]
+    missing = [f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys if f"{s}.{k}" not in covered]
     assert missing == []
 
 

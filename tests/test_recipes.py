@@ -1,5 +1,6 @@
-"""The README's scheduler recipes, run as written against the emulator: each command line
-is read from the README here, so the recipes and what is tested cannot drift apart.
+"""The scheduler recipes of the "Running nightly" page, run as written against the emulator:
+each command line is read from the page here, so the recipes and what is tested cannot
+drift apart.
 
 Deployment paths map to a copy of the repository's job and sample data in a temporary
 directory; the only addition to each command is ``--set api.base_url=<emulator>``.
@@ -29,8 +30,8 @@ TEXTFILE = "/var/lib/node_exporter/textfile"
 
 
 def recipe(language: str) -> str:
-    """The README's fenced block in ``language`` within "Scheduled jobs"."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    """The page's fenced block in ``language`` within "Scheduled jobs"."""
+    readme = (ROOT / "docs" / "nightly.md").read_text(encoding="utf-8")
     section = readme.split("\n## Scheduled jobs\n", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
     return block

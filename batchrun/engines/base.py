@@ -428,7 +428,7 @@ def _usd(amount: float | None) -> str:
 
 
 def run_exit_code(stopped: str | None, failed: int, max_failed: int) -> int:
-    """SPEC's exit code of a run that stopped so (or not) with ``failed`` rows."""
+    """The exit code of a run that stopped so (or not) with ``failed`` rows."""
     return _exit_code(stopped, failed, max_failed)
 
 
