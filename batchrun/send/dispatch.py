@@ -407,13 +407,15 @@ class _DispatchRun:
 
     async def _pace(self, request: Request) -> float:
         """Wait out any global pause or early-stop hold, then the rate buckets; again if
-        either began meanwhile, so a send goes when the pacer admitted it. Returns then."""
+        either began meanwhile (the admission not sent is withdrawn), so a send goes when
+        the pacer admitted it. Returns then."""
         while True:
             await self.gate.wait()
             await self.first.wait()
             sent_at = await self.pacer.acquire(request.est_tokens)
             if self.gate.is_open and not self.first.holding:
                 return sent_at
+            self.pacer.withdraw(request.est_tokens, sent_at)
 
     async def _reserve(self, request: Request) -> float:
         """Stop on money, not on reservations: wait while requests in flight may still
@@ -469,7 +471,7 @@ class _DispatchRun:
         charges: list[Charge],
         sent_at: float,
     ) -> Result:
-        self.pacer.observe(reply.rate)
+        self.pacer.observe(reply.rate, sent_at)
         if self.slow.pending:  # said once an answer shows how the API counts tokens
             real = self.pacer.counts_real
             self.slow.check(self.d.limits, self.d.learned, request.est_prompt_tokens, real)

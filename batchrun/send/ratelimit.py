@@ -203,9 +203,13 @@ class Axis:
         """No burst after a pause: the first send is due at ``resume_at``, then the pace."""
         self.due = max(self.due, resume_at + BURST_S)
 
+    def sent_between(self, start: float, end: float) -> float:
+        """The sum of the log's sends after ``start`` and up to ``end``."""
+        return sum(size for stamp, size in self.log if start < stamp <= end)
+
     def sent_in_window(self, now: float) -> int:
         self._expire(now)
-        return len(self.log)
+        return round(self.used)  # on the requests axis: 1 a send, 0 one withdrawn
 
     def _expire(self, now: float) -> None:
         log = self.log
@@ -325,8 +329,9 @@ class Pacer:
         if self._nap is not None:
             self._nap.cancel()
 
-    def observe(self, info: RateInfo) -> None:
-        """Learn (or re-learn) the limits from an answer's headers."""
+    def observe(self, info: RateInfo, sent_at: float = math.inf) -> None:
+        """Learn (or re-learn) the limits from the headers of the answer to the request
+        admitted at ``sent_at``."""
         requests, tokens = self._requests, self._tokens
         changed = False
         if info.limit_requests and info.limit_requests != requests.learned:
@@ -339,25 +344,40 @@ class Pacer:
             self._retune(self._clock())
             self._wake()
         if info.remaining_tokens is not None and not self._counts_real:
-            self._learn_counting(info)
+            self._learn_counting(info, sent_at)
 
     @property
     def counts_real(self) -> bool:
         """The API has shown it counts real tokens, not our reservations."""
         return self._counts_real
 
-    def _learn_counting(self, info: RateInfo) -> None:
+    def _learn_counting(self, info: RateInfo, sent_at: float) -> None:
         # The API reports far fewer tokens used than we reserved in its window: it counts
         # real usage, not prompt + max_completion_tokens, so pace by what it counts, and
         # re-price the sends answered before we knew (those still in the window).
-        limit, ours = info.limit_tokens, self._tokens.used
-        if limit and info.remaining_tokens is not None and ours >= COUNTING_MIN * limit:
-            self._counts_real = limit - info.remaining_tokens < ours / 2
+        # Compared only with sends it has surely counted: ours up to this one, and inside
+        # its 60 s window (our log is longer by MARGIN_S, and holds later sends).
+        limit, axis, now = info.limit_tokens, self._tokens, self._clock()
+        if not limit or info.remaining_tokens is None:
+            return
+        counted = limit - info.remaining_tokens
+        if counted < axis.used / 2:  # else surely not (and the sum below is not needed)
+            ours = axis.sent_between(now - WINDOW_S + MARGIN_S, sent_at)
+            if ours >= COUNTING_MIN * limit:
+                self._counts_real = counted < ours / 2
         if self._counts_real:
-            now = self._clock()
             while self._unclaimed:
                 self._tokens.give_back(*self._unclaimed.popleft(), now)
             self._wake()
+
+    def withdraw(self, tokens: int, sent_at: float) -> None:
+        """The request of ``tokens`` admitted at ``sent_at`` was not sent (a pause or an
+        early-stop hold began first): its room and pace go back. The log must hold only
+        what reached the API: ``_learn_counting`` compares it with what the API counted."""
+        now = self._clock()
+        self._requests.give_back(sent_at, 1, now)
+        self._tokens.give_back(sent_at, tokens, now)
+        self._wake()
 
     def reconcile(self, request: Request, result: Result, sent_at: float) -> None:
         """What the API counted for the request admitted at ``sent_at``, against what it

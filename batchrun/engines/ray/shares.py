@@ -181,7 +181,7 @@ class SharedPacer(Pacer):
         self._queue: list[_Ticket] = []
         self._answered: anyio.Event | None = None
 
-    def observe(self, info: RateInfo) -> None:
+    def observe(self, info: RateInfo, sent_at: float = math.inf) -> None:
         """Limits stated by an answer's headers go to the coordinator with the next
         admission: like configured ones, they then hold for all workers at once."""
         if info.limit_requests:
