@@ -211,7 +211,7 @@ def test_a_reader_sees_the_old_output_or_the_new_never_part(
         while not stop.is_set():
             try:
                 # boto3: one GET. pyarrow's stream reads by ranges sized from a HEAD, and
-                # ranges across a swap mix two objects on any S3 (see the README).
+                # ranges across a swap mix two objects on any S3 (see the object stores page).
                 got = store["client"].get_object(Bucket=store["bucket"], Key="out/o.parquet")
                 data = got["Body"].read()
                 seen.add(pq.read_table(pa.BufferReader(data)).num_rows)

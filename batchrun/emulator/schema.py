@@ -31,7 +31,7 @@ RESPONSE_FORMATS = ("text", "json_object")
 MAX_IMAGES = 10
 MAX_COMPLETION_TOKENS = 128_000
 
-# The documented prompt-token approximation (see the README section).
+# The documented prompt-token approximation (see the docs, "Inputs and outputs").
 IMAGE_TOKENS = {"low": 85, "high": 765, "auto": 425}
 TOKENS_PER_MESSAGE = 4
 CHARS_PER_TOKEN = 4
