@@ -14,6 +14,7 @@ from conftest import billed_usd, run_batchrun, write_csv, write_job
 from batchrun._errors import JobError
 from batchrun._types import Request
 from batchrun.emulator.labels import REASK_MARK, true_label
+from batchrun.engines.variants import variant_job
 from batchrun.job.load import load_job
 from batchrun.send.budget import texts_kind
 from batchrun.send.reask import correction
@@ -27,7 +28,13 @@ EXAMPLES = [
 ]
 
 
-def _job(tmp_path: Path, examples: Any = None, rows: int = 40, **request: Any) -> Path:
+def _job(
+    tmp_path: Path,
+    examples: Any = None,
+    rows: int = 40,
+    examples_table: str | None = None,
+    **request: Any,
+) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     write_csv(tmp_path / "examples.csv", EXAMPLES if examples is None else examples)
     return write_job(
@@ -36,7 +43,11 @@ def _job(tmp_path: Path, examples: Any = None, rows: int = 40, **request: Any) -
         request={
             "max_completion_tokens": 100,
             "response_format": "json_object",
-            "examples": {"path": "examples.csv"},
+            "examples": (
+                {"path": "examples.csv"}
+                if examples_table is None
+                else {"path": examples_table, "answer": "label"}
+            ),
             **request,
         },
         output={"parse": "json", "columns": COLUMNS},
@@ -173,3 +184,32 @@ def test_a_long_shared_prefix_is_reported_as_cached_and_priced(tmp_path: Path, e
     ledger = emu.ledger()
     assert ledger["tokens"]["cached"] == sum(cached)
     assert sum(r["cost_usd"] for r in rows) == pytest.approx(billed_usd(ledger), rel=1e-9)
+
+
+def test_a_parquet_file_and_another_answer_column(tmp_path: Path) -> None:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    shots = [{"text": "Nice.", "stars": 5, "label": '{"sentiment": "positive"}'}]
+    pq.write_table(pa.Table.from_pylist(shots), tmp_path / "shots.parquet")
+    job = _job(tmp_path, prompt="Label ({text}):", examples_table="shots.parquet")
+    request = _requests(job, ["Fine."])[0]
+    assert request.body["messages"][1:3] == [
+        {"role": "user", "content": "Label (Nice.):"},
+        {"role": "assistant", "content": '{"sentiment": "positive"}'},
+    ]
+
+
+def test_a_variant_fills_the_examples_into_its_own_prompt(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    text = job.read_text(encoding="utf-8")
+    text += '\n[[variants]]\nname = "terse"\nrequest.prompt = "Sentiment of: {text}"\n'
+    job.write_text(text, encoding="utf-8")
+    loaded = load_job(job)
+    terse = variant_job(loaded, loaded.variants[0])
+    batch = pa.RecordBatch.from_pylist([{"id": "a", "text": "Fine."}])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        request = RequestBuilder(terse, batch.schema).build(batch, 0)[0]
+    assert isinstance(request, Request)
+    contents = [m["content"] for m in request.body["messages"][1:]]
+    assert contents[0] == "Sentiment of: Arrived broken, never again."
+    assert contents[-1] == "Sentiment of: Fine."
