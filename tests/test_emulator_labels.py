@@ -21,6 +21,7 @@ from batchrun.emulator.labels import (
 from batchrun.emulator.synth import Draws
 from batchrun.job import columns
 from batchrun.job.load import load_job
+from batchrun.send.reask import correction
 from batchrun.send.requests import RequestBuilder
 
 SENTIMENTS = ["positive", "negative", "neutral"]
@@ -115,9 +116,13 @@ def test_a_later_turn_never_breaks_a_rule() -> None:
     schema = {"type": "object", "properties": {"s": {"type": "string", "enum": SENTIMENTS}}}
     settings = LabelSettings(break_rate=1.0)
     first = [{"role": "user", "content": "x"}]
-    later = [*first, {"role": "assistant", "content": "{}"}, {"role": "user", "content": "fix"}]
+    fix = {"role": "user", "content": correction("'unsure' is not in the enum")}
+    later = [*first, {"role": "assistant", "content": "{}"}, fix]
     assert json.loads(label_answer(schema, first, "m", settings, Draws(b"k")))["s"] == "unsure"
     assert json.loads(label_answer(schema, later, "m", settings, Draws(b"k")))["s"] in SENTIMENTS
+    # Few-shot example turns before the row's prompt do not make it a later turn.
+    shots = [{"role": "user", "content": "e"}, {"role": "assistant", "content": "{}"}, *first]
+    assert json.loads(label_answer(schema, shots, "m", settings, Draws(b"k")))["s"] == "unsure"
 
 
 # --- empty columns are named ------------------------------------------------------------

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from batchrun._errors import JobError
-from batchrun.job.config import ApiConfig, InputConfig, Job, Limits, OutputConfig, RequestConfig
+from batchrun.job.config import (
+    ApiConfig,
+    ExamplesConfig,
+    InputConfig,
+    Job,
+    Limits,
+    OutputConfig,
+    RequestConfig,
+)
 from batchrun.job.load import load_job, toml_literal, validate_job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -354,6 +362,16 @@ BAD_JOBS: list[tuple[str, dict[str, str | None], str]] = [
     ("parse-mode", {"output.parse": '"yaml"'}, "output.parse: 'yaml' is not one of json"),
     ("reask-range", {"request.reask": "11"}, "request.reask: 11 is out of range 0..10"),
     (
+        "examples-not-a-table",
+        {"request.examples": '"examples.csv"'},
+        'request.examples: must be a table like {path = "examples.csv"}',
+    ),
+    (
+        "examples-unknown-key",
+        {"request.examples": '{path = "e.csv", label = "y"}'},
+        "request.examples.label: unknown key; request.examples takes path and answer",
+    ),
+    (
         "cut-off-retry-not-larger",
         {"request.max_completion_tokens": "64", "request.cut_off_retry_tokens": "64"},
         "request.cut_off_retry_tokens: 64 must be above request.max_completion_tokens (64)",
@@ -685,4 +703,10 @@ def test_validate_job_applies_the_file_rules_to_a_built_job() -> None:
 
 def test_validate_job_hashes_like_the_loader(write_job: WriteJob) -> None:
     job = load_job(write_job(PRICED))
+    assert validate_job(job) == job
+
+
+def test_validate_job_keeps_examples_and_hashes_like_the_loader(write_job: WriteJob) -> None:
+    job = load_job(write_job({"request.examples": '{path = "shots.csv", answer = "label"}'}))
+    assert job.request.examples == ExamplesConfig("shots.csv", "label")
     assert validate_job(job) == job

@@ -4,10 +4,12 @@ batchrun's system message carries the JSON schema of the object it parses (after
 ``SCHEMA_MARK``). The emulator answers with every property: enum values from the
 enum, numbers inside ``minimum``/``maximum``, arrays of allowed items.
 
-Enum labels agree with a hidden truth, ``true_label(first user text, enum)``, at
-the model's ``--label-accuracy`` (else they are drawn at random); with
-``--label-break-rate`` a first answer (no assistant turn yet) breaks a rule at that
-rate, so that re-asks have something to mend.
+Enum labels agree with a hidden truth, ``true_label(row text, enum)``, at the
+model's ``--label-accuracy`` (else they are drawn at random). The row text is the
+last user message that is not a re-ask's correction (``REASK_MARK``), so few-shot
+example turns before it do not count; with ``--label-break-rate`` a first answer
+(the last user message is not a correction) breaks a rule at that rate, so that
+re-asks have something to mend.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any, Protocol
 
 SCHEMA_MARK = "Answer with one JSON object matching this JSON schema: "
 OUT_OF_ENUM = "unsure"
+REASK_MARK = "Your answer was not valid: "
+"""How batchrun's re-ask correction begins (``send.reask.correction``)."""
 _WORDS = ("short", "clear", "mixed", "plain", "direct", "vague")
 
 
@@ -79,10 +83,12 @@ def label_answer(
     rng: Rng,
 ) -> str:
     """The JSON text of an answer to ``schema``."""
-    labeler = _Labeler(_first_user_text(messages), settings.accuracy_of(model), rng)
+    users = [_text(m) for m in messages if m.get("role") == "user"]
+    rows = [text for text in users if not text.startswith(REASK_MARK)]
+    labeler = _Labeler(rows[-1] if rows else "", settings.accuracy_of(model), rng)
     properties = schema["properties"]
     answer = {n: labeler.value(p) for n, p in properties.items() if n not in settings.omit}
-    first = not any(m.get("role") == "assistant" for m in messages)
+    first = not users or not users[-1].startswith(REASK_MARK)
     if first and settings.break_rate > 0 and rng.uniform(0.0, 1.0) < settings.break_rate:
         _break_a_rule(answer, properties)
     return json.dumps(answer, ensure_ascii=False)
@@ -143,13 +149,10 @@ def _break_a_rule(answer: dict[str, Any], properties: Mapping[str, Any]) -> None
             return
 
 
-def _first_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
-    for message in messages:
-        if message.get("role") != "user":
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            return content
-        if isinstance(content, list):
-            return "".join(p.get("text", "") for p in content if p.get("type") == "text")
+def _text(message: Mapping[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if p.get("type") == "text")
     return ""

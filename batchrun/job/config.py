@@ -23,6 +23,7 @@ DEFAULT_API_KEY_ENV = "MODELSTREAM_API_KEY"
 MAX_COMPLETION_TOKENS_LIMIT = 128_000
 MAX_IMAGE_URLS = 10
 MAX_REASKS = 10
+MAX_EXAMPLES = 50
 
 REASONING_EFFORTS = ("low", "medium", "high", "xhigh")
 VERBOSITIES = ("low", "medium")
@@ -46,6 +47,14 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class ExamplesConfig:
+    """Few-shot examples: a file with the prompt's columns and an ``answer`` column."""
+
+    path: str
+    answer: str = "answer"
+
+
+@dataclass(frozen=True)
 class RequestConfig:
     model: str
     prompt: str
@@ -64,6 +73,7 @@ class RequestConfig:
     # An answer cut off by max_completion_tokens (finish_reason = length) is sent once
     # more with this larger max_completion_tokens; None: never.
     cut_off_retry_tokens: int | None = None
+    examples: ExamplesConfig | None = None  # user/assistant turns before each row's prompt
 
     @property
     def worst_case_completion_tokens(self) -> int:

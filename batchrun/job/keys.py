@@ -22,12 +22,14 @@ from batchrun.job.columns import COLUMN_TYPES, parse_columns
 from batchrun.job.config import (
     IMAGE_DETAILS,
     MAX_COMPLETION_TOKENS_LIMIT,
+    MAX_EXAMPLES,
     MAX_REASKS,
     PARSE_MODES,
     REASONING_EFFORTS,
     RESPONSE_FORMATS,
     SYSTEM_ROLES,
     VERBOSITIES,
+    ExamplesConfig,
     is_store_uri,
     store_uri_problem,
 )
@@ -234,6 +236,16 @@ def _extra(key: str, value: Any) -> dict[str, Any]:
     return value
 
 
+def _examples(key: str, value: Any) -> ExamplesConfig:
+    if not isinstance(value, dict) or "path" not in value:
+        fail(key, f'must be a table like {{path = "examples.csv"}}, got {show(value)}')
+    for name in value:
+        if name not in ("path", "answer"):
+            fail(f"{key}.{dotted(name)}", "unknown key; request.examples takes path and answer")
+    answer = _text(f"{key}.answer", value.get("answer", "answer"))
+    return ExamplesConfig(_path(f"{key}.path", value["path"]), answer)
+
+
 def _json_only(key: str, value: Any) -> None:
     """TOML dates and times have no JSON form, so they cannot go in a request body."""
     if isinstance(value, date | time):
@@ -386,6 +398,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "integer",
             "above `max_completion_tokens`: an answer cut off at `max_completion_tokens`"
             " is sent once more with this larger limit",
+            "none",
+        ),
+        "examples": Key(
+            _examples,
+            "table",
+            'few-shot examples: `{path = "examples.csv"}`, a CSV or Parquet file with the'
+            ' columns `prompt` names and an `answer` column (or `answer = "COLUMN"`);'
+            f" each row, up to {MAX_EXAMPLES}, is sent as a user turn (the prompt filled from"
+            " it) and an assistant turn (its answer) before every row's prompt",
             "none",
         ),
     },

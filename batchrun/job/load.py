@@ -328,7 +328,7 @@ def _config_hash(job: Job) -> str:
         del data["input"]["delimiter"]
     if not job.output.rules:  # jobs without rules or re-asks keep the hash they had
         del data["output"]["rules"]
-    for key, unset in (("reask", 0), ("cut_off_retry_tokens", None)):
+    for key, unset in (("reask", 0), ("cut_off_retry_tokens", None), ("examples", None)):
         if getattr(job.request, key) == unset:
             del data["request"][key]
     if not job.variants:

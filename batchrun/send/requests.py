@@ -22,6 +22,7 @@ from batchrun._types import Keyed, Request, Result
 from batchrun.io.input import InputTable, row_keys
 from batchrun.job.columns import instruction
 from batchrun.job.config import MAX_IMAGE_URLS, Job
+from batchrun.job.examples import example_turns
 from batchrun.job.template import Template
 from batchrun.send.budget import texts_kind
 
@@ -96,26 +97,34 @@ class _CanonicalWriter:
 
     _MARK = "\x00messages\x00"
 
-    def __init__(self, head: str, tail: str, system_role: str, detail: str | None) -> None:
-        self.head, self.tail = head, tail
+    def __init__(
+        self, head: str, tail: str, system_role: str, detail: str | None, examples: str
+    ) -> None:
+        self.head, self.tail, self.examples = head, tail, examples
         self.system_close = f',"role":{encode_basestring(system_role)}}},'
         self.url_open = '{"image_url":{' + (
             "" if detail is None else f'"detail":{encode_basestring(detail)},'
         )
 
     @classmethod
-    def create(cls, job: Job, static: Mapping[str, Any]) -> _CanonicalWriter | None:
+    def create(
+        cls, job: Job, static: Mapping[str, Any], examples: Sequence[Mapping[str, str]]
+    ) -> _CanonicalWriter | None:
         """None when ``extra`` replaces ``messages``: then the generic path is used."""
         whole = canonical_json({"model": job.request.model, "messages": cls._MARK, **static})
         pieces = whole.split(encode_basestring(cls._MARK))
         if len(pieces) != 2:
             return None
-        return cls(pieces[0], pieces[1], job.request.system_role, job.request.image_detail)
+        # The example turns, written once: each followed by the comma before the next message.
+        turns = "".join(canonical_json(m) + "," for m in examples)
+        request = job.request
+        return cls(pieces[0], pieces[1], request.system_role, request.image_detail, turns)
 
     def text(self, system: str | None, prompt: str, urls: list[str]) -> str:
         out = [self.head, "["]
         if system is not None:
             out += ['{"content":', encode_basestring(system), self.system_close]
+        out.append(self.examples)
         out += ['{"content":', self._content(prompt, urls), ',"role":"user"}]', self.tail]
         return "".join(out)
 
@@ -139,7 +148,10 @@ class RequestBuilder:
         self.system = _template(system, "request.system_prompt", schema) if system else None
         self.image_column = _image_column(job, schema)
         self._static = _static_fields(job)
-        self._canonical = _CanonicalWriter.create(job, self._static)
+        self._examples = _example_messages(job)
+        self._example_texts = tuple(m["content"] for m in self._examples)
+        self._example_chars = sum(map(len, self._example_texts))
+        self._canonical = _CanonicalWriter.create(job, self._static, self._examples)
         # What hashes a row without building it: none on the generic path (``extra``
         # replaces messages) or with images, whose rows are built to be hashed.
         self._hasher = None if self.image_column is not None else self._canonical
@@ -225,7 +237,7 @@ class RequestBuilder:
         request = self.job.request
         system = _nonblank(system)
         user = {"role": "user", "content": self._user_content(prompt, urls) if urls else prompt}
-        messages: list[dict[str, Any]] = [user]
+        messages: list[dict[str, Any]] = [*self._examples, user]
         if system is not None:
             messages.insert(0, {"role": request.system_role, "content": system})
         body = {"model": request.model, "messages": messages, **self._static}
@@ -235,14 +247,13 @@ class RequestBuilder:
         if self._canonical is None:  # extra replaced messages: the generic path
             digest, estimate = fingerprint(body, dedupe_key), estimate_prompt_tokens(body)
         else:
-            plain = prompt.isascii() and (system is None or system.isascii())
-            kind = (
-                "ascii" if plain else texts_kind((prompt,) if system is None else (system, prompt))
-            )
+            texts = (*self._example_texts, prompt) + (() if system is None else (system,))
+            plain = all(text.isascii() for text in texts)
+            kind = "ascii" if plain else texts_kind(texts)
             wire = self._canonical.text(system, prompt, urls).encode()
             digest = _hash_bytes(wire, dedupe_key)
             # Same sum as estimate_prompt_tokens(body), from the parts in hand.
-            chars = len(prompt) + (len(system) if system is not None else 0)
+            chars = len(prompt) + (len(system) if system is not None else 0) + self._example_chars
             estimate = -(-chars // 4) + 4 * len(messages) + self._image_tokens * len(urls)
         return Request(key, body, digest, estimate, self._worst_case, kind, wire)
 
@@ -345,6 +356,19 @@ def _image_column(job: Job, schema: pa.Schema) -> str | None:
             "expected list<string>, or a string holding a JSON array or one URL"
         )
     return name
+
+
+def _example_messages(job: Job) -> list[dict[str, str]]:
+    """``request.examples`` as the user/assistant messages before each row's prompt."""
+    examples = job.request.examples
+    if examples is None:
+        return []
+    turns = example_turns(examples, job.request.prompt, job.input.delimiter)
+    return [
+        {"role": role, "content": text}
+        for user, answer in turns
+        for role, text in (("user", user), ("assistant", answer))
+    ]
 
 
 def _format_instruction(job: Job) -> str | None:

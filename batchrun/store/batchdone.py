@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from batchrun._version import __version__
 from batchrun.job.config import Job
+from batchrun.job.examples import example_turns
 
 __all__ = [
     "WRITTEN_FROM_KEY",
@@ -51,7 +52,14 @@ class DoneBatch:
 
 def request_key(job: Job) -> str:
     """What of ``job`` its requests and row keys are built from, as text."""
-    what = {"request": dataclasses.asdict(job.request), "id_column": job.input.id_column}
+    what: dict[str, Any] = {
+        "request": dataclasses.asdict(job.request),
+        "id_column": job.input.id_column,
+    }
+    if job.request.examples is not None:  # the turns, so a changed file counts as a change
+        what["examples"] = example_turns(
+            job.request.examples, job.request.prompt, job.input.delimiter
+        )
     return json.dumps(what, sort_keys=True, default=repr)
 
 
