@@ -218,3 +218,6 @@ def test_format_follows_the_output_extension_and_a_clash_exits_2(
     )
     assert done.returncode == 2 and "--format json does not match --output" in done.stderr
     assert not (tmp_path / "c.html").exists()
+    reference = [str(outputs["gpt-5.5"]), str(outputs["glm-5.2"]), "--reference", "gpt-5.5"]
+    cli(*reference, "--columns", "sentiment", "--output", str(tmp_path / "r.html"))
+    assert "Agreement against cost per 1,000 rows" in (tmp_path / "r.html").read_text()
