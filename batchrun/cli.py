@@ -467,8 +467,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from batchrun.compare.command import compare_text
+    from batchrun.compare.command import FORMATS, compare_text
 
+    args.format = _report_format(args.format, args.output, FORMATS)
     text = compare_text(args)
     text = text if text.endswith("\n") else text + "\n"
     if args.output:
@@ -484,10 +485,15 @@ _FORMAT_OF_SUFFIX = {
 }  # fmt: skip
 
 
-def _report_format(given: str | None, output: str | None) -> str:
-    """``--format``, else the one ``--output``'s extension names, else ``table``."""
+def _report_format(
+    given: str | None, output: str | None, formats: tuple[str, ...] | None = None
+) -> str:
+    """``--format``, else the one ``--output``'s extension names (of ``formats``, when
+    given), else ``table``."""
     suffix = Path(output).suffix.lower() if output else ""
     implied = _FORMAT_OF_SUFFIX.get(suffix)
+    if formats is not None and implied not in formats:
+        implied = None
     if given and implied and given != implied:
         raise JobError(
             f"--format {given} does not match --output {output} (a {suffix} file is"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-FORMATS = ("table", "json", "markdown")
+FORMATS = ("table", "json", "markdown", "html")
 
 
 def add_arguments(cmd: argparse.ArgumentParser) -> None:
@@ -24,7 +24,11 @@ def add_arguments(cmd: argparse.ArgumentParser) -> None:
         metavar="POINTS",
         help="recommend the cheapest variant this many points of the best (default 2)",
     )
-    cmd.add_argument("--format", choices=FORMATS, default="table")
+    cmd.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="table, json, markdown or html (default: --output's extension, else table)",
+    )
     cmd.add_argument("--output", metavar="PATH", help="write the comparison here, not to stdout")
     cmd.add_argument(
         "--disagreements",
@@ -47,4 +51,8 @@ def compare_text(args: argparse.Namespace) -> str:
         within=args.within,
         disagreements=args.disagreements,
     )
+    if args.format == "html":
+        from batchrun.compare.page import render_html
+
+        return render_html(comparison)
     return render(comparison, args.format)

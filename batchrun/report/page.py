@@ -32,7 +32,16 @@ from batchrun.report.aggregate import TOTAL_LABEL, ReportResult
 from batchrun.report.selection import DAY
 from batchrun.report.text import MISSING_LABELS, STATUSES, cells, headers, is_numeric
 
-__all__ = ["Chart", "charts", "format_value", "render_html"]
+__all__ = [
+    "CSS",
+    "PALETTE",
+    "WIDTH",
+    "Chart",
+    "charts",
+    "format_value",
+    "render_html",
+    "wrap_label",
+]
 
 # Okabe-Ito: told apart with the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#8C8C8C")
@@ -236,7 +245,7 @@ def _svg(chart: Chart) -> str:
     if chart.timeline:
         return _timeline_svg(chart)
     per_row = BAR_H if chart.stacked else BAR_H * len(chart.series)
-    wrapped = [_wrap(cat) for cat in chart.categories]
+    wrapped = [wrap_label(cat) for cat in chart.categories]
     heights = [max(per_row, len(lines) * LINE_H) for lines in wrapped]
     height = sum(heights) + GAP * (len(heights) + 1)
     top = _top(chart) if math.isnan(chart.top) else chart.top
@@ -257,7 +266,7 @@ def _svg(chart: Chart) -> str:
     return "".join(parts)
 
 
-def _wrap(label: str) -> list[str]:
+def wrap_label(label: str) -> list[str]:
     """A label in lines of at most ``LABEL_CHARS``, broken after " · " first; nothing cut."""
     lines: list[str] = []
     for part in label.split(" · "):
@@ -380,7 +389,7 @@ def render_html(
         "<!DOCTYPE html>\n"
         f'<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
         f"<header><h1>{_e(title)}</h1>{_synthetic_banner(result)}{_facts(result)}"
         f"{about(result, pricing_name)}</header>"
         f'<main><div class="charts">{sections}</div>'
@@ -464,7 +473,7 @@ def _e(text: str) -> str:
     return html.escape(text, quote=True)
 
 
-_CSS = """
+CSS = """
 *{box-sizing:border-box}
 .synthetic{margin:8px 0;padding:8px 12px;background:#fff3cd;border:1px solid #d39e00;
 font-weight:600}
