@@ -208,6 +208,12 @@ def _add_plan(sub: Any) -> None:
     cmd.add_argument(
         "--emulate", action="store_true", help="send the pilot to the built-in emulator"
     )
+    cmd.add_argument(
+        "--endpoint-moved",
+        action="store_true",
+        help="the checkpoint's answers came from this same API at another address: keep"
+        " them for the pilot (as run --endpoint-moved)",
+    )
     cmd.set_defaults(handler=_cmd_plan)
 
 
@@ -415,7 +421,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from batchrun.plan.planner import plan_job_file
 
     plan = plan_job_file(
-        args.job, sets=args.sets, variables=args.var, pilot=args.pilot, emulate=args.emulate
+        args.job,
+        sets=args.sets,
+        variables=args.var,
+        pilot=args.pilot,
+        emulate=args.emulate,
+        endpoint_moved=args.endpoint_moved,
     )
     print(json.dumps(plan.to_dict(), indent=2) if args.format == "json" else plan.render())
     return 0

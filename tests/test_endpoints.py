@@ -196,6 +196,17 @@ def test_a_pilot_against_another_endpoint_stops_before_sending(tmp_path: Path, e
     assert first.base_url in plan.stderr and other.base_url in plan.stderr
     assert other.ledger()["requests_received"] == 0
 
+    moved = subprocess.run(
+        [*command, "--endpoint-moved"],
+        cwd=tmp_path,
+        env=batchrun_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert moved.returncode == 0, moved.stderr  # the pilot accepts the move, as run does
+    assert other.ledger()["requests_received"] == 3
+
 
 def test_a_checkpoint_from_before_endpoints_takes_the_first_runs_endpoint(
     tmp_path: Path, emulator

@@ -211,17 +211,26 @@ def plan_job_file(
     variables: Sequence[str] = (),
     pilot: int | None = None,
     emulate: bool = False,
+    endpoint_moved: bool = False,
 ) -> Plan | VariantPlans:
     """Load a job file and plan it (``batchrun plan``); a plan per variant when it has some."""
     job = load_job(path, sets=sets, variables=variables)
     if job.variants:
         return VariantPlans(
             tuple(
-                (v.name, plan_job(variant_job(job, v), pilot=pilot, emulate=emulate))
+                (
+                    v.name,
+                    plan_job(
+                        variant_job(job, v),
+                        pilot=pilot,
+                        emulate=emulate,
+                        endpoint_moved=endpoint_moved,
+                    ),
+                )
                 for v in job.variants
             )
         )
-    return plan_job(job, pilot=pilot, emulate=emulate)
+    return plan_job(job, pilot=pilot, emulate=emulate, endpoint_moved=endpoint_moved)
 
 
 def plan_job(
@@ -231,8 +240,10 @@ def plan_job(
     emulate: bool = False,
     base_url: str | None = None,
     api_key: str | None = None,
+    endpoint_moved: bool = False,
 ) -> Plan:
-    """Count, estimate and price ``job`` without sending; ``pilot=N`` sends N sampled rows.
+    """Count, estimate and price ``job`` without sending; ``pilot=N`` sends N sampled rows
+    (``endpoint_moved``: the checkpoint's answers came from this API at another address).
 
     Raises what ``run`` raises before sending (``JobError``, ``InputError``);
     with a pilot also ``LockedError`` (a run is going) and ``FatalApiError``.
@@ -250,10 +261,11 @@ def plan_job(
         from batchrun.emulator import EmulatorProcess
 
         with EmulatorProcess([]) as emu:
-            return _pilot_plan(job, table, builder, pilot, emu.base_url, EMULATOR_KEY, True)
+            pilot_api = (emu.base_url, EMULATOR_KEY, True, endpoint_moved)
+            return _pilot_plan(job, table, builder, pilot, pilot_api)
     why = " (a pilot sends real requests; plan without --pilot needs no key)"
     key = resolve_api_key(job, api_key, why=why)
-    return _pilot_plan(job, table, builder, pilot, base_url, key, False)
+    return _pilot_plan(job, table, builder, pilot, (base_url, key, False, endpoint_moved))
 
 
 def _dry_plan(job: Job, table: InputTable, builder: RequestBuilder) -> Plan:
@@ -271,16 +283,15 @@ def _pilot_plan(
     table: InputTable,
     builder: RequestBuilder,
     size: int,
-    base_url: str | None,
-    api_key: str,
-    synthetic: bool,
+    api: tuple[str | None, str, bool, bool],
 ) -> Plan:
+    base_url, api_key, synthetic, moved = api  # where, the key, emulated, --endpoint-moved
     # The run lock, as a run takes it: the pilot's answers are the run's to reuse.
     with (
         Checkpoint.open(job.output.checkpoint_path, job_name=job.name) as own,
         local_store(own, job) as ckpt,
     ):
-        claim_endpoint(own, job, base_url, synthetic)  # the pilot's answers are the run's
+        claim_endpoint(own, job, base_url, synthetic, moved)  # the pilot's answers are the run's
         counts = count_rows(table, builder, ckpt.lookup)
         spent = ckpt.spent_usd()
         sample = sample_rows(table, builder, ckpt.lookup, counts.to_send, size)
