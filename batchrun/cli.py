@@ -482,7 +482,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     args.format = _report_format(args.format, args.output, FORMATS)
     text = compare_text(args)
-    text = text if text.endswith("\n") else text + "\n"
     if args.output:
         _write_text(Path(args.output), text)
     else:

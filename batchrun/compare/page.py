@@ -17,7 +17,7 @@ import math
 from datetime import UTC, datetime
 
 from batchrun.compare.compute import Comparison, VariantScore
-from batchrun.compare.render import recommendation
+from batchrun.compare.render import recommendation, summary_row
 from batchrun.report.page import CSS, PALETTE, WIDTH, format_value
 
 __all__ = ["render_html"]
@@ -95,17 +95,7 @@ def _table(comparison: Comparison) -> str:
 
 
 def _cells(r: VariantScore) -> list[str]:
-    return [
-        r.variant,
-        r.column,
-        f"{r.rows:,}",
-        f"{r.valid:,}",
-        _pct(r.score),
-        "n/a" if r.scores.kappa is None else f"{r.scores.kappa:.4f}",
-        "n/a" if r.cost_usd is None else f"{r.cost_usd:,.4f}",
-        "n/a" if r.cost_per_1k_rows is None else f"{r.cost_per_1k_rows:,.4f}",
-        "★ recommended" if r.recommended else "",
-    ]
+    return summary_row(r, "★ recommended")
 
 
 def _pct(value: float | None) -> str:

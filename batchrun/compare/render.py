@@ -54,7 +54,7 @@ def _text(comparison: Comparison, grid: Grid) -> str:
     header = ["variant", "column", "rows", "valid", comparison.measure, "kappa"]
     header += ["cost_usd", "usd/1k rows", ""]
     right = [False, False, True, True, True, True, True, True, False]
-    rows = [_summary_row(r) for r in comparison.results]
+    rows = [summary_row(r) for r in comparison.results]
     lines = [*grid(header, rows, right), "", recommendation(comparison)]
     if comparison.disagreements is not None:
         lines.append(f"disagreements: {comparison.disagreements:,} rows written")
@@ -66,7 +66,8 @@ def _text(comparison: Comparison, grid: Grid) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _summary_row(r: VariantScore) -> list[str]:
+def summary_row(r: VariantScore, pick: str = "recommended") -> list[str]:
+    """One variant and column's cells; ``pick`` marks the recommended one."""
     return [
         r.variant,
         r.column,
@@ -76,7 +77,7 @@ def _summary_row(r: VariantScore) -> list[str]:
         "n/a" if r.scores.kappa is None else f"{r.scores.kappa:.4f}",
         "n/a" if r.cost_usd is None else f"{r.cost_usd:,.4f}",
         "n/a" if r.cost_per_1k_rows is None else f"{r.cost_per_1k_rows:,.4f}",
-        "recommended" if r.recommended else "",
+        pick if r.recommended else "",
     ]
 
 
