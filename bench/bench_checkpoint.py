@@ -49,6 +49,7 @@ from batchrun.store.fpkey import fp_key
 from batchrun.store.intents import IntentLog
 from batchrun.store.origin import m008_synthetic_answers
 from batchrun.store.rows import ROW_COLUMNS, to_row
+from batchrun.store.schema import m009_reasks
 
 LOOKUP_BATCH = 4096
 BODY = {"model": "gpt-5.5", "messages": [{"role": "user", "content": "..."}]}
@@ -146,7 +147,7 @@ def phase_write_ahead(rows: int, db: Path) -> dict[str, float]:
     return figures
 
 
-OLD_COLUMNS = ROW_COLUMNS[:-2]  # m001's table (+ m008's synthetic) has no paid_usd, key_prefix
+OLD_COLUMNS = ROW_COLUMNS[:-2]  # m001's table (+ m008's and m009's) has no paid_usd, key_prefix
 OLD_INSERT_SQL = f"INSERT INTO answers VALUES ({', '.join('?' * len(OLD_COLUMNS))})"
 
 
@@ -157,7 +158,8 @@ def phase_bare(rows: int, db: Path) -> dict[str, float]:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint=8000")
         MIGRATIONS[0](conn)  # the answers table up to m005: its key is the primary key
-        m008_synthetic_answers(conn)  # its one column more since, last in rows and table
+        m008_synthetic_answers(conn)  # its columns added since, last in rows and table
+        m009_reasks(conn)
         batch: list[tuple[object, ...]] = []
         redact = redactor()  # as the writer builds its rows
         for i in range(rows):
@@ -182,6 +184,7 @@ def phase_bare_new(rows: int, db: Path) -> dict[str, float]:
         MIGRATIONS[0](conn)
         m006_compact_answers(conn)  # today's answers table
         m008_synthetic_answers(conn)
+        m009_reasks(conn)
         batch: list[tuple[object, ...]] = []
         redact = redactor()  # as the writer builds its rows
         for i in range(rows):
